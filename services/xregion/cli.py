@@ -1,0 +1,159 @@
+"""`xregion`: the one command line (DESIGN §7).
+
+Every subcommand has `--help` and fails with one clear line and a non-zero exit:
+2 for bad usage or configuration, 1 for a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services.xregion import commands
+from shared.logs import configure_logging
+from shared.settings import ConfigError
+
+__all__ = ["main"]
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+_SERVICES = {
+    "bridge": "HTTP reverse proxy that turns successful writes into durable events",
+    "broadcaster": "fan each event of this region out to the other regions",
+    "replayer": "apply other regions' events to this region's services",
+}
+_LATER = {
+    "top": "live terminal dashboard of every region's replication metrics",
+    "status": "find every running instance in every region",
+    "dlq": "list, show, replay or purge dead-lettered events",
+    "pause": "pause replication towards a target region",
+    "resume": "resume replication towards a target region",
+    "trace": "show where one event is: published, forwarded, applied",
+    "bench": "benchmarks of the replication path",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, json=_json_logs(args.log_format))
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"xregion {args.command}: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except commands.CommandError as exc:
+        print(f"xregion {args.command}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _json_logs(choice: str) -> bool | None:
+    return {"json": True, "console": False}.get(choice)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xregion",
+        description="Replicate HTTP writes across regions over a NATS super-cluster.",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+    )
+    parser.add_argument(
+        "--log-format",
+        default="auto",
+        choices=["auto", "json", "console"],
+        help="auto: JSON unless stderr is a terminal",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, summary in _SERVICES.items():
+        _service_parser(sub, name, summary)
+    _provision_parser(sub)
+    _natsconf_parser(sub)
+    _cluster_parsers(sub)
+    for name, summary in _LATER.items():
+        later = sub.add_parser(name, help=f"{summary} (not yet available)", description=summary)
+        later.set_defaults(handler=commands.not_yet_available)
+    return parser
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="region TOML file (default: $XR_CONFIG); XR_* variables override its values",
+    )
+
+
+def _service_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, summary: str
+) -> None:
+    parser = sub.add_parser(name, help=summary, description=summary)
+    _add_config(parser)
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the configuration, print it with secrets redacted, and exit",
+    )
+    parser.set_defaults(handler=commands.run_service)
+
+
+def _provision_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "create or update this region's streams, KV buckets and consumers (idempotent)"
+    parser = sub.add_parser("provision", help=summary, description=summary)
+    _add_config(parser)
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        choices=[1, 2, 3, 4, 5],
+        help="stream replicas (default: streams.replicas, else servers in the region, up to 3)",
+    )
+    parser.set_defaults(handler=commands.provision)
+
+
+def _natsconf_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "render nats-server configurations of a super-cluster from a topology file"
+    parser = sub.add_parser("nats-conf", help=summary, description=summary)
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    render = actions.add_parser(
+        "render", help="write one nats-server config per server", description=summary
+    )
+    render.add_argument("--topology", type=Path, required=True, metavar="FILE")
+    render.add_argument("--out", type=Path, required=True, metavar="DIR")
+    render.set_defaults(handler=commands.natsconf_render)
+
+
+def _cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, summary, handler in (
+        (
+            "up",
+            "run a local multi-region NATS super-cluster, provisioned, until Ctrl-C",
+            commands.up,
+        ),
+        (
+            "demo",
+            "boot the local super-cluster, provision it, print its health and stop",
+            commands.demo,
+        ),
+    ):
+        parser = sub.add_parser(name, help=summary, description=summary)
+        parser.add_argument(
+            "--regions",
+            default="us-east,eu-west,ap-south",
+            help="comma-separated region names (default: %(default)s)",
+        )
+        parser.add_argument(
+            "--servers-per-region", type=int, default=1, choices=[1, 3], metavar="{1,3}"
+        )
+        parser.add_argument("--base-port", type=int, default=14000, metavar="N")
+        parser.add_argument("--workdir", type=Path, default=Path(".xregion"), metavar="DIR")
+        parser.add_argument("--state-file", type=Path, default=None, metavar="FILE")
+        parser.set_defaults(handler=handler)

@@ -1,0 +1,95 @@
+"""Handlers of the `xregion` subcommands: argparse namespace in, exit code out.
+
+Each handler builds its configuration once, runs one coroutine, and turns the failures it
+knows into `CommandError` (one line for the user, an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+import uvloop
+
+from shared.settings import Settings, load_settings, redacted_dump
+
+__all__ = [
+    "CommandError",
+    "demo",
+    "natsconf_render",
+    "not_yet_available",
+    "provision",
+    "run_service",
+    "up",
+]
+
+
+class CommandError(Exception):
+    """A command failed in a way the user can act on; printed as one line."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def run(coro: Coroutine[Any, Any, int]) -> int:
+    """Run a command's coroutine on uvloop."""
+    return uvloop.run(coro)
+
+
+def not_yet_available(args: argparse.Namespace) -> int:
+    raise CommandError("not yet available in this version", exit_code=2)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    if settings.signing.mode == "off":
+        print(
+            f"xregion {args.command}: warning: signing is off (signing.mode = 'off'); "
+            "events are neither signed nor verified",
+            file=sys.stderr,
+        )
+    return settings
+
+
+def run_service(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if args.check_config:
+        json.dump(redacted_dump(settings), sys.stdout, indent=2, sort_keys=True)
+        print()
+        return 0
+    raise CommandError("not yet available in this version (use --check-config)", exit_code=2)
+
+
+def provision(args: argparse.Namespace) -> int:
+    from services.xregion.provision_cmd import provision_region
+
+    settings = _settings(args)
+    return run(provision_region(settings, replicas=args.replicas))
+
+
+def natsconf_render(args: argparse.Namespace) -> int:
+    from services.xregion.natsconf import TopologyError, render_topology_file
+
+    try:
+        written = render_topology_file(args.topology, args.out)
+    except (TopologyError, OSError) as exc:
+        raise CommandError(str(exc), exit_code=2) from None
+    for path in written:
+        print(path)
+    return 0
+
+
+def up(args: argparse.Namespace) -> int:
+    from services.xregion.local import run_up
+
+    return run(run_up(args, stay=True))
+
+
+def demo(args: argparse.Namespace) -> int:
+    from services.xregion.local import run_up
+
+    return run(run_up(args, stay=False))

@@ -1,0 +1,48 @@
+"""`xregion provision`: connect to the region's NATS, apply the provisioning plan, report."""
+
+from __future__ import annotations
+
+from nats.js.errors import APIError
+from rich.console import Console
+from rich.table import Table
+
+from services.xregion.commands import CommandError
+from shared import provision
+from shared.natsconn import NatsConnectError, NatsConnection
+from shared.settings import Settings
+
+__all__ = ["provision_region", "region_cluster_size"]
+
+
+def region_cluster_size(conn: NatsConnection) -> int:
+    """Servers in the cluster we are connected to: our server plus the ones it advertised."""
+    return len({url.netloc for url in conn.nc.servers}) or 1
+
+
+async def provision_region(settings: Settings, replicas: int | None = None) -> int:
+    try:
+        async with NatsConnection(settings.nats, service="provision") as conn:
+            count = replicas or provision.replicas_for(
+                region_cluster_size(conn), settings.streams.replicas
+            )
+            wanted = provision.plan(settings, count)
+            results = await provision.apply(conn.jetstream(), wanted)
+    except NatsConnectError as exc:
+        raise CommandError(str(exc)) from None
+    except APIError as exc:
+        raise CommandError(f"JetStream refused: {exc.description} (err {exc.err_code})") from None
+    except TimeoutError:
+        raise CommandError(
+            "JetStream did not answer in time (is the meta leader reachable?)"
+        ) from None
+    _print(settings.region, count, results)
+    return 0
+
+
+def _print(region: str, replicas: int, results: list[provision.Result]) -> None:
+    table = Table(title=f"provisioned region {region} (replicas {replicas})")
+    for column in ("kind", "name", "action"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(result.kind, result.name, str(result.action))
+    Console().print(table)

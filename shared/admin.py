@@ -1,0 +1,135 @@
+"""The admin HTTP port every process serves (DESIGN §8).
+
+* `/metrics` — the Prometheus registry in text format;
+* `/healthz` — the process is alive (the event loop answers);
+* `/readyz` — the worst of the registered readiness checks: `ok` and `degraded` (amber) answer
+  200, `down` answers 503. The JSON body lists every check, so an operator sees why.
+
+Checks are plain synchronous callables reading state the service already keeps (connection
+up, consumers bound, outbox depth); the admin port never does I/O on a probe's behalf.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+
+from shared.netaddr import split_listen
+
+__all__ = ["AdminServer", "CheckResult", "Health", "ReadinessCheck"]
+
+
+class Health(enum.IntEnum):
+    """Ordered so that `max()` of several results is the worst one."""
+
+    OK = 0
+    DEGRADED = 1
+    DOWN = 2
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    status: Health
+    detail: str = ""
+
+
+ReadinessCheck = Callable[[], CheckResult]
+
+
+class AdminServer:
+    """An aiohttp server for the admin endpoints; an async context manager."""
+
+    def __init__(
+        self,
+        listen: str,
+        *,
+        service: str,
+        registry: CollectorRegistry = REGISTRY,
+        checks: Mapping[str, ReadinessCheck] | None = None,
+    ) -> None:
+        self._host, self._port = split_listen(listen)
+        self._service = service
+        self._registry = registry
+        self._checks: dict[str, ReadinessCheck] = dict(checks or {})
+        self._runner: web.AppRunner | None = None
+        self.port = self._port
+
+    def add_check(self, name: str, check: ReadinessCheck) -> None:
+        self._checks[name] = check
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self._host, self._port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        self.port = _bound_port(runner, self._port)
+
+    async def aclose(self) -> None:
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{self.port}"
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        body = generate_latest(self._registry)
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "service": self._service})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        results = {name: check() for name, check in self._checks.items()}
+        worst = max((r.status for r in results.values()), default=Health.OK)
+        body = {
+            "status": worst.label,
+            "service": self._service,
+            "checks": {
+                n: {"status": r.status.label, "detail": r.detail} for n, r in results.items()
+            },
+        }
+        return web.json_response(body, status=503 if worst is Health.DOWN else 200)
+
+
+def _bound_port(runner: web.AppRunner, requested: int) -> int:
+    """The port actually bound (differs from the requested one when that was 0)."""
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return requested

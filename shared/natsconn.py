@@ -1,0 +1,213 @@
+"""The NATS connection every service holds (NATS_NOTES §2.1, §3.1).
+
+`NatsConnection` is an async context manager around one nats-py client:
+
+* the first connect is bounded (`first_connect_timeout_s`): a service that cannot reach NATS
+  at start says so and exits instead of hanging (nats-py alone would retry for minutes);
+* once connected, it reconnects forever, with jittered exponential backoff capped at
+  `reconnect_wait_max_s`, logging and counting every disconnect and reconnect;
+* if the client closes for good anyway (nats-py closes on any protocol `-ERR`), `closed` is
+  set so the owner can shut down instead of running without a connection;
+* `aclose()` drains (bounded by `drain_timeout_s`), then closes; it is idempotent.
+
+Errors raised here:
+
+    NatsConnectError   the first connect did not succeed in time
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import ssl
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+
+import nats
+from nats.aio.client import Client, Server
+from nats.js import JetStreamContext
+
+from shared.logs import get_logger
+from shared.metrics import NATS_CONNECTED, NATS_DISCONNECTS, NATS_ERRORS, NATS_RECONNECTS
+from shared.settings import NatsSettings
+
+__all__ = ["Backoff", "NatsConnectError", "NatsConnection"]
+
+log = get_logger("xr.nats")
+
+
+class NatsConnectError(Exception):
+    """The first connection to NATS could not be made within the configured time."""
+
+
+@dataclass
+class Backoff:
+    """Full-jitter exponential backoff: attempt n waits uniform(0, min(cap, base * 2**n))."""
+
+    base_s: float
+    cap_s: float
+    attempt: int = 0
+    rng: random.Random = field(default_factory=random.Random)
+
+    def next_delay(self) -> float:
+        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
+        self.attempt += 1
+        return self.rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class NatsConnection:
+    """One NATS client for one service process; see the module docstring."""
+
+    def __init__(self, settings: NatsSettings, *, service: str, name: str | None = None) -> None:
+        self._settings = settings
+        self._service = service
+        self._name = name or service
+        self._backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_wait_max_s)
+        self._nc: Client | None = None
+        self.closed = asyncio.Event()
+
+    @property
+    def nc(self) -> Client:
+        if self._nc is None:
+            raise RuntimeError("NatsConnection is not connected; use `async with`")
+        return self._nc
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc is not None and bool(self._nc.is_connected)
+
+    @property
+    def max_payload(self) -> int:
+        return int(self.nc.max_payload)
+
+    def jetstream(self, timeout_s: float | None = None) -> JetStreamContext:
+        timeout = self._settings.request_timeout_s if timeout_s is None else timeout_s
+        js: JetStreamContext = self.nc.jetstream(timeout=timeout)
+        return js
+
+    async def connect(self) -> None:
+        nc = Client()
+        try:
+            await asyncio.wait_for(
+                nc.connect(**self._connect_options()), self._settings.first_connect_timeout_s
+            )
+        except (TimeoutError, OSError, nats.errors.Error) as exc:
+            await nc.close()
+            raise NatsConnectError(self._connect_failure(exc)) from exc
+        self._nc = nc
+        NATS_CONNECTED.labels(self._service).set(1)
+        log.info("nats.connected", url=_safe_url(nc), server=nc.connected_server_version)
+
+    async def aclose(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is None or nc.is_closed:
+            return
+        try:
+            if nc.is_connected:
+                await nc.drain()
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("nats.drain_failed", error=repr(exc))
+        finally:
+            if not nc.is_closed:
+                await nc.close()
+            NATS_CONNECTED.labels(self._service).set(0)
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _connect_options(self) -> dict[str, Any]:
+        s = self._settings
+        options: dict[str, Any] = {
+            "servers": list(s.servers),
+            "name": self._name,
+            "connect_timeout": s.connect_timeout_s,
+            "reconnect_time_wait": s.reconnect_wait_s,
+            "max_reconnect_attempts": -1,
+            "drain_timeout": s.drain_timeout_s,
+            "error_cb": self._on_error,
+            "disconnected_cb": self._on_disconnected,
+            "reconnected_cb": self._on_reconnected,
+            "closed_cb": self._on_closed,
+            "reconnect_to_server_handler": self._pick_server,
+        }
+        options.update(self._auth_options())
+        return options
+
+    def _auth_options(self) -> dict[str, Any]:
+        s = self._settings
+        options: dict[str, Any] = {}
+        if s.creds is not None:
+            options["user_credentials"] = str(s.creds)
+        if s.user is not None:
+            options["user"] = s.user
+        if s.password is not None:
+            options["password"] = s.password.get_secret_value()
+        if s.tls_ca is not None or s.tls_cert is not None:
+            context = ssl.create_default_context(
+                cafile=str(s.tls_ca) if s.tls_ca is not None else None
+            )
+            if s.tls_cert is not None:
+                key = str(s.tls_key) if s.tls_key is not None else None
+                context.load_cert_chain(str(s.tls_cert), key)
+            options["tls"] = context
+        return options
+
+    def _pick_server(
+        self, servers: list[Server], info: dict[str, Any]
+    ) -> tuple[Server | None, float]:
+        # nats-py waits a constant time between attempts; this spreads them out instead, so a
+        # fleet of processes does not hammer a server that is coming back.
+        return random.choice(servers) if servers else None, self._backoff.next_delay()
+
+    def _connect_failure(self, exc: BaseException) -> str:
+        servers = ", ".join(self._settings.servers)
+        if isinstance(exc, TimeoutError):
+            return (
+                f"could not connect to NATS at {servers} within "
+                f"{self._settings.first_connect_timeout_s:g} s"
+            )
+        return f"could not connect to NATS at {servers}: {exc!r}"
+
+    async def _on_error(self, exc: Exception) -> None:
+        NATS_ERRORS.labels(self._service, type(exc).__name__).inc()
+        log.warning("nats.error", error=repr(exc))
+
+    async def _on_disconnected(self) -> None:
+        if self._nc is None:  # our own close, or the failed first connect
+            return
+        NATS_DISCONNECTS.labels(self._service).inc()
+        NATS_CONNECTED.labels(self._service).set(0)
+        log.warning("nats.disconnected")
+
+    async def _on_reconnected(self) -> None:
+        self._backoff.reset()
+        NATS_RECONNECTS.labels(self._service).inc()
+        NATS_CONNECTED.labels(self._service).set(1)
+        log.info("nats.reconnected", url=_safe_url(self._nc))
+
+    async def _on_closed(self) -> None:
+        NATS_CONNECTED.labels(self._service).set(0)
+        if self._nc is not None:
+            log.error("nats.closed", error=repr(self._nc.last_error))
+        self.closed.set()
+
+
+def _safe_url(nc: Client | None) -> str | None:
+    """The connected server's address without credentials."""
+    url = nc.connected_url if nc is not None else None
+    if url is None:
+        return None
+    return f"{url.scheme}://{url.hostname}:{url.port}"

@@ -1,0 +1,339 @@
+"""The region file (DESIGN §6): one TOML per region stack, read by every service.
+
+`load_settings(path)` is the only entry point. Values come from the TOML file, and every value
+can be overridden by an environment variable prefixed `XR_` (`__` for nesting, e.g.
+`XR_NATS__SERVERS`, `XR_SERVICES__CATALOG__UPSTREAM`). Lists may be given in the environment
+either as JSON (`["a","b"]`) or comma-separated (`a,b`).
+
+Every model is frozen and rejects unknown keys, so a typo is an error at start, not a silently
+ignored setting. Failures raise `ConfigError`, whose message is one line naming the key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from shared.regions import InvalidNameError, validate_region, validate_service
+
+__all__ = [
+    "DEFAULT_METHODS",
+    "BridgeSettings",
+    "BroadcasterSettings",
+    "ConfigError",
+    "NatsSettings",
+    "ReplayerSettings",
+    "ServiceSettings",
+    "Settings",
+    "SigningSettings",
+    "StreamSettings",
+    "load_settings",
+    "redacted_dump",
+]
+
+DEFAULT_METHODS = ("POST", "PUT", "PATCH", "DELETE")
+_METHOD_RE = re.compile(r"[A-Z]+")
+_LISTEN_RE = re.compile(r"(?P<host>\[[0-9a-fA-F:]+\]|[^:\s]+):(?P<port>\d{1,5})")
+_USERINFO_RE = re.compile(r"//[^/@]+@")
+_MIB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; `str()` is one line naming the key and the problem."""
+
+
+def _split_list(value: Any) -> Any:
+    """Let environment variables give lists as JSON or as comma-separated text."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if text.startswith("["):
+        return json.loads(text)
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+StrList = Annotated[list[str], NoDecode]
+
+
+def _check_listen(value: str) -> str:
+    match = _LISTEN_RE.fullmatch(value)
+    if match is None or not 0 <= int(match["port"]) <= 65535:
+        raise ValueError(f"expected host:port, got {value!r}")
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NatsSettings(_Section):
+    servers: StrList = Field(default_factory=lambda: ["nats://127.0.0.1:4222"], min_length=1)
+    creds: Path | None = None
+    user: str | None = None
+    password: SecretStr | None = None
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    first_connect_timeout_s: float = Field(default=15.0, gt=0)
+    reconnect_wait_s: float = Field(default=0.5, gt=0)
+    reconnect_wait_max_s: float = Field(default=10.0, gt=0)
+    request_timeout_s: float = Field(default=5.0, gt=0)
+    drain_timeout_s: float = Field(default=10.0, gt=0)
+
+    _split = field_validator("servers", mode="before")(_split_list)
+
+    @field_validator("servers")
+    @classmethod
+    def _server_urls(cls, servers: list[str]) -> list[str]:
+        for url in servers:
+            if not re.fullmatch(r"(nats|tls)://\S+", url):
+                raise ValueError(f"expected nats:// or tls:// URL, got {url!r}")
+        return servers
+
+
+class StreamSettings(_Section):
+    """Limits of the streams `xregion provision` creates (DESIGN §3)."""
+
+    max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    duplicate_window_s: float = Field(default=120.0, ge=120)
+    replicas: int | None = Field(default=None, ge=1, le=5)
+    max_bytes: int = Field(default=-1, ge=-1)
+
+
+class BridgeSettings(_Section):
+    listen: str = "127.0.0.1:8080"
+    admin_listen: str = "127.0.0.1:9180"
+    max_replicated_body_bytes: int = Field(default=8 * _MIB, gt=0)
+
+    _listen = field_validator("listen", "admin_listen")(_check_listen)
+
+
+class BroadcasterSettings(_Section):
+    admin_listen: str = "127.0.0.1:9181"
+
+    _listen = field_validator("admin_listen")(_check_listen)
+
+
+class ReplayerSettings(_Section):
+    admin_listen: str = "127.0.0.1:9182"
+    concurrency: int = Field(default=64, ge=1, le=10_000)
+
+    _listen = field_validator("admin_listen")(_check_listen)
+
+
+class SigningSettings(_Section):
+    """DESIGN §9. `mode` has no default: turning signing off must be spelled out."""
+
+    mode: Literal["ed25519", "off"]
+    key_id: str | None = None
+    private_key_file: Path | None = None
+    trusted_keys_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _keys_when_signing(self) -> Self:
+        if self.mode == "ed25519":
+            for name in ("key_id", "private_key_file", "trusted_keys_file"):
+                if getattr(self, name) is None:
+                    raise ValueError(f"{name} is required when mode = 'ed25519'")
+        return self
+
+
+class ServiceSettings(_Section):
+    upstream: str
+    routes: StrList = Field(min_length=1)
+    replicate: StrList = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    exclude: StrList = Field(default_factory=list)
+    targets: Literal["all"] | StrList = "all"
+    allow_request_targets: bool = False
+    key: str = "path"
+
+    _split = field_validator("routes", "replicate", "exclude", mode="before")(_split_list)
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets_list(cls, value: Any) -> Any:
+        return value if value == "all" else _split_list(value)
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", value):
+            raise ValueError(f"expected an http:// or https:// base URL, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("routes")
+    @classmethod
+    def _route_form(cls, routes: list[str]) -> list[str]:
+        for route in routes:
+            if not (route.startswith("/") or route.startswith("host:")):
+                raise ValueError(f"route {route!r} must be a path prefix or 'host:<name>'")
+        return routes
+
+    @field_validator("replicate")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        upper = [m.upper() for m in methods]
+        for method in upper:
+            if not _METHOD_RE.fullmatch(method):
+                raise ValueError(f"invalid HTTP method {method!r}")
+        return upper
+
+    @field_validator("key")
+    @classmethod
+    def _key_rule(cls, rule: str) -> str:
+        if rule == "path" or (rule.startswith("header:") and len(rule) > len("header:")):
+            return rule
+        try:
+            re.compile(rule)
+        except re.error as exc:
+            raise ValueError(f"key must be 'path', 'header:<name>' or a regex: {exc}") from exc
+        return rule
+
+
+class Settings(BaseSettings):
+    """A region stack's configuration. Build it with `load_settings`, once, in `main()`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="XR_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    region: str
+    regions: StrList = Field(min_length=1)
+    data_dir: Path = Path("/var/lib/xregion")
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    streams: StreamSettings = Field(default_factory=StreamSettings)
+    bridge: BridgeSettings = Field(default_factory=BridgeSettings)
+    broadcaster: BroadcasterSettings = Field(default_factory=BroadcasterSettings)
+    replayer: ReplayerSettings = Field(default_factory=ReplayerSettings)
+    signing: SigningSettings
+    services: dict[str, ServiceSettings] = Field(default_factory=dict)
+
+    _split = field_validator("regions", mode="before")(_split_list)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment overrides them.
+        return (env_settings, init_settings)
+
+    @field_validator("region")
+    @classmethod
+    def _region_name(cls, region: str) -> str:
+        return validate_region(region)
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, regions: list[str]) -> list[str]:
+        for region in regions:
+            validate_region(region)
+        if len(set(regions)) != len(regions):
+            raise ValueError("regions must not repeat")
+        return regions
+
+    @field_validator("services")
+    @classmethod
+    def _service_names(cls, services: dict[str, ServiceSettings]) -> dict[str, ServiceSettings]:
+        for name in services:
+            validate_service(name)
+        return services
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.region not in self.regions:
+            raise ValueError(f"region {self.region!r} is not listed in regions {self.regions}")
+        for name, service in self.services.items():
+            if service.targets == "all":
+                continue
+            unknown = sorted(set(service.targets) - set(self.regions))
+            if unknown:
+                raise ValueError(f"services.{name}.targets names unknown regions {unknown}")
+        return self
+
+    def peer_regions(self) -> list[str]:
+        """Every region but this one, in configuration order."""
+        return [r for r in self.regions if r != self.region]
+
+
+def load_settings(path: Path | str | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read the region file at `path` (or `$XR_CONFIG`), apply `XR_*` overrides, validate.
+
+    Raises ConfigError with a one-line message on any problem.
+    """
+    env = os.environ if env is None else env
+    if path is None:
+        path = env.get("XR_CONFIG") or None
+    source = str(path) if path is not None else "environment"
+    data = _read_toml(Path(path)) if path is not None else {}
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from None
+    except (SettingsError, InvalidNameError, ValueError) as exc:
+        raise ConfigError(f"{source}: {_one_line(str(exc))}") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _describe(exc: ValidationError) -> str:
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    message = _one_line(first["msg"]).removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return f"{key}: {message}{more}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def redacted_dump(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as plain JSON data, secrets replaced by `"***"`."""
+    data: dict[str, Any] = settings.model_dump(mode="json")
+    password = settings.nats.password
+    data["nats"]["password"] = None if password is None else "***"
+    data["nats"]["servers"] = [_USERINFO_RE.sub("//***@", url) for url in data["nats"]["servers"]]
+    return data
