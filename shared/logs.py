@@ -47,6 +47,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
 
 
 def get_logger(name: str) -> FilteringBoundLogger:
-    """A logger whose lines carry `logger=<name>`."""
-    logger: FilteringBoundLogger = structlog.get_logger(logger=name)
+    """A logger whose lines carry `component=<name>`."""
+    logger: FilteringBoundLogger = structlog.get_logger(component=name)
     return logger
