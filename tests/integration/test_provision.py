@@ -1,0 +1,140 @@
+"""`xregion provision` against a real 3-region super-cluster: placement, idempotency, and
+provisioning while one region is down."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+
+from services.xregion.supercluster import SuperCluster
+from shared import provision
+from shared.natsconn import NatsConnection
+from shared.regions import dlq_stream, events_stream, replay_stream
+from shared.settings import NatsSettings, Settings, SigningSettings
+from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
+from tests.harness.wait import wait_until
+
+pytestmark = pytest.mark.integration
+JS_TRANSIENT = (NoStreamResponseError, ServiceUnavailableError, NatsTimeoutError)
+
+
+def settings_for(cluster: SuperCluster, region: str, tmp_path: Path) -> Settings:
+    return Settings(
+        region=region,
+        regions=list(DEV_REGIONS),
+        data_dir=tmp_path / region,
+        nats=NatsSettings(servers=cluster.client_urls(region), first_connect_timeout_s=5),
+        signing=SigningSettings(mode="off"),
+    )
+
+
+def region_file(cluster: SuperCluster, region: str, tmp_path: Path) -> Path:
+    path = tmp_path / f"{region}.toml"
+    servers = ", ".join(f'"{url}"' for url in cluster.client_urls(region))
+    path.write_text(
+        f'region = "{region}"\nregions = {list(DEV_REGIONS)!r}\ndata_dir = "{tmp_path}"\n'
+        f'[nats]\nservers = [{servers}]\n[signing]\nmode = "off"\n'.replace("'", '"')
+    )
+    return path
+
+
+def run_provision(config: Path) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("xregion", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    return subprocess.run(
+        [exe, "--log-level", "warning", "provision", "--config", str(config)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+async def test_provision_twice_is_a_no_op(
+    make_supercluster: MakeSuperCluster, tmp_path: Path
+) -> None:
+    cluster = await make_supercluster()
+    config = region_file(cluster, "eu-west", tmp_path)
+
+    first = run_provision(config)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("created") == 8, first.stdout  # 3 streams, 2 buckets, 3 consumers
+
+    async with NatsConnection(settings_for(cluster, "eu-west", tmp_path).nats,
+                              service="test") as conn:  # fmt: skip
+        js = conn.jetstream()
+        before = {s: await js.stream_info(s) for s in _streams("eu-west")}
+        consumers_before = await js.consumers_info(events_stream("eu-west"))
+
+        second = run_provision(config)
+        assert second.returncode == 0, second.stderr
+        assert "created" not in second.stdout, second.stdout
+        assert "updated" not in second.stdout, second.stdout
+        assert second.stdout.count("unchanged") == 8
+
+        for name, info in before.items():
+            after = await js.stream_info(name)
+            assert after.config == info.config
+            assert after.created == info.created
+            assert after.cluster is not None
+            assert after.cluster.name == "eu-west"
+            assert after.config.num_replicas == 1  # one server in the region's cluster
+        consumers_after = await js.consumers_info(events_stream("eu-west"))
+        assert sorted(c.name for c in consumers_after) == ["xr-broadcast-ap-south",
+                                                           "xr-broadcast-us-east"]  # fmt: skip
+        assert {c.name: c.created for c in consumers_after} == {
+            c.name: c.created for c in consumers_before
+        }
+
+
+async def test_changed_limits_are_updated_in_place(
+    make_supercluster: MakeSuperCluster, tmp_path: Path
+) -> None:
+    cluster = await make_supercluster(regions=DEV_REGIONS)
+    settings = settings_for(cluster, "us-east", tmp_path)
+    async with NatsConnection(settings.nats, service="test") as conn:
+        js = conn.jetstream()
+        await provision.apply(js, provision.plan(settings, 1))
+        shorter = settings.model_copy(
+            update={"streams": settings.streams.model_copy(update={"max_age_s": 3600.0})}
+        )
+        results = await provision.apply(js, provision.plan(shorter, 1))
+        updated = {r.name for r in results if r.action is provision.Action.UPDATED}
+        assert set(_streams("us-east")) <= updated
+        assert (await js.stream_info(events_stream("us-east"))).config.max_age == 3600.0
+
+
+async def test_one_region_down_the_others_still_publish_and_provision(
+    make_supercluster: MakeSuperCluster, tmp_path: Path
+) -> None:
+    cluster = await make_supercluster()
+    await cluster.stop_server(next(s.name for s in cluster.servers if s.cluster == "ap-south"))
+    for region in ("us-east", "eu-west"):
+        settings = settings_for(cluster, region, tmp_path)
+        async with NatsConnection(settings.nats, service="test") as conn:
+            js = conn.jetstream(timeout_s=2)
+            # Meta quorum is 2 of 3; a new leader may need a moment if ap-south led.
+            results = await wait_until(
+                lambda js=js, settings=settings: provision.apply(  # type: ignore[misc]
+                    js, provision.plan(settings, 1)
+                ),
+                60, interval=0.5, ignore=JS_TRANSIENT,
+                message=f"provisioning {region} with ap-south down",
+            )  # fmt: skip
+            assert {r.action for r in results} == {provision.Action.CREATED}
+            ack = await wait_until(
+                lambda js=js, region=region: js.publish(  # type: ignore[misc]
+                    f"xr.events.{region}.catalog", b"{}"
+                ),
+                30, interval=0.2, ignore=JS_TRANSIENT,
+                message=f"publish to {events_stream(region)}",
+            )  # fmt: skip
+            assert ack.stream == events_stream(region)
+
+
+def _streams(region: str) -> list[str]:
+    return [events_stream(region), replay_stream(region), dlq_stream(region)]
