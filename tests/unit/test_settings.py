@@ -8,6 +8,8 @@ import pytest
 
 from shared.settings import ConfigError, load_settings, redacted_dump
 
+REGION_FILES = Path(__file__).resolve().parents[2] / "deploy" / "regions"
+
 VALID = """
 region = "us-east"
 regions = ["us-east", "eu-west", "ap-south"]
@@ -122,3 +124,13 @@ def test_redacted_dump_hides_secrets(tmp_path: Path) -> None:
     assert "s3cret" not in flat
     assert dump["nats"]["password"] == "***"
     assert dump["nats"]["servers"] == ["nats://***@127.0.0.1:4222"]
+
+
+@pytest.mark.parametrize("path", sorted(REGION_FILES.glob("*.toml")), ids=lambda p: p.name)
+def test_example_region_files_are_valid(path: Path) -> None:
+    settings = load_settings(path, env={})
+    assert path.stem == settings.region
+
+
+def test_there_are_example_region_files() -> None:
+    assert len(list(REGION_FILES.glob("*.toml"))) == 3
