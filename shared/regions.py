@@ -37,18 +37,14 @@ class InvalidNameError(ValueError):
 def validate_region(name: str) -> str:
     """Return `name` if it is a valid region name, else raise InvalidNameError."""
     if not REGION_RE.fullmatch(name):
-        raise InvalidNameError(
-            f"invalid region name {name!r}: must match [a-z][a-z0-9-]{{0,30}}"
-        )
+        raise InvalidNameError(f"invalid region name {name!r}: must match [a-z][a-z0-9-]{{0,30}}")
     return name
 
 
 def validate_service(name: str) -> str:
     """Return `name` if it is a valid service name, else raise InvalidNameError."""
     if not SERVICE_RE.fullmatch(name):
-        raise InvalidNameError(
-            f"invalid service name {name!r}: must match [a-z][a-z0-9_-]{{0,62}}"
-        )
+        raise InvalidNameError(f"invalid service name {name!r}: must match [a-z][a-z0-9_-]{{0,62}}")
     return name
 
 

@@ -1,0 +1,3 @@
+"""Shared pytest configuration: the harness fixtures (tests/harness/fixtures.py)."""
+
+pytest_plugins = ["tests.harness.fixtures"]

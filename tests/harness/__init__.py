@@ -1,0 +1,1 @@
+"""Test harness: real nats-server super-clusters, waiting on conditions, shared fixtures."""
