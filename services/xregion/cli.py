@@ -39,7 +39,7 @@ _LATER = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    configure_logging(args.log_level, json=_json_logs(args.log_format))
+    configure_logging(args.log_level or args.quiet_log_level, json=_json_logs(args.log_format))
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
@@ -63,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
         description="Replicate HTTP writes across regions over a NATS super-cluster.",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"]
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info for services, warning for the other commands",
     )
+    parser.set_defaults(quiet_log_level="warning")
     parser.add_argument(
         "--log-format",
         default="auto",
@@ -103,7 +106,7 @@ def _service_parser(
         action="store_true",
         help="validate the configuration, print it with secrets redacted, and exit",
     )
-    parser.set_defaults(handler=commands.run_service)
+    parser.set_defaults(handler=commands.run_service, quiet_log_level="info")
 
 
 def _provision_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -153,7 +156,13 @@ def _cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         parser.add_argument(
             "--servers-per-region", type=int, default=1, choices=[1, 3], metavar="{1,3}"
         )
-        parser.add_argument("--base-port", type=int, default=14000, metavar="N")
+        parser.add_argument(
+            "--base-port",
+            type=int,
+            default=14000,
+            metavar="N",
+            help="first port of the port plan (default: %(default)s; 0 = any free ports)",
+        )
         parser.add_argument("--workdir", type=Path, default=Path(".xregion"), metavar="DIR")
         parser.add_argument("--state-file", type=Path, default=None, metavar="FILE")
         parser.set_defaults(handler=handler)

@@ -21,7 +21,12 @@ from rich.table import Table
 
 from services.xregion.commands import CommandError
 from services.xregion.natsconf import TopologyError, build_topology
-from services.xregion.supercluster import ServerHealth, SuperCluster, SuperClusterError
+from services.xregion.supercluster import (
+    ServerHealth,
+    SuperCluster,
+    SuperClusterError,
+    with_free_ports,
+)
 from shared import provision
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.regions import InvalidNameError, validate_region
@@ -39,10 +44,14 @@ async def run_up(args: argparse.Namespace, *, stay: bool) -> int:
         shutil.rmtree(workdir / "data", ignore_errors=True)  # a demo starts from nothing
     try:
         topology = build_topology(
-            regions, servers_per_region=args.servers_per_region, base_port=args.base_port
+            regions,
+            servers_per_region=args.servers_per_region,
+            base_port=args.base_port or 14000,
         )
     except TopologyError as exc:
         raise CommandError(str(exc), exit_code=2) from None
+    if args.base_port == 0:
+        topology = with_free_ports(topology)
     cluster = SuperCluster(topology, workdir)
     try:
         return await _run(cluster, regions, args, stay=stay)
@@ -63,9 +72,10 @@ async def _run(
             await _provision(cluster, region, regions, args.workdir)
     rows = await cluster.health()
     console.print(_health_table(rows))
+    healthy, verdict = _verdict(rows, regions)
+    console.print(verdict, style="green" if healthy else "bold red")
     if args.state_file is not None:
         _write_state(args.state_file, cluster, regions)
-    healthy = all(row.healthz == "ok" and row.jetstream_ok for row in rows)
     if stay:
         console.print("super-cluster up; Ctrl-C or SIGTERM stops it")
         await _until_signalled()
@@ -110,28 +120,39 @@ async def _provision(cluster: SuperCluster, region: str, regions: list[str], wor
 
 
 def _health_table(rows: list[ServerHealth]) -> Table:
+    clusters = {row.cluster for row in rows}
     table = Table(title="NATS super-cluster")
-    for column in (
-        "server",
-        "region",
-        "running",
-        "healthz",
-        "gateways",
-        "meta leader",
-        "jetstream",
-    ):
-        table.add_column(column)
+    for column in ("server", "region", "healthz", "gateways up", "meta leader", "jetstream"):
+        table.add_column(column, no_wrap=True)
     for row in rows:
         table.add_row(
             row.name,
             row.cluster,
-            "yes" if row.running else "no",
             row.healthz,
-            ", ".join(sorted(row.gateways)) or "-",
+            f"{len(row.gateways)}/{len(clusters) - 1}",
             row.meta_leader or "-",
             "ok" if row.jetstream_ok else "unavailable",
         )
     return table
+
+
+def _verdict(rows: list[ServerHealth], regions: list[str]) -> tuple[bool, str]:
+    clusters = {row.cluster for row in rows}
+    leaders = {row.meta_leader for row in rows}
+    healthy = (
+        all(
+            row.healthz == "ok" and row.jetstream_ok and len(row.gateways) == len(clusters) - 1
+            for row in rows
+        )
+        and len(leaders) == 1
+        and None not in leaders
+    )
+    if not healthy:
+        return False, "NOT healthy: see the table above and the logs under the workdir"
+    return True, (
+        f"healthy: {len(regions)} regions provisioned, {len(rows)} servers, "
+        f"every gateway up, meta leader {leaders.pop()}"
+    )
 
 
 def _write_state(path: Path, cluster: SuperCluster, regions: list[str]) -> None:
