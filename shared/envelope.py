@@ -35,6 +35,13 @@ from shared.ids import is_uuid7
 from shared.regions import InvalidNameError, validate_region, validate_service
 
 __all__ = [
+    "CANARY_SERVICE",
+    "HDR_CANARY",
+    "HDR_DLQ_AT",
+    "HDR_DLQ_ATTEMPTS",
+    "HDR_DLQ_ERROR",
+    "HDR_DLQ_REASON",
+    "HDR_DLQ_STATUS",
     "HDR_EVENT_ID",
     "HDR_HLC",
     "HDR_KEY",
@@ -42,6 +49,8 @@ __all__ = [
     "HDR_MSG_ID",
     "HDR_ORIGIN",
     "HDR_PATH",
+    "HDR_REPLAYED_FROM",
+    "HDR_REPLAYED_SIG",
     "HDR_REQ_PREFIX",
     "HDR_SCHEMA",
     "HDR_SERVICE",
@@ -49,6 +58,8 @@ __all__ = [
     "HDR_TARGETS",
     "HDR_TRACE",
     "HEADER_BUDGET_BYTES",
+    "HTTP_IDEMPOTENCY_KEY",
+    "HTTP_TRACEPARENT",
     "PASSTHROUGH_PREFIXES",
     "SCHEMA_VERSION",
     "EnvelopeError",
@@ -57,6 +68,7 @@ __all__ = [
     "MalformedEventError",
     "Reason",
     "ReqHeaders",
+    "canary_target",
     "check_fits",
     "decode",
     "encode",
@@ -82,6 +94,27 @@ HDR_TRACE = "Xr-Trace"
 HDR_TARGETS = "Xr-Targets"
 HDR_SCHEMA = "Xr-Schema"
 HDR_SIG = "Xr-Sig"
+# Not an event header: the HTTP header a replayer adds to the calls it makes, naming the
+# event's origin. The bridge proxies such a request without publishing it (no loops).
+HDR_REPLAYED_FROM = "Xr-Replayed-From"
+# With signing on, the replay marker's signature (shared/signing.py: replay_signing_input).
+HDR_REPLAYED_SIG = "Xr-Replayed-Sig"
+# Canaries (services/broadcaster/canary.py): every few seconds a broadcaster writes, per target
+# region, one event on service CANARY_SERVICE into its own events stream, with HDR_CANARY set
+# to that target. It travels the whole path of a write (events stream, broadcaster, gateway,
+# replay stream); the target's replayer records its age and never calls a service for it.
+# decode() ignores HDR_CANARY (PASSTHROUGH_PREFIXES), so a canary is otherwise a valid event.
+HDR_CANARY = "Xr-Canary"
+CANARY_SERVICE = "xr-canary"
+# Dead letters (services/replayer/dlq.py): the original message plus these headers.
+HDR_DLQ_REASON = "Xr-Dlq-Reason"
+HDR_DLQ_STATUS = "Xr-Dlq-Status"
+HDR_DLQ_ATTEMPTS = "Xr-Dlq-Attempts"
+HDR_DLQ_ERROR = "Xr-Dlq-Error"
+HDR_DLQ_AT = "Xr-Dlq-At"
+# HTTP headers a replayer sets on the calls it makes (DESIGN §5).
+HTTP_IDEMPOTENCY_KEY = "Idempotency-Key"
+HTTP_TRACEPARENT = "traceparent"
 
 SCHEMA_VERSION = 1
 # Room kept for headers when the bridge turns the server's max_payload into a body limit.
@@ -323,6 +356,17 @@ def req_headers_from(headers: Mapping[str, str]) -> ReqHeaders:
         low, value = name.lower(), raw.strip(" \t")
         merged[low] = f"{merged[low]}, {value}" if low in merged else value
     return tuple(sorted(merged.items()))
+
+
+def canary_target(headers: Mapping[str, str] | None) -> str | None:
+    """The region a canary is addressed to (HDR_CANARY, any letter case); None if no canary."""
+    if not headers:
+        return None
+    value = headers.get(HDR_CANARY)
+    if value is None:
+        wanted = HDR_CANARY.lower()
+        value = next((v for k, v in headers.items() if k.lower() == wanted), None)
+    return None if value is None else value.strip()
 
 
 def parse_targets(value: str) -> tuple[str, ...]:

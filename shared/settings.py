@@ -124,24 +124,142 @@ class StreamSettings(_Section):
 
 
 class BridgeSettings(_Section):
+    """The bridge (DESIGN §5). Every wait is finite; sizes are bytes, times seconds."""
+
     listen: str = "127.0.0.1:8080"
     admin_listen: str = "127.0.0.1:9180"
     max_replicated_body_bytes: int = Field(default=8 * _MIB, gt=0)
+    # Extra request headers copied into events as Xr-Req-*, on top of the built-in allow-list
+    # (Content-Type, Content-Encoding, Idempotency-Key).
+    forward_headers: StrList = Field(default_factory=list)
+    # Requests handled at once; above it the bridge answers 503 at once (backpressure).
+    max_concurrent_requests: int = Field(default=10_000, ge=1)
+    # JetStream acks awaited at once; a write waits for a slot within publish_timeout_s.
+    max_inflight_publishes: int = Field(default=1024, ge=1)
+    # How long a write waits for its JetStream ack before the event goes to the outbox.
+    publish_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
+    # Longest silence from the upstream (waiting for the status line, or between body bytes).
+    upstream_read_timeout_s: float = Field(default=60.0, gt=0)
+    upstream_max_connections: int = Field(default=1024, ge=1)
+    upstream_keepalive_s: float = Field(default=30.0, gt=0)
+    # The outbox refuses new events beyond this size on disk (the write then fails with 503).
+    outbox_max_bytes: int = Field(default=1024 * _MIB, gt=0)
+    outbox_batch: int = Field(default=64, ge=1, le=10_000)
+    outbox_retry_base_s: float = Field(default=0.2, gt=0)
+    outbox_retry_max_s: float = Field(default=10.0, gt=0)
+    # At start, how long to drain the outbox before opening the listener (then keep draining).
+    start_drain_timeout_s: float = Field(default=10.0, ge=0)
+    # On SIGTERM: how long in-flight requests (and their publishes) may take to finish.
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
 
     _listen = field_validator("listen", "admin_listen")(_check_listen)
+    _split = field_validator("forward_headers", mode="before")(_split_list)
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _header_names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", name):
+                raise ValueError(f"invalid header name {name!r}")
+            if name.lower().startswith("xr-"):
+                raise ValueError(f"{name!r}: Xr-* headers are xregion's own")
+        return [name.lower() for name in names]
 
 
 class BroadcasterSettings(_Section):
+    """The broadcaster (DESIGN §5). Counts are events, sizes bytes, times seconds.
+
+    Per target region the broadcaster holds a window of events (fetched, not yet acked):
+    at most `window_events` and about `window_max_bytes`. `ack_wait_s` and `max_ack_pending`
+    are applied to the broadcaster's durable consumers by `xregion provision`; the window must
+    fit in `max_ack_pending` (shared by every instance in the region) and a publish must time
+    out well within `ack_wait_s`.
+    """
+
     admin_listen: str = "127.0.0.1:9181"
+    window_events: int = Field(default=1024, ge=1, le=100_000)
+    window_max_bytes: int = Field(default=64 * _MIB, gt=0)
+    fetch_batch: int = Field(default=256, ge=1, le=10_000)
+    # Short, so a pause or a shutdown is obeyed within a second (NATS_NOTES §3.1.5).
+    fetch_timeout_s: float = Field(default=0.5, gt=0, le=30)
+    # Each publish_async future is bounded by this (NATS_NOTES §3.1.1).
+    publish_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    retry_base_s: float = Field(default=0.1, gt=0)
+    retry_max_s: float = Field(default=5.0, gt=0)
+    ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
+    max_ack_pending: int = Field(default=10_000, ge=1, le=1_000_000)
+    canary_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    # How often every instance re-reads the pause switches (KV `xr-control-<region>`).
+    control_poll_s: float = Field(default=0.25, gt=0, le=10)
+    # How often backlog and lag are read from the consumers.
+    metrics_poll_s: float = Field(default=2.0, gt=0, le=300)
+    # On SIGTERM: how long in-flight publishes may take to finish and be acked.
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
     _listen = field_validator("admin_listen")(_check_listen)
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> Self:
+        if self.window_events > self.max_ack_pending:
+            raise ValueError(
+                f"window_events ({self.window_events}) must not exceed max_ack_pending "
+                f"({self.max_ack_pending})"
+            )
+        if max(self.publish_timeout_s, self.fetch_timeout_s) * 2 > self.ack_wait_s:
+            raise ValueError("ack_wait_s must be >= 2 x publish_timeout_s and fetch_timeout_s")
+        if self.retry_base_s > self.retry_max_s:
+            raise ValueError("retry_base_s must not exceed retry_max_s")
+        return self
 
 
 class ReplayerSettings(_Section):
+    """The replayer (DESIGN §5). Counts are events, times seconds.
+
+    `ack_wait_s` and `max_ack_pending` are applied to the replayer's durable consumer by
+    `xregion provision`; `ack_wait_s` is also how long a per-key claim in the versions bucket
+    holds off other instances, so one event's handling (every in-process attempt) must fit in
+    it twice over.
+    """
+
     admin_listen: str = "127.0.0.1:9182"
+    # Events held at once (being applied, or queued behind an earlier event for their key).
     concurrency: int = Field(default=64, ge=1, le=10_000)
+    fetch_batch: int = Field(default=256, ge=1, le=10_000)
+    # Short, so a shutdown is obeyed within about a second (NATS_NOTES §3.1.5).
+    fetch_timeout_s: float = Field(default=1.0, gt=0, le=30)
+    ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
+    max_ack_pending: int = Field(default=2_000, ge=1, le=1_000_000)
+    upstream_connect_timeout_s: float = Field(default=2.0, gt=0)
+    # Per attempt: the whole request and response.
+    upstream_timeout_s: float = Field(default=10.0, gt=0)
+    upstream_max_connections: int = Field(default=256, ge=1)
+    # In-process retries of one delivery (connection errors, timeouts, 429, 5xx).
+    retry_attempts: int = Field(default=3, ge=1, le=20)
+    retry_total_s: float = Field(default=5.0, gt=0)
+    retry_base_s: float = Field(default=0.05, gt=0)
+    retry_max_s: float = Field(default=1.0, gt=0)
+    # Then redelivery by nak(delay): nak_base_s * 2**(deliveries-1), capped at nak_max_s.
+    nak_base_s: float = Field(default=1.0, gt=0)
+    nak_max_s: float = Field(default=60.0, gt=0)
+    # A retryable event is dead-lettered after this many deliveries or this age.
+    max_deliveries: int = Field(default=20, ge=1)
+    max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    # nak delay while another instance holds the claim on the event's key.
+    claim_busy_delay_s: float = Field(default=0.2, gt=0)
+    metrics_poll_s: float = Field(default=5.0, gt=0, le=300)
+    # On SIGTERM: how long in-flight events may take to finish and be acked.
+    shutdown_timeout_s: float = Field(default=15.0, gt=0)
 
     _listen = field_validator("admin_listen")(_check_listen)
+
+    @model_validator(mode="after")
+    def _fits_ack_wait(self) -> Self:
+        if 2 * (self.retry_total_s + self.upstream_timeout_s) > self.ack_wait_s:
+            raise ValueError("ack_wait_s must be >= 2 x (retry_total_s + upstream_timeout_s)")
+        if self.retry_base_s > self.retry_max_s or self.nak_base_s > self.nak_max_s:
+            raise ValueError("retry_base_s/nak_base_s must not exceed retry_max_s/nak_max_s")
+        return self
 
 
 class SigningSettings(_Section):

@@ -61,7 +61,19 @@ def run_service(args: argparse.Namespace) -> int:
         json.dump(redacted_dump(settings), sys.stdout, indent=2, sort_keys=True)
         print()
         return 0
+    if args.command == "bridge":
+        return _run_bridge(settings)
     raise CommandError("not yet available in this version (use --check-config)", exit_code=2)
+
+
+def _run_bridge(settings: Settings) -> int:
+    from services.bridge.main import run_bridge
+    from services.bridge.service import BridgeError
+
+    try:
+        return run(run_bridge(settings))
+    except BridgeError as exc:
+        raise CommandError(str(exc), exit_code=exc.exit_code) from None
 
 
 def provision(args: argparse.Namespace) -> int:

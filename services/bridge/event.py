@@ -1,0 +1,68 @@
+"""Turning a write request into an `Event` (pure; DESIGN §4).
+
+The bridge builds the event *before* it calls the upstream, so a write that could not be
+replicated (a path or key the envelope refuses, a frame over NATS' max_payload) is refused
+before the service sees it, never after it has happened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from multidict import CIMultiDict
+
+from services.bridge.headers import event_headers
+from services.bridge.routing import Route
+from shared.envelope import Event, new_traceparent, parse_traceparent
+from shared.hlc import HlcStamp
+
+__all__ = ["WriteRequest", "build_event", "trace_context"]
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRequest:
+    """What the bridge knows of a write when it builds its event."""
+
+    method: str
+    path_qs: str  # raw path plus query string, as sent
+    path: str  # raw path without the query string
+    headers: tuple[tuple[str, str], ...]  # the client's headers, in order, repeats kept
+    body: bytes
+
+
+def trace_context(headers: Iterable[tuple[str, str]]) -> str:
+    """The client's `traceparent` if it sent a valid one, else a freshly minted one."""
+    for name, value in headers:
+        if name.lower() == "traceparent":
+            parsed = parse_traceparent(value)
+            if parsed is not None:
+                return parsed
+    return new_traceparent()
+
+
+def build_event(
+    request: WriteRequest,
+    route: Route,
+    *,
+    event_id: str,
+    origin: str,
+    hlc: HlcStamp,
+    forward: frozenset[str],
+    targets: tuple[str, ...] | None = None,
+) -> Event:
+    """The event of `request` (unsigned). Raises MalformedEventError naming the bad field."""
+    lookup = CIMultiDict(request.headers)
+    return Event(
+        event_id=event_id,
+        origin=origin,
+        service=route.service,
+        method=request.method,
+        path=request.path_qs,
+        hlc=hlc,
+        key=route.key.key_for(request.path, lookup),
+        body=request.body,
+        trace=trace_context(request.headers),
+        req_headers=event_headers(request.headers, forward),
+        targets=targets,
+    )

@@ -1,0 +1,134 @@
+"""Header rewriting for the proxy (pure; RFC 9110 §7.6.1, DESIGN §4, §5).
+
+Headers are handled as `(name, value)` pairs in arrival order, so repeated headers (several
+`Set-Cookie`, several `X-Forwarded-For`) survive untouched unless a rule says otherwise.
+
+* Hop-by-hop headers never cross the proxy: `Connection`, the headers `Connection` names,
+  `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
+* Towards the upstream: `Host` becomes the upstream's own (the client's goes to
+  `X-Forwarded-Host`), `Expect` is answered by this proxy, the client's `Xr-*` headers are
+  dropped (spoofing) unless the request is a trusted replay, and `X-Forwarded-For/-Proto/-Host`
+  get this hop appended.
+* Into the event: only allow-listed request headers, repeated ones joined per HTTP list rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from multidict import CIMultiDict
+
+from shared.envelope import ReqHeaders, req_headers_from
+
+__all__ = [
+    "DEFAULT_FORWARDED",
+    "HOP_BY_HOP",
+    "Forwarded",
+    "Pairs",
+    "event_headers",
+    "response_headers",
+    "upstream_headers",
+    "without_hop_by_hop",
+]
+
+Pairs = list[tuple[str, str]]
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Request headers copied into every event (plus `bridge.forward_headers`).
+DEFAULT_FORWARDED = frozenset({"content-type", "content-encoding", "idempotency-key"})
+# Headers this proxy answers or sets itself rather than forwarding.
+_PROXY_OWNED = frozenset({"host", "expect"})
+_XFF = "X-Forwarded-For"
+_XFP = "X-Forwarded-Proto"
+_XFH = "X-Forwarded-Host"
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """This hop, as the `X-Forwarded-*` headers describe it."""
+
+    client: str | None  # peer address
+    proto: str  # "http" or "https"
+    host: str | None  # the Host header the client sent
+
+
+def _connection_tokens(pairs: Iterable[tuple[str, str]]) -> set[str]:
+    tokens: set[str] = set()
+    for name, value in pairs:
+        if name.lower() == "connection":
+            tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> Pairs:
+    """`pairs` minus hop-by-hop headers, including every header `Connection` names."""
+    items = list(pairs)
+    drop = HOP_BY_HOP | _connection_tokens(items)
+    return [(name, value) for name, value in items if name.lower() not in drop]
+
+
+def _is_xregion(name: str) -> bool:
+    return name[:3].lower() == "xr-"
+
+
+def _appended(pairs: Pairs, name: str, value: str | None) -> Pairs:
+    """Join every `name` header into one and append `value` (or leave them as they were)."""
+    if value is None:
+        return pairs
+    low = name.lower()
+    existing = [v.strip() for n, v in pairs if n.lower() == low and v.strip()]
+    rest = [(n, v) for n, v in pairs if n.lower() != low]
+    return [*rest, (name, ", ".join([*existing, value]))]
+
+
+def upstream_headers(
+    pairs: Iterable[tuple[str, str]],
+    hop: Forwarded,
+    *,
+    keep_xregion: bool = False,
+    add: Iterable[tuple[str, str]] = (),
+) -> CIMultiDict[str]:
+    """The headers to send upstream for a client request with `pairs`.
+
+    `keep_xregion` keeps the client's `Xr-*` headers (only for a trusted replay); `add` comes
+    last and replaces any header of the same name (the bridge's `Xr-Hlc`, `Xr-Event-Id`).
+    """
+    added = list(add)
+    replaced = {name.lower() for name, _ in added}
+    kept = [
+        (name, value)
+        for name, value in without_hop_by_hop(pairs)
+        if name.lower() not in _PROXY_OWNED
+        and name.lower() not in replaced
+        and (keep_xregion or not _is_xregion(name))
+    ]
+    kept = _appended(kept, _XFF, hop.client)
+    kept = _appended(kept, _XFP, hop.proto)
+    kept = _appended(kept, _XFH, hop.host)
+    return CIMultiDict([*kept, *added])
+
+
+def response_headers(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:
+    """The upstream's response headers as the client gets them (repeats kept, in order)."""
+    return CIMultiDict(without_hop_by_hop(pairs))
+
+
+def event_headers(pairs: Iterable[tuple[str, str]], allow: frozenset[str]) -> ReqHeaders:
+    """The allow-listed request headers (lower-case names in `allow`) in `Event` form."""
+    chosen: CIMultiDict[str] = CIMultiDict(
+        (name, value) for name, value in pairs if name.lower() in allow
+    )
+    return req_headers_from(chosen)

@@ -1,0 +1,51 @@
+"""The bridge's Prometheus metrics (names are contracts: DESIGN §8)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "EVENTS",
+    "INFLIGHT_REQUESTS",
+    "OUTBOX_DEPTH",
+    "OUTBOX_DRAINED",
+    "PUBLISH_DURATION",
+    "REQUESTS",
+    "REQUEST_DURATION",
+    "method_label",
+]
+
+_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+REQUESTS = Counter(
+    "xr_bridge_requests_total",
+    "HTTP requests answered by the bridge, by service (or 'none'), method and status code",
+    ["service", "method", "code"],
+)
+REQUEST_DURATION = Histogram(
+    "xr_bridge_request_duration_seconds",
+    "Time from a request's arrival to the start of its response (the added part included)",
+    ["service"],
+    buckets=_BUCKETS,
+)
+EVENTS = Counter(
+    "xr_bridge_events_total",
+    "Replicated writes by what happened to their event: published, spooled (outbox), failed",
+    ["service", "outcome"],
+)
+PUBLISH_DURATION = Histogram(
+    "xr_bridge_publish_duration_seconds",
+    "Time from publishing an event to its JetStream ack (or to giving up on the ack)",
+    buckets=_BUCKETS,
+)
+OUTBOX_DEPTH = Gauge("xr_bridge_outbox_depth", "Events waiting in the local outbox")
+OUTBOX_DRAINED = Counter(
+    "xr_bridge_outbox_drained_total", "Outbox events republished and acked by JetStream"
+)
+INFLIGHT_REQUESTS = Gauge("xr_bridge_inflight_requests", "Requests being handled right now")
+
+
+def method_label(method: str) -> str:
+    """Methods as a bounded label set: the usual ones, everything else as OTHER."""
+    return method if method in _METHODS else "OTHER"

@@ -1,0 +1,444 @@
+"""One proxied request, start to finish (DESIGN §5 bridge).
+
+    route ──▶ (replicated write: read body ≤ limit, build and sign event) ──▶ upstream
+          ──▶ (2xx: event durable: JetStream ack, else outbox) ──▶ relay response, streamed
+
+The event is built before the upstream is called, so a write that could not be replicated is
+refused (400/413) before it happens. A request with a trusted replay marker (`_replay_marker_
+valid`) is proxied with its `Xr-*` headers and never published; every other request loses the
+`Xr-*` headers its client sent. It is made durable after the upstream's 2xx status and
+headers and before the first byte goes back to the client. Everything else is relayed as
+bytes. Failures answer with a short JSON body: `{"error": <code>, "detail": <text>}`.
+
+Statuses the bridge itself produces: 400 (event cannot be built from the request), 404 (no
+route), 413 (body over the replication limit), 502 (upstream unreachable), 503 (overloaded,
+or the write's event could not be stored anywhere), 504 (upstream timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from structlog.contextvars import bound_contextvars
+
+from services.bridge.delivery import Delivery, Outcome
+from services.bridge.event import WriteRequest, build_event
+from services.bridge.headers import Forwarded, response_headers, upstream_headers
+from services.bridge.metrics import INFLIGHT_REQUESTS, REQUEST_DURATION, REQUESTS, method_label
+from services.bridge.routing import Route, RouteTable, TargetsError, request_targets
+from services.bridge.tasks import TaskSet
+from services.bridge.upstream import (
+    RequestBody,
+    Upstream,
+    UpstreamBrokeOffError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from shared.envelope import (
+    HDR_EVENT_ID,
+    HDR_HLC,
+    HDR_REPLAYED_FROM,
+    HDR_REPLAYED_SIG,
+    HDR_TARGETS,
+    Event,
+    EventTooLargeError,
+    MalformedEventError,
+    encode,
+    max_body_for,
+    wire_size,
+)
+from shared.hlc import Hlc
+from shared.ids import uuid7_str
+from shared.logs import get_logger
+from shared.regions import events_subject
+from shared.signing import SignatureError, Signer, Verifier, replay_signing_input
+
+__all__ = ["Proxy", "ProxyConfig", "problem"]
+
+log = get_logger("xr.bridge")
+
+# Status codes whose responses never carry a body, whatever their headers say.
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    region: str
+    regions: tuple[str, ...]
+    max_replicated_body_bytes: int
+    forward_headers: frozenset[str]
+    max_concurrent_requests: int
+
+
+class _Refused(Exception):
+    """The bridge answers the request itself with an error status."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(slots=True)
+class _Record:
+    """The fields of the one canonical log line of a request."""
+
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    service: str = "none"
+    status: int = 0
+    event_id: str | None = None
+    outcome: str | None = None
+    replay: bool = False
+    upstream_ms: float | None = None
+    publish_ms: float | None = None
+    error: str | None = None
+
+    def elapsed_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What to send upstream: the buffered body (None: stream it), and the write's event."""
+
+    body: bytes | None
+    write: _Write | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Write:
+    """A replicated write's event, encoded, ready to publish after the upstream's 2xx."""
+
+    event: Event
+    subject: str
+    headers: dict[str, str]
+    payload: bytes
+    wire_bytes: int  # headers + payload as NATS counts them against max_payload
+
+
+def problem(status: int, code: str, detail: str) -> web.Response:
+    """A short JSON error response."""
+    return web.json_response({"error": code, "detail": detail}, status=status)
+
+
+class Proxy:
+    """The bridge's request handler; `handle` is the aiohttp handler."""
+
+    def __init__(
+        self,
+        config: ProxyConfig,
+        *,
+        routes: RouteTable,
+        upstream: Upstream,
+        delivery: Delivery,
+        max_payload: Callable[[], int],
+        tasks: TaskSet,
+        hlc: Hlc | None = None,
+        signer: Signer | None = None,
+        verifier: Verifier | None = None,
+    ) -> None:
+        self._config = config
+        self._routes = routes
+        self._upstream = upstream
+        self._delivery = delivery
+        self._max_payload = max_payload
+        self._tasks = tasks
+        self._hlc = hlc or Hlc()
+        self._signer = signer
+        self._verifier = verifier
+        self._inflight = 0
+
+    def body_limit(self) -> int:
+        """The replication body limit: the configured one, or what NATS can carry if less."""
+        return min(self._config.max_replicated_body_bytes, max_body_for(self._max_payload()))
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        record = _Record(method=request.method, path=request.raw_path)
+        if self._inflight >= self._config.max_concurrent_requests:
+            record.error = "overloaded"
+            response = self._finish(record, problem(503, "overloaded", "too many in flight"))
+            _log(record)
+            return response
+        self._inflight += 1
+        INFLIGHT_REQUESTS.inc()
+        try:
+            return await self._handle(request, record)
+        except ConnectionError as exc:  # the client left while we read its request
+            record.error = f"client gone: {exc!r}"
+            return self._finish(record, problem(400, "client_gone", "request incomplete"))
+        except Exception as exc:
+            # The bridge's one catch-all boundary: log it, count it, answer 500 if we still can.
+            record.error = repr(exc)
+            log.exception("bridge.unexpected_error", method=record.method, path=record.path)
+            if record.status:  # the response had started: nothing else can be said
+                raise
+            return self._finish(record, problem(500, "internal_error", "unexpected error"))
+        finally:
+            self._inflight -= 1
+            INFLIGHT_REQUESTS.dec()
+            _log(record)
+
+    async def _handle(self, request: web.BaseRequest, record: _Record) -> web.StreamResponse:
+        path = request.raw_path.partition("?")[0]
+        route = self._routes.match(request.headers.get("Host"), path)
+        if route is None:
+            return self._finish(record, problem(404, "no_route", f"no service routes {path!r}"))
+        record.service = route.service
+        try:
+            replicates = route.replicates(request.method, path)
+            marked = HDR_REPLAYED_FROM in request.headers
+            body = None
+            if self._needs_body(replicates, marked):
+                body = await _read_limited(request, self.body_limit())  # 100 Continue if it fits
+            record.replay = marked and self._replay_marker_valid(request, body)
+            write = None
+            if replicates and not record.replay:
+                assert body is not None
+                write = self._prepare_write(request, route, path, body)
+                record.event_id = write.event.event_id
+            return await self._forward(request, route, _Plan(body, write), record)
+        except _Refused as refused:
+            record.error = refused.detail
+            return self._finish(record, problem(refused.status, refused.code, refused.detail))
+
+    def _needs_body(self, replicates: bool, marked: bool) -> bool:
+        """Buffer the body for an event, or to check a signed replay marker; else stream it."""
+        if not marked:
+            return replicates
+        return self._verifier is not None  # unsigned markers are trusted as they are
+
+    def _replay_marker_valid(self, request: web.BaseRequest, body: bytes | None) -> bool:
+        """Whether a request's replay marker is to be trusted (it is not published again).
+
+        With signing off the marker alone counts, so a client could add it to keep its own
+        write from replicating. That only hurts that client, and a replayer pointed at a
+        bridge must never cause a loop. With signing on, the marker must carry a signature
+        by a trusted key over this very request (shared/signing.py); a forged or stale one is
+        ignored and the request is handled like any other client's (Xr-* stripped,
+        replicated).
+        """
+        if self._verifier is None:
+            return True
+        data = replay_signing_input(
+            origin=request.headers.get(HDR_REPLAYED_FROM, ""),
+            event_id=request.headers.get(HDR_EVENT_ID, ""),
+            method=request.method,
+            path=_path_qs(request),
+            body=body or b"",
+        )
+        try:
+            self._verifier.verify_bytes(request.headers.get(HDR_REPLAYED_SIG), data)
+        except SignatureError as exc:
+            log.warning("bridge.replay_marker_refused", reason=exc.reason, error=str(exc))
+            return False
+        return True
+
+    def _finish(self, record: _Record, response: web.StreamResponse) -> web.StreamResponse:
+        """Count a response the bridge produced itself (no streaming)."""
+        record.status = response.status
+        _observe(record)
+        return response
+
+    def _prepare_write(
+        self, request: web.BaseRequest, route: Route, path: str, body: bytes
+    ) -> _Write:
+        try:
+            targets = request_targets(route, request.headers.get(HDR_TARGETS), self._config.regions)
+            event = build_event(
+                WriteRequest(request.method, _path_qs(request), path, _pairs(request), body),
+                route,
+                event_id=uuid7_str(),
+                origin=self._config.region,
+                hlc=self._hlc.now(),
+                forward=self._config.forward_headers,
+                targets=targets,
+            )
+        except (TargetsError, MalformedEventError) as exc:
+            raise _Refused(400, "not_replicable", str(exc)) from exc
+        if self._signer is not None:
+            event = self._signer.sign(event)
+        headers, payload = encode(event)
+        size, limit = wire_size(headers, payload), self._max_payload()
+        if size > limit:
+            raise _Refused(413, "too_large_to_replicate", str(EventTooLargeError(size, limit)))
+        subject = events_subject(self._config.region, route.service)
+        return _Write(event, subject, headers, payload, size)
+
+    async def _forward(
+        self, request: web.BaseRequest, route: Route, plan: _Plan, record: _Record
+    ) -> web.StreamResponse:
+        response = await self._send(request, route, plan, record)
+        write = plan.write
+        try:
+            if write is not None and 200 <= response.status < 300:
+                outcome = await self._make_durable(write, record)
+                if outcome is Outcome.FAILED:
+                    raise _Refused(
+                        503,
+                        "event_not_stored",
+                        f"{route.service} applied the write but its event {write.event.event_id}"
+                        " could not be stored for replication",
+                    )
+            return await self._relay(request, response, record)
+        finally:
+            # Back to the pool if the body was read to its end, else the connection is closed.
+            response.release()
+
+    async def _send(
+        self, request: web.BaseRequest, route: Route, plan: _Plan, record: _Record
+    ) -> aiohttp.ClientResponse:
+        added: list[tuple[str, str]] = []
+        if plan.write is not None:
+            event = plan.write.event
+            added = [(HDR_HLC, str(event.hlc)), (HDR_EVENT_ID, event.event_id)]
+        hop = Forwarded(
+            client=request.remote, proto=request.scheme, host=request.headers.get("Host")
+        )
+        headers = upstream_headers(_pairs(request), hop, keep_xregion=record.replay, add=added)
+        body: RequestBody = plan.body if plan.body is not None else _stream_or_none(request)
+        if plan.body is None and body is not None:
+            await _continue(request)  # the body streams to the upstream as it arrives
+        started = time.perf_counter()
+        try:
+            return await self._upstream.send(
+                request.method, route.upstream + _path_qs(request), headers, body
+            )
+        except UpstreamTimeoutError as exc:
+            raise _Refused(504, "upstream_timeout", str(exc)) from exc
+        except UpstreamUnavailableError as exc:
+            raise _Refused(502, "upstream_unavailable", str(exc)) from exc
+        finally:
+            record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
+
+    async def _make_durable(self, write: _Write, record: _Record) -> Outcome:
+        """Publish or spool, shielded: a cancelled handler must not lose an applied write."""
+        event = write.event
+        started = time.perf_counter()
+        with bound_contextvars(
+            event_id=event.event_id,
+            origin=event.origin,
+            service=event.service,
+            trace_id=event.trace_id,
+        ):
+            task = self._tasks.spawn(
+                self._delivery.deliver(
+                    event, write.subject, write.headers, write.payload, wire_bytes=write.wire_bytes
+                ),
+                name=f"deliver-{event.event_id}",
+            )
+        outcome = await asyncio.shield(task)
+        record.publish_ms = round((time.perf_counter() - started) * 1000, 3)
+        record.outcome = outcome.value
+        return outcome
+
+    async def _relay(
+        self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, record: _Record
+    ) -> web.StreamResponse:
+        out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        out.headers.extend(response_headers(upstream.headers.items()))
+        if record.outcome is not None and record.event_id is not None:
+            out.headers[HDR_EVENT_ID] = record.event_id
+        record.status = upstream.status
+        _observe(record)
+        await out.prepare(request)
+        complete = True
+        if request.method != "HEAD" and upstream.status not in _NO_BODY_STATUS:
+            complete = await _copy_body(request, upstream, out, record)
+        if complete:
+            await out.write_eof()
+        return out
+
+
+async def _copy_body(
+    request: web.BaseRequest,
+    upstream: aiohttp.ClientResponse,
+    out: web.StreamResponse,
+    record: _Record,
+) -> bool:
+    """Stream the upstream body to the client; False if either side broke off.
+
+    If the upstream breaks off, the client is cut off too: the status is already sent, so an
+    incomplete body is the only honest signal left.
+    """
+    try:
+        async for chunk in Upstream.body(upstream):
+            await out.write(chunk)
+    except UpstreamBrokeOffError as exc:
+        record.error = f"upstream broke off: {exc}"
+        if request.transport is not None:
+            request.transport.abort()
+        return False
+    except ConnectionError as exc:  # the client went away; nothing left to tell it
+        record.error = f"client gone: {exc!r}"
+        return False
+    return True
+
+
+async def _read_limited(request: web.BaseRequest, limit: int) -> bytes:
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise _Refused(413, "body_too_large", _too_large(declared, limit))
+    await _continue(request)
+    body = bytearray()
+    async for chunk in request.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise _Refused(413, "body_too_large", _too_large(len(body), limit))
+    return bytes(body)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"a replicated write's body may hold {limit} bytes, this one has {size} or more"
+
+
+def _stream_or_none(request: web.BaseRequest) -> aiohttp.StreamReader | None:
+    return request.content if request.body_exists else None
+
+
+async def _continue(request: web.BaseRequest) -> None:
+    """Answer `Expect: 100-continue` (the low-level server leaves it to us) before reading."""
+    expect = request.headers.get("Expect", "")
+    if request.version >= aiohttp.HttpVersion11 and expect.lower() == "100-continue":
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+
+
+def _path_qs(request: web.BaseRequest) -> str:
+    """The raw path and query as sent, minus a bare trailing `?` (an empty query), which the
+    HTTP client drops on the way upstream: the event must name what the upstream received."""
+    path, _, query = request.raw_path.partition("?")
+    return request.raw_path if query else path
+
+
+def _pairs(request: web.BaseRequest) -> tuple[tuple[str, str], ...]:
+    return tuple(request.headers.items())
+
+
+def _observe(record: _Record) -> None:
+    REQUESTS.labels(record.service, method_label(record.method), str(record.status)).inc()
+    REQUEST_DURATION.labels(record.service).observe(time.perf_counter() - record.started)
+
+
+def _log(record: _Record) -> None:
+    log.info(
+        "bridge.request",
+        method=record.method,
+        path=record.path if len(record.path) <= 200 else record.path[:200] + "...",
+        status=record.status,
+        service=record.service,
+        event_id=record.event_id,
+        outcome=record.outcome,
+        replay=record.replay or None,
+        duration_ms=record.elapsed_ms(),
+        upstream_ms=record.upstream_ms,
+        publish_ms=record.publish_ms,
+        error=record.error,
+    )

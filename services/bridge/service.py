@@ -1,0 +1,346 @@
+"""The bridge process: every part wired together, started in order, stopped in reverse.
+
+Start: routes (config errors first) → NATS → outbox → drain the outbox (bounded) → upstream
+client → admin port → HTTP listener → NATS services API registration (`xr-bridge`).
+
+Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
+accepting and let in-flight requests finish, with their publishes (`shutdown_timeout_s`) →
+stop the drainer after one last bounded pass → close the outbox → upstream client → admin
+port → drain and close NATS. Whatever the outbox still holds is on disk for the next start.
+
+Errors::
+
+    Exception
+     └── BridgeError                 .exit_code
+          ├── BridgeConfigError      the configuration cannot run (exit 2)
+          └── BridgeStartError       a dependency is missing at start (exit 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+from nats.micro import add_service
+
+from services.bridge.delivery import Delivery
+from services.bridge.drainer import Drainer
+from services.bridge.headers import DEFAULT_FORWARDED
+from services.bridge.outbox import Outbox, OutboxError
+from services.bridge.proxy import Proxy, ProxyConfig
+from services.bridge.publisher import Publisher
+from services.bridge.routing import RouteConflictError, RouteTable
+from services.bridge.tasks import TaskSet
+from services.bridge.upstream import Upstream
+from shared.admin import AdminServer, CheckResult, Health
+from shared.hlc import Hlc
+from shared.logs import get_logger
+from shared.metrics import BUILD_INFO, XREGION_VERSION
+from shared.natsconn import Backoff, NatsConnectError, NatsConnection
+from shared.netaddr import split_listen
+from shared.settings import Settings
+from shared.signing import KeyFileError, load_signer, load_verifier
+
+__all__ = [
+    "SERVICE_NAME",
+    "Bridge",
+    "BridgeConfigError",
+    "BridgeError",
+    "BridgeStartError",
+    "outbox_path",
+    "serve",
+]
+
+SERVICE_NAME = "xr-bridge"
+# Idle keep-alive connections from clients are closed after this long.
+_CLIENT_KEEPALIVE_S = 75.0
+# Pending connections the kernel queues for us (capped by net.core.somaxconn): a burst of
+# thousands of clients should wait in the queue, not retry their SYN a second later.
+_LISTEN_BACKLOG = 4096
+# The last drain attempt on shutdown, when NATS is up and the outbox is not empty.
+_FINAL_DRAIN_S = 5.0
+
+log = get_logger("xr.bridge")
+
+
+class BridgeError(Exception):
+    """The bridge cannot run; `str()` is one line for the operator."""
+
+    exit_code = 1
+
+
+class BridgeConfigError(BridgeError):
+    exit_code = 2
+
+
+class BridgeStartError(BridgeError):
+    exit_code = 1
+
+
+def outbox_path(data_dir: Path, listen: str) -> Path:
+    """One outbox per bridge instance, named by its listen address (instances on one host
+    differ by it), so a restarted instance finds its own spooled events."""
+    return data_dir / "bridge" / f"outbox-{re.sub(r'[^A-Za-z0-9.-]+', '_', listen)}.sqlite3"
+
+
+class Bridge:
+    """A running bridge; an async context manager. See the module docstring."""
+
+    def __init__(self, settings: Settings, *, hlc: Hlc | None = None) -> None:
+        try:
+            self._signer = load_signer(settings.signing)
+            self._verifier = load_verifier(settings.signing)
+        except KeyFileError as exc:
+            raise BridgeConfigError(f"signing: {exc}") from None
+        try:
+            self._routes = RouteTable.from_services(settings.services)
+        except RouteConflictError as exc:
+            raise BridgeConfigError(str(exc)) from None
+        self._settings = settings
+        self._hlc = hlc or Hlc()
+        self._stack = contextlib.AsyncExitStack()
+        self._stopping = False
+        self._conn = NatsConnection(settings.nats, service="bridge", name=SERVICE_NAME)
+        self._outbox = Outbox(
+            outbox_path(settings.data_dir, settings.bridge.listen),
+            max_bytes=settings.bridge.outbox_max_bytes,
+        )
+        self._tasks = TaskSet("bridge")
+        self._deliveries = TaskSet("deliveries")
+        self.url = ""
+        self.admin_url = ""
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox
+
+    @property
+    def nats_closed(self) -> asyncio.Event:
+        """Set if the NATS client closed for good (the process should exit and restart)."""
+        return self._conn.closed
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """The shutdown sequence (module docstring); idempotent."""
+        self._stopping = True
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        s = self._settings.bridge
+        try:
+            await self._stack.enter_async_context(self._conn)
+        except NatsConnectError as exc:
+            raise BridgeStartError(str(exc)) from None
+        try:
+            await self._stack.enter_async_context(self._outbox)
+        except OutboxError as exc:
+            raise BridgeStartError(str(exc)) from None
+        publisher = Publisher(self._conn, max_inflight=s.max_inflight_publishes)
+        drainer = Drainer(
+            self._outbox,
+            publisher,
+            batch=s.outbox_batch,
+            timeout_s=s.publish_timeout_s,
+            backoff=Backoff(s.outbox_retry_base_s, s.outbox_retry_max_s),
+        )
+        await self._drain_at_start(drainer)
+        self._stack.push_async_callback(self._stop_drainer, drainer)
+        _ = self._tasks.spawn(drainer.run(), name="outbox-drainer")
+        upstream = await self._stack.enter_async_context(Upstream(s))
+        await self._start_admin()
+        proxy = self._proxy(publisher, drainer, upstream)
+        await self._start_http(proxy)
+        await self._register()
+        BUILD_INFO.info({"version": XREGION_VERSION, "service": SERVICE_NAME})
+        log.info(
+            "bridge.started",
+            region=self._settings.region,
+            url=self.url,
+            admin_url=self.admin_url,
+            services=sorted(self._settings.services),
+            body_limit_bytes=proxy.body_limit(),
+            signing=self._settings.signing.mode,
+            key_id=self._signer.key_id if self._signer is not None else None,
+            outbox=str(self._outbox.path),
+            outbox_depth=self._outbox.depth,
+        )
+
+    async def _drain_at_start(self, drainer: Drainer) -> None:
+        if not self._outbox.depth:
+            return
+        log.info("bridge.outbox.start_drain", outbox_depth=self._outbox.depth)
+        if not await drainer.drain(self._settings.bridge.start_drain_timeout_s):
+            log.warning(
+                "bridge.outbox.not_drained_at_start",
+                outbox_depth=self._outbox.depth,
+                note="new events queue behind the spooled ones; draining continues",
+            )
+
+    async def _stop_drainer(self, drainer: Drainer) -> None:
+        await self._tasks.cancel("bridge shutting down")
+        if self._outbox.depth and self._conn.is_connected:
+            await drainer.drain(_FINAL_DRAIN_S)
+        if self._outbox.depth:
+            log.warning("bridge.outbox.left_for_next_start", outbox_depth=self._outbox.depth)
+
+    def _proxy(self, publisher: Publisher, drainer: Drainer, upstream: Upstream) -> Proxy:
+        s = self._settings.bridge
+        delivery = Delivery(
+            publisher,
+            self._outbox,
+            timeout_s=s.publish_timeout_s,
+            connected=lambda: self._conn.is_connected,
+            on_spooled=drainer.wake,
+        )
+        config = ProxyConfig(
+            region=self._settings.region,
+            regions=tuple(self._settings.regions),
+            max_replicated_body_bytes=s.max_replicated_body_bytes,
+            forward_headers=DEFAULT_FORWARDED | frozenset(s.forward_headers),
+            max_concurrent_requests=s.max_concurrent_requests,
+        )
+        return Proxy(
+            config,
+            routes=self._routes,
+            upstream=upstream,
+            delivery=delivery,
+            max_payload=lambda: self._conn.max_payload,
+            tasks=self._deliveries,
+            hlc=self._hlc,
+            signer=self._signer,
+            verifier=self._verifier,
+        )
+
+    async def _start_admin(self) -> None:
+        admin = AdminServer(self._settings.bridge.admin_listen, service=SERVICE_NAME)
+        admin.add_check("nats", self._nats_check)
+        admin.add_check("outbox", self._outbox_check)
+        admin.add_check("lifecycle", self._lifecycle_check)
+        try:
+            await self._stack.enter_async_context(admin)
+        except OSError as exc:
+            raise BridgeStartError(_listen_failure("admin_listen", admin.url, exc)) from None
+        self.admin_url = admin.url
+
+    async def _start_http(self, proxy: Proxy) -> None:
+        s = self._settings.bridge
+        server = web.Server(
+            proxy.handle,
+            access_log=None,
+            auto_decompress=False,
+            keepalive_timeout=_CLIENT_KEEPALIVE_S,
+        )
+        runner = web.ServerRunner(
+            server, handle_signals=False, shutdown_timeout=s.shutdown_timeout_s
+        )
+        await runner.setup()
+        self._stack.push_async_callback(self._stop_http, runner)
+        host, port = split_listen(s.listen)
+        try:
+            site = web.TCPSite(runner, host, port, reuse_address=True, backlog=_LISTEN_BACKLOG)
+            await site.start()
+        except OSError as exc:
+            raise BridgeStartError(_listen_failure("listen", s.listen, exc)) from None
+        bound = next((a for a in runner.addresses if isinstance(a, tuple)), (host, port))
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound[1]}"
+
+    async def _stop_http(self, runner: web.ServerRunner) -> None:
+        # Stops accepting, then waits (bounded) for in-flight requests and their publishes.
+        await runner.cleanup()
+        if not await self._deliveries.wait(self._settings.bridge.shutdown_timeout_s):
+            await self._deliveries.cancel("bridge shutdown deadline passed")
+
+    async def _register(self) -> None:
+        service = await add_service(
+            self._conn.nc,
+            name=SERVICE_NAME,
+            version=XREGION_VERSION,
+            description="xregion bridge: HTTP reverse proxy that turns writes into events",
+            metadata={
+                "region": self._settings.region,
+                "url": self.url,
+                "admin_url": self.admin_url,
+            },
+        )
+        self._stack.push_async_callback(service.stop)
+
+    def _nats_check(self) -> CheckResult:
+        if self._conn.is_connected:
+            return CheckResult(Health.OK, "connected")
+        return CheckResult(Health.DEGRADED, "disconnected: writes are spooled to the outbox")
+
+    def _outbox_check(self) -> CheckResult:
+        depth = self._outbox.depth
+        if self._outbox.is_full:
+            return CheckResult(Health.DOWN, f"outbox full ({depth} events): writes fail")
+        if depth:
+            return CheckResult(Health.DEGRADED, f"{depth} events spooled")
+        return CheckResult(Health.OK, "empty")
+
+    def _lifecycle_check(self) -> CheckResult:
+        if self._stopping:
+            return CheckResult(Health.DOWN, "shutting down")
+        return CheckResult(Health.OK, "running")
+
+
+def _listen_failure(key: str, address: str, exc: OSError) -> str:
+    return f"cannot listen on bridge.{key} {address}: {exc.strerror or exc}"
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    on_started: Callable[[Bridge], None] | None = None,
+) -> int:
+    """Run a bridge until `shutdown_trigger()` completes (or NATS closes for good).
+
+    Returns the exit code: 0 after a requested shutdown, 1 if NATS closed for good. Start
+    failures raise BridgeError.
+    """
+    async with Bridge(settings) as bridge:
+        if on_started is not None:
+            on_started(bridge)
+        closed = await _first_of(shutdown_trigger(), bridge.nats_closed.wait()) == 1
+    if closed:
+        log.error("bridge.exit", reason="the NATS connection closed for good")
+        return 1
+    log.info("bridge.exit", reason="shutdown requested")
+    return 0
+
+
+async def _first_of(*waits: Awaitable[object]) -> int:
+    """Wait until one of `waits` completes and return its index; the others are cancelled."""
+    tasks = TaskSet("serve")
+    spawned = [tasks.spawn(_awaited(w)) for w in waits]
+    try:
+        done, _ = await asyncio.wait(spawned, return_when=asyncio.FIRST_COMPLETED)
+        return next(i for i, task in enumerate(spawned) if task in done)
+    finally:
+        await tasks.cancel("serve finished")
+
+
+async def _awaited(awaitable: Awaitable[object]) -> object:
+    return await awaitable

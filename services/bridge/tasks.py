@@ -1,0 +1,62 @@
+"""An owner for background tasks (uvicorn's `tasks.add(t); t.add_done_callback(discard)`).
+
+Every task the bridge starts belongs to a `TaskSet`, which keeps a strong reference until the
+task is done, logs a task that failed, and can wait for all of them with a deadline and then
+cancel the rest with a reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from shared.logs import get_logger
+
+__all__ = ["TaskSet"]
+
+T = TypeVar("T")
+
+log = get_logger("xr.bridge")
+
+
+class TaskSet:
+    """Owns tasks; see the module docstring."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "bridge.task_failed",
+                owner=self._name,
+                task=task.get_name(),
+                error=repr(task.exception()),
+            )
+
+    async def wait(self, timeout_s: float) -> bool:
+        """Wait for every task to finish; True if they all did within `timeout_s`."""
+        if not self._tasks:
+            return True
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout_s)
+        return not pending
+
+    async def cancel(self, reason: str) -> None:
+        """Cancel whatever is still running and wait for it to unwind."""
+        tasks = set(self._tasks)
+        for task in tasks:
+            task.cancel(reason)
+        if tasks:
+            await asyncio.wait(tasks)

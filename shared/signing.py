@@ -1,0 +1,193 @@
+"""Event signatures (DESIGN §9): Ed25519 over `envelope.signing_input`.
+
+A bridge signs every event with its region's private key; `Xr-Sig` carries
+`<key-id>:<signature>`, the signature in unpadded base64url. A replayer verifies it against
+the trusted public keys of every region and dead-letters anything unsigned, signed by an
+unknown key, or altered.
+
+Replay marker: a replayer marks each call it makes with `Xr-Replayed-From: <origin>`; with
+signing on it adds `Xr-Replayed-Sig: <key-id>:<signature>` over `replay_signing_input(...)`
+(origin, event id, method, path and query, body digest), signed with its own region's key. A
+bridge honours the marker (proxies without publishing) only if that signature verifies, so a
+client cannot forge it to keep its write from replicating.
+
+Key files (paths from `[signing]`):
+
+* `private_key_file`: an Ed25519 private key, PEM (PKCS#8, unencrypted);
+* `trusted_keys_file`: TOML, one entry per key id under `[keys]`, the value being the public
+  key as a PEM block or as the base64 text inside one::
+
+      [keys]
+      us-east-1 = "MCowBQYDK2VwAyEAT0ENDtS6pe3LX01/MhIkHIWtcsmMoRz0Mwf0ET8c/Aw="
+
+Errors::
+
+    Exception
+     └── SigningError
+          ├── KeyFileError      a key file is missing or malformed (at start: exit 2)
+          └── SignatureError    .reason: unsigned | unknown_key | bad_signature
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from shared.envelope import Event, signing_input
+from shared.settings import SigningSettings
+
+__all__ = [
+    "KeyFileError",
+    "SignatureError",
+    "Signer",
+    "SigningError",
+    "Verifier",
+    "load_signer",
+    "load_verifier",
+    "replay_signing_input",
+]
+
+SignatureReason = Literal["unsigned", "unknown_key", "bad_signature"]
+_KEY_ID_RE = re.compile(r"[!-9;-~]{1,64}")
+
+
+class SigningError(Exception):
+    """Base of the signing errors."""
+
+
+class KeyFileError(SigningError):
+    """A key file cannot be used; `str()` names the file and the problem."""
+
+
+class SignatureError(SigningError):
+    """A signature is missing, from an unknown key, or does not match."""
+
+    def __init__(self, reason: SignatureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason: SignatureReason = reason
+
+
+def replay_signing_input(
+    *, origin: str, event_id: str, method: str, path: str, body: bytes
+) -> bytes:
+    """The bytes a replay marker's signature covers (same line format as `signing_input`)."""
+    return (
+        f"replay-of={event_id}\norigin={origin}\nmethod={method}\npath={path}\n"
+        f"body-sha256={hashlib.sha256(body).hexdigest()}"
+    ).encode()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class Signer:
+    """Signs with one private key under one key id."""
+
+    def __init__(self, key_id: str, key: Ed25519PrivateKey) -> None:
+        if not _KEY_ID_RE.fullmatch(key_id):
+            raise KeyFileError(f"signing.key_id {key_id!r}: printable, no ':' or spaces")
+        self.key_id = key_id
+        self._key = key
+
+    def sign_bytes(self, data: bytes) -> str:
+        """`<key-id>:<signature>` over `data`."""
+        return f"{self.key_id}:{_b64(self._key.sign(data))}"
+
+    def sign(self, event: Event) -> Event:
+        """`event` with its `sig` set."""
+        return dataclasses.replace(event, sig=self.sign_bytes(signing_input(event)))
+
+
+class Verifier:
+    """Checks signatures against the trusted public keys, by key id."""
+
+    def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        self._keys = dict(keys)
+
+    def verify_bytes(self, sig: str | None, data: bytes) -> str:
+        """Check a `<key-id>:<signature>` value over `data`; returns the key id."""
+        if not sig:
+            raise SignatureError("unsigned", "no signature")
+        key_id, _, encoded = sig.partition(":")
+        key = self._keys.get(key_id)
+        if key is None:
+            raise SignatureError("unknown_key", f"signed by unknown key {key_id[:64]!r}")
+        try:
+            key.verify(_unb64(encoded), data)
+        except (InvalidSignature, binascii.Error, ValueError) as exc:
+            raise SignatureError("bad_signature", f"bad signature by {key_id!r}") from exc
+        return key_id
+
+    def verify(self, event: Event) -> str:
+        """Check an event's `sig`; returns the key id that signed it."""
+        return self.verify_bytes(event.sig, signing_input(event))
+
+
+def load_signer(settings: SigningSettings) -> Signer | None:
+    """The region's signer, or None when signing is off. Raises KeyFileError."""
+    if settings.mode == "off":
+        return None
+    assert settings.key_id is not None  # the settings model requires both with ed25519
+    assert settings.private_key_file is not None
+    path = settings.private_key_file
+    try:
+        key = serialization.load_pem_private_key(_read(path), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not an unencrypted PEM private key ({exc})") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise KeyFileError(f"{path}: not an Ed25519 private key")
+    return Signer(settings.key_id, key)
+
+
+def load_verifier(settings: SigningSettings) -> Verifier | None:
+    """The trusted keys, or None when signing is off. Raises KeyFileError."""
+    if settings.mode == "off":
+        return None
+    assert settings.trusted_keys_file is not None
+    path = settings.trusted_keys_file
+    try:
+        table = tomllib.loads(_read(path).decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise KeyFileError(f"{path}: invalid TOML: {exc}") from None
+    keys = table.get("keys")
+    if not isinstance(keys, dict) or not keys:
+        raise KeyFileError(f"{path}: expected a [keys] table of key id = public key")
+    return Verifier({str(key_id): _public_key(path, str(key_id), v) for key_id, v in keys.items()})
+
+
+def _public_key(path: Path, key_id: str, value: object) -> Ed25519PublicKey:
+    if not isinstance(value, str) or not _KEY_ID_RE.fullmatch(key_id):
+        raise KeyFileError(f"{path}: keys.{key_id}: expected a key id and a public key text")
+    text = value.strip()
+    if not text.startswith("-----BEGIN"):
+        text = f"-----BEGIN PUBLIC KEY-----\n{text}\n-----END PUBLIC KEY-----\n"
+    try:
+        key = serialization.load_pem_public_key(text.encode())
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: keys.{key_id}: not a public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"{path}: keys.{key_id}: not an Ed25519 public key")
+    return key
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read: {exc.strerror or exc}") from None

@@ -1,0 +1,117 @@
+"""Ed25519 event signatures and signed replay markers (shared/signing.py), from key files."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from shared.envelope import Event, new_traceparent
+from shared.hlc import HlcStamp
+from shared.ids import uuid7_str
+from shared.settings import SigningSettings
+from shared.signing import (
+    KeyFileError,
+    SignatureError,
+    load_signer,
+    load_verifier,
+    replay_signing_input,
+)
+from tests.bridge.helpers import make_keys
+
+
+def event(body: bytes = b'{"price": 3}') -> Event:
+    return Event(
+        event_id=uuid7_str(),
+        origin="us-east",
+        service="catalog",
+        method="PUT",
+        path="/catalog/1?x=1",
+        hlc=HlcStamp(1_700_000_000_000, 0),
+        key="/catalog/1",
+        body=body,
+        trace=new_traceparent(),
+        req_headers=(("content-type", "application/json"),),
+    )
+
+
+def settings(tmp_path: Path, key_id: str = "us-east-1") -> SigningSettings:
+    return SigningSettings.model_validate(make_keys(tmp_path, key_id))
+
+
+def test_signed_event_verifies_and_any_change_breaks_it(tmp_path: Path) -> None:
+    conf = settings(tmp_path)
+    signer, verifier = load_signer(conf), load_verifier(conf)
+    assert signer is not None
+    assert verifier is not None
+    signed = signer.sign(event())
+    assert signed.sig is not None
+    assert signed.sig.startswith("us-east-1:")
+    assert verifier.verify(signed) == "us-east-1"
+    for changed in (
+        dataclasses.replace(signed, body=b'{"price": 4}'),
+        dataclasses.replace(signed, path="/catalog/2"),
+        dataclasses.replace(signed, req_headers=()),
+    ):
+        with pytest.raises(SignatureError) as caught:
+            verifier.verify(changed)
+        assert caught.value.reason == "bad_signature"
+    with pytest.raises(SignatureError) as unsigned:
+        verifier.verify(event())
+    assert unsigned.value.reason == "unsigned"
+
+
+def test_a_key_nobody_trusts_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    stranger = load_signer(settings(tmp_path / "a", "mallory"))
+    verifier = load_verifier(settings(tmp_path / "b", "us-east-1"))
+    assert stranger is not None
+    assert verifier is not None
+    with pytest.raises(SignatureError) as caught:
+        verifier.verify(stranger.sign(event()))
+    assert caught.value.reason == "unknown_key"
+
+
+def test_replay_marker_signature_binds_the_request(tmp_path: Path) -> None:
+    conf = settings(tmp_path)
+    signer, verifier = load_signer(conf), load_verifier(conf)
+    assert signer is not None
+    assert verifier is not None
+    fields = {"origin": "eu-west", "event_id": uuid7_str(), "method": "PUT", "path": "/c/1"}
+    sig = signer.sign_bytes(replay_signing_input(**fields, body=b"v1"))
+    assert verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v1"))
+    with pytest.raises(SignatureError):
+        verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v2"))
+    with pytest.raises(SignatureError):
+        verifier.verify_bytes("us-east-1:not-base64!", replay_signing_input(**fields, body=b""))
+
+
+def test_trusted_keys_as_bare_base64_and_bad_files(tmp_path: Path) -> None:
+    conf = settings(tmp_path)
+    pem = (tmp_path / "trusted.toml").read_text().split('"""')[1]
+    bare = "".join(line for line in pem.splitlines() if not line.startswith("-----"))
+    (tmp_path / "trusted.toml").write_text(f'[keys]\n"us-east-1" = "{bare}"\n')
+    verifier, signer = load_verifier(conf), load_signer(conf)
+    assert verifier is not None
+    assert signer is not None
+    assert verifier.verify(signer.sign(event())) == "us-east-1"
+
+    for content, problem in [
+        ("not toml [", "invalid TOML"),
+        ("[other]\n", r"expected a \[keys\] table"),
+        ('[keys]\nk = "bm90IGEga2V5"\n', "not a public key"),
+    ]:
+        (tmp_path / "trusted.toml").write_text(content)
+        with pytest.raises(KeyFileError, match=problem):
+            load_verifier(conf)
+    (tmp_path / "us-east-1.pem").write_text("garbage")
+    with pytest.raises(KeyFileError, match="not an unencrypted PEM private key"):
+        load_signer(conf)
+    (tmp_path / "us-east-1.pem").unlink()
+    with pytest.raises(KeyFileError, match="cannot read"):
+        load_signer(conf)
+    off = SigningSettings(mode="off")
+    assert load_signer(off) is None
+    assert load_verifier(off) is None
