@@ -168,14 +168,18 @@ def _kv(settings: Settings, bucket: str, replicas: int, max_age_s: float) -> KvP
 def _consumers(settings: Settings) -> Iterable[ConsumerPlan]:
     region = settings.region
     events = regions.events_stream(region)
+    broadcaster = settings.broadcaster
     for target in settings.peer_regions():
+        # Shared by every broadcaster instance of the region: max_ack_pending bounds the sum
+        # of their windows; each instance keeps the events it holds alive with in_progress().
         yield ConsumerPlan(
             stream=events,
             config=_durable(
                 regions.broadcast_consumer(target),
                 f"xregion broadcaster {region} -> {target}",
                 filter_subject=f"xr.events.{region}.>",
-                max_ack_pending=10_000,
+                max_ack_pending=broadcaster.max_ack_pending,
+                ack_wait_s=broadcaster.ack_wait_s,
             ),
         )
     yield ConsumerPlan(
@@ -184,13 +188,19 @@ def _consumers(settings: Settings) -> Iterable[ConsumerPlan]:
             regions.replay_consumer(),
             f"xregion replayer {region}",
             filter_subject=f"xr.replay.{region}.>",
-            max_ack_pending=2_000,
+            max_ack_pending=settings.replayer.max_ack_pending,
+            ack_wait_s=settings.replayer.ack_wait_s,
         ),
     )
 
 
 def _durable(
-    name: str, description: str, *, filter_subject: str, max_ack_pending: int
+    name: str,
+    description: str,
+    *,
+    filter_subject: str,
+    max_ack_pending: int,
+    ack_wait_s: float = 30.0,
 ) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=name,
@@ -198,7 +208,7 @@ def _durable(
         description=description,
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=30.0,
+        ack_wait=ack_wait_s,
         max_deliver=-1,
         max_ack_pending=max_ack_pending,
         filter_subject=filter_subject,

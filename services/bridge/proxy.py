@@ -31,7 +31,6 @@ from services.bridge.event import WriteRequest, build_event
 from services.bridge.headers import Forwarded, response_headers, upstream_headers
 from services.bridge.metrics import INFLIGHT_REQUESTS, REQUEST_DURATION, REQUESTS, method_label
 from services.bridge.routing import Route, RouteTable, TargetsError, request_targets
-from services.bridge.tasks import TaskSet
 from services.bridge.upstream import (
     RequestBody,
     Upstream,
@@ -57,6 +56,7 @@ from shared.ids import uuid7_str
 from shared.logs import get_logger
 from shared.regions import events_subject
 from shared.signing import SignatureError, Signer, Verifier, replay_signing_input
+from shared.tasks import TaskSet
 
 __all__ = ["Proxy", "ProxyConfig", "problem"]
 

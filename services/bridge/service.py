@@ -36,7 +36,6 @@ from services.bridge.outbox import Outbox, OutboxError
 from services.bridge.proxy import Proxy, ProxyConfig
 from services.bridge.publisher import Publisher
 from services.bridge.routing import RouteConflictError, RouteTable
-from services.bridge.tasks import TaskSet
 from services.bridge.upstream import Upstream
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
@@ -46,6 +45,7 @@ from shared.natsconn import Backoff, NatsConnectError, NatsConnection
 from shared.netaddr import split_listen
 from shared.settings import Settings
 from shared.signing import KeyFileError, load_signer, load_verifier
+from shared.tasks import TaskSet
 
 __all__ = [
     "SERVICE_NAME",

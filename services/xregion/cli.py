@@ -28,9 +28,6 @@ _SERVICES = {
 _LATER = {
     "top": "live terminal dashboard of every region's replication metrics",
     "status": "find every running instance in every region",
-    "dlq": "list, show, replay or purge dead-lettered events",
-    "pause": "pause replication towards a target region",
-    "resume": "resume replication towards a target region",
     "trace": "show where one event is: published, forwarded, applied",
     "bench": "benchmarks of the replication path",
 }
@@ -80,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     _provision_parser(sub)
     _natsconf_parser(sub)
     _cluster_parsers(sub)
+    _pause_parsers(sub)
+    _dlq_parser(sub)
     for name, summary in _LATER.items():
         later = sub.add_parser(name, help=f"{summary} (not yet available)", description=summary)
         later.set_defaults(handler=commands.not_yet_available)
@@ -132,6 +131,42 @@ def _natsconf_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     render.add_argument("--topology", type=Path, required=True, metavar="FILE")
     render.add_argument("--out", type=Path, required=True, metavar="DIR")
     render.set_defaults(handler=commands.natsconf_render)
+
+
+def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    for name, summary, handler in (
+        ("pause", "pause replication towards a target region", commands.pause),
+        ("resume", "resume replication towards a target region", commands.resume),
+    ):
+        parser = sub.add_parser(name, help=summary, description=summary)
+        _add_config(parser)
+        parser.add_argument(
+            "--target", metavar="R", help="the target region (required unless --list)"
+        )
+        parser.add_argument(
+            "--origin",
+            metavar="R",
+            help="only the path from this region (default: from every other region)",
+        )
+        if name == "pause":
+            parser.add_argument(
+                "--list", action="store_true", help="print every path and whether it is paused"
+            )
+        parser.set_defaults(handler=handler)
+
+
+def _dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "list, show, replay or purge dead-lettered events"
+    parser = sub.add_parser("dlq", help=summary, description=summary)
+    parser.add_argument("action", choices=["list", "show", "replay", "purge"])
+    _add_config(parser)
+    parser.add_argument("--region", metavar="R", help="default: the config's region")
+    parser.add_argument("--service", metavar="S", help="only this service's dead letters")
+    parser.add_argument("--reason", metavar="X", help="only this Xr-Dlq-Reason")
+    parser.add_argument("--since", metavar="T", help="ISO time, or an age such as 30m, 2h, 7d")
+    parser.add_argument("--seq", type=int, metavar="N", help="only the dead letter at seq N")
+    parser.add_argument("--yes", action="store_true", help="confirm purge")
+    parser.set_defaults(handler=commands.dlq)
 
 
 def _cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,9 +19,12 @@ from shared.settings import Settings, load_settings, redacted_dump
 __all__ = [
     "CommandError",
     "demo",
+    "dlq",
     "natsconf_render",
     "not_yet_available",
+    "pause",
     "provision",
+    "resume",
     "run_service",
     "up",
 ]
@@ -63,6 +66,10 @@ def run_service(args: argparse.Namespace) -> int:
         return 0
     if args.command == "bridge":
         return _run_bridge(settings)
+    if args.command == "broadcaster":
+        return _run_broadcaster(settings)
+    if args.command == "replayer":
+        return _run_replayer(settings)
     raise CommandError("not yet available in this version (use --check-config)", exit_code=2)
 
 
@@ -74,6 +81,58 @@ def _run_bridge(settings: Settings) -> int:
         return run(run_bridge(settings))
     except BridgeError as exc:
         raise CommandError(str(exc), exit_code=exc.exit_code) from None
+
+
+def _run_broadcaster(settings: Settings) -> int:
+    from services.broadcaster.main import run_broadcaster
+    from services.broadcaster.service import BroadcasterError
+
+    try:
+        return run(run_broadcaster(settings))
+    except BroadcasterError as exc:
+        raise CommandError(str(exc), exit_code=exc.exit_code) from None
+
+
+def _run_replayer(settings: Settings) -> int:
+    from services.replayer.main import run_replayer
+    from services.replayer.service import ReplayerError
+
+    try:
+        return run(run_replayer(settings))
+    except ReplayerError as exc:
+        raise CommandError(str(exc), exit_code=exc.exit_code) from None
+
+
+def dlq(args: argparse.Namespace) -> int:
+    from services.xregion.dlq_cmd import Selection, parse_since, run_dlq
+
+    settings = _settings(args)
+    selection = Selection(
+        region=args.region or settings.region,
+        service=args.service,
+        reason=args.reason,
+        since=parse_since(args.since) if args.since else None,
+        seq=args.seq,
+    )
+    return run(run_dlq(settings, args.action, selection, yes=args.yes))
+
+
+def pause(args: argparse.Namespace) -> int:
+    from services.xregion.pause_cmd import list_paths, switch_paths
+
+    if args.list:
+        return run(list_paths(_settings(args)))
+    if args.target is None:
+        raise CommandError("--target is required (or --list)", exit_code=2)
+    return run(switch_paths(_settings(args), target=args.target, origin=args.origin, paused=True))
+
+
+def resume(args: argparse.Namespace) -> int:
+    from services.xregion.pause_cmd import switch_paths
+
+    if args.target is None:
+        raise CommandError("--target is required", exit_code=2)
+    return run(switch_paths(_settings(args), target=args.target, origin=args.origin, paused=False))
 
 
 def provision(args: argparse.Namespace) -> int:

@@ -1,14 +1,15 @@
 """An owner for background tasks (uvicorn's `tasks.add(t); t.add_done_callback(discard)`).
 
-Every task the bridge starts belongs to a `TaskSet`, which keeps a strong reference until the
-task is done, logs a task that failed, and can wait for all of them with a deadline and then
-cancel the rest with a reason.
+Every task a service starts belongs to a `TaskSet`, which keeps a strong reference until
+the task is done, reports a task that failed (log line and an optional callback, so the
+service can stop instead of running without it), waits for all with a deadline and cancels
+the rest with a reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from shared.logs import get_logger
@@ -17,15 +18,18 @@ __all__ = ["TaskSet"]
 
 T = TypeVar("T")
 
-log = get_logger("xr.bridge")
+log = get_logger("xr.tasks")
 
 
 class TaskSet:
     """Owns tasks; see the module docstring."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(
+        self, name: str, *, on_failure: Callable[[asyncio.Task[Any]], None] | None = None
+    ) -> None:
         self._name = name
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_failure = on_failure
 
     def __len__(self) -> int:
         return len(self._tasks)
@@ -38,13 +42,16 @@ class TaskSet:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error(
-                "bridge.task_failed",
-                owner=self._name,
-                task=task.get_name(),
-                error=repr(task.exception()),
-            )
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error(
+            "task.failed",
+            owner=self._name,
+            task=task.get_name(),
+            error=repr(task.exception()),
+        )
+        if self._on_failure is not None:
+            self._on_failure(task)
 
     async def wait(self, timeout_s: float) -> bool:
         """Wait for every task to finish; True if they all did within `timeout_s`."""

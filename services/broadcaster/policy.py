@@ -1,0 +1,151 @@
+"""Which target regions an event owes (DESIGN §5 broadcaster). Pure: no IO.
+
+`Policy.route(subject, headers, payload)` reads one stored message and returns a `Route`:
+the set of target regions that must receive it, plus what the forwarder needs to order and
+label it. The rules, in order:
+
+1. **Never back to the origin** (nor to this region, which is the origin of everything in its
+   events stream), and never outside the configured `regions`.
+2. **Canaries** (a message carrying `Xr-Canary: <target>`) go to that one target only.
+3. **Known service**: `targets = "all"` means every peer region, a list means those regions.
+   A request's `Xr-Targets` narrows that set, and only when the service has
+   `allow_request_targets = true`; otherwise the header is ignored. It never widens it.
+4. **Unknown service** (a service this region's configuration does not list, e.g. the bridge
+   runs a newer region file than the broadcaster): every peer region, narrowed by
+   `Xr-Targets` if present. Service names are region-agnostic, so the target's replayer is
+   the one that knows whether it serves that service; if it does not, it dead-letters the
+   event (visible, replayable). Holding the event instead would stall the consumer once
+   `max_ack_pending` such events pile up; dropping it would lose a write silently.
+5. **Malformed event** (the codec rejects it): forwarded unchanged to every peer region, so
+   that the target's replayer dead-letters it with the reason instead of it vanishing here.
+
+Per-key order: the forwarder serialises publishes per `Route.lane` = (service, Xr-Key).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from shared.envelope import MalformedEventError, canary_target, decode
+from shared.settings import ServiceSettings, Settings
+
+__all__ = ["Lane", "Policy", "Route", "ServicePolicy"]
+
+# (service, key): events of one lane are published one after the other, in stream order.
+Lane = tuple[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class ServicePolicy:
+    """The replication policy of one service: `targets` None means every region."""
+
+    targets: frozenset[str] | None
+    allow_request_targets: bool
+
+    @classmethod
+    def from_settings(cls, service: ServiceSettings) -> ServicePolicy:
+        targets = None if service.targets == "all" else frozenset(service.targets)
+        return cls(targets=targets, allow_request_targets=service.allow_request_targets)
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where one stored message goes, and how the forwarder labels and orders it."""
+
+    origin: str
+    service: str
+    lane: Lane
+    targets: frozenset[str]
+    event_id: str | None
+    kind: str  # "event" | "canary" | "malformed"
+    trace_id: str | None = None
+    known_service: bool = True
+    problem: str | None = None  # why a malformed message did not decode
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The policy of one region; build it once from the settings."""
+
+    region: str
+    peers: frozenset[str]
+    services: Mapping[str, ServicePolicy]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        return cls.build(
+            settings.region,
+            settings.regions,
+            {name: ServicePolicy.from_settings(s) for name, s in settings.services.items()},
+        )
+
+    @classmethod
+    def build(
+        cls, region: str, regions: Iterable[str], services: Mapping[str, ServicePolicy]
+    ) -> Policy:
+        return cls(region, frozenset(regions) - {region}, dict(services))
+
+    def targets(
+        self,
+        *,
+        service: str,
+        origin: str,
+        requested: Iterable[str] | None = None,
+        canary: str | None = None,
+    ) -> frozenset[str]:
+        """The target regions an event of `service` from `origin` owes (rules 1-4)."""
+        possible = self.peers - {origin}
+        if canary is not None:
+            return possible & {canary}
+        policy = self.services.get(service)
+        if policy is not None:
+            if policy.targets is not None:
+                possible &= policy.targets
+            if not policy.allow_request_targets:
+                requested = None
+        if requested is not None:
+            possible &= frozenset(requested)
+        return possible
+
+    def route(self, subject: str, headers: Mapping[str, str] | None, payload: bytes) -> Route:
+        """The route of one message of the events stream (`xr.events.<origin>.<service>`)."""
+        canary = canary_target(headers)
+        try:
+            event = decode(headers, payload)
+        except MalformedEventError as exc:
+            return self._malformed(subject, str(exc))
+        targets = self.targets(
+            service=event.service, origin=event.origin, requested=event.targets, canary=canary
+        )
+        return Route(
+            origin=event.origin,
+            service=event.service,
+            lane=(event.service, event.key),
+            targets=targets,
+            event_id=event.event_id,
+            kind="event" if canary is None else "canary",
+            trace_id=event.trace_id,
+            known_service=canary is not None or event.service in self.services,
+        )
+
+    def _malformed(self, subject: str, problem: str) -> Route:
+        origin, service = _subject_parts(subject, default_origin=self.region)
+        return Route(
+            origin=origin,
+            service=service,
+            lane=(service, ""),
+            targets=self.peers - {origin},
+            event_id=None,
+            kind="malformed",
+            known_service=service in self.services,
+            problem=problem,
+        )
+
+
+def _subject_parts(subject: str, *, default_origin: str) -> tuple[str, str]:
+    """(origin, service) of `xr.events.<origin>.<service>`; odd subjects keep what they can."""
+    parts = subject.split(".")
+    if len(parts) == 4 and parts[:2] == ["xr", "events"]:
+        return parts[2], parts[3]
+    return default_origin, "unknown"

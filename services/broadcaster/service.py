@@ -1,0 +1,315 @@
+"""The broadcaster process: every part wired together, started in order, stopped in reverse.
+
+Start: NATS → admin port → one forwarder per peer region (each checks that its consumer
+exists) → first read of the pause switches (forwarders start paused and leave that state only
+once the switches are read) → forwarders start → pause watcher, canary sender, backlog
+monitor → NATS services API registration (`xr-broadcaster`, region in the metadata).
+
+Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop the
+canary sender, backlog monitor and pause watcher → every forwarder stops fetching, lets its
+publishes under way finish and be acked (`shutdown_timeout_s`), and nak's what it still holds
+so it is redelivered at once, in order → admin port → drain and close NATS.
+
+Errors::
+
+    Exception
+     └── BroadcasterError                 .exit_code
+          ├── BroadcasterConfigError      the configuration cannot run (exit 2)
+          └── BroadcasterStartError       a dependency is missing at start (exit 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Self
+
+from nats.micro import add_service
+
+from services.broadcaster.backlog import BacklogMonitor
+from services.broadcaster.canary import CanarySender
+from services.broadcaster.forwarder import ConsumerMissingError, Forwarder
+from services.broadcaster.gate import State
+from services.broadcaster.pause import PauseWatcher
+from services.broadcaster.policy import Policy
+from shared.admin import AdminServer, CheckResult, Health
+from shared.hlc import Hlc
+from shared.logs import get_logger
+from shared.metrics import BUILD_INFO, XREGION_VERSION
+from shared.natsconn import NatsConnectError, NatsConnection
+from shared.settings import Settings
+from shared.tasks import TaskSet
+
+__all__ = [
+    "SERVICE_NAME",
+    "Broadcaster",
+    "BroadcasterConfigError",
+    "BroadcasterError",
+    "BroadcasterStartError",
+    "serve",
+]
+
+SERVICE_NAME = "xr-broadcaster"
+log = get_logger("xr.broadcaster")
+
+
+class BroadcasterError(Exception):
+    """The broadcaster cannot run; `str()` is one line for the operator."""
+
+    exit_code = 1
+
+
+class BroadcasterConfigError(BroadcasterError):
+    exit_code = 2
+
+
+class BroadcasterStartError(BroadcasterError):
+    exit_code = 1
+
+
+class Broadcaster:
+    """A running broadcaster; an async context manager. See the module docstring."""
+
+    def __init__(self, settings: Settings, *, hlc: Hlc | None = None) -> None:
+        if not settings.peer_regions():
+            raise BroadcasterConfigError(
+                f"regions lists no region but {settings.region}: nothing to broadcast to"
+            )
+        self._settings = settings
+        self._policy = Policy.from_settings(settings)
+        self._hlc = hlc or Hlc()
+        self._conn = NatsConnection(settings.nats, service="broadcaster", name=SERVICE_NAME)
+        self._stack = contextlib.AsyncExitStack()
+        self._tasks = TaskSet("broadcaster", on_failure=self._task_failed)
+        self._forwarders: dict[str, Forwarder] = {}
+        self._watcher: PauseWatcher | None = None
+        self._monitor: BacklogMonitor | None = None
+        self._stopping = False
+        self.failed = asyncio.Event()
+        self.admin_url = ""
+
+    @property
+    def forwarders(self) -> dict[str, Forwarder]:
+        return dict(self._forwarders)
+
+    @property
+    def nats_closed(self) -> asyncio.Event:
+        """Set if the NATS client closed for good (the process should exit and restart)."""
+        return self._conn.closed
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """The shutdown sequence (module docstring); idempotent."""
+        self._stopping = True
+        await self._stack.aclose()
+
+    # ------------------------------------------------------------------ start
+
+    async def _start(self) -> None:
+        s = self._settings
+        try:
+            await self._stack.enter_async_context(self._conn)
+        except NatsConnectError as exc:
+            raise BroadcasterStartError(str(exc)) from None
+        await self._start_admin()
+        await self._make_forwarders()
+        await self._start_watcher()
+        for forwarder in self._forwarders.values():
+            forwarder.start()
+        self._start_background()
+        await self._register()
+        BUILD_INFO.info({"version": XREGION_VERSION, "service": SERVICE_NAME})
+        log.info(
+            "broadcaster.started",
+            region=s.region,
+            targets=sorted(self._forwarders),
+            admin_url=self.admin_url,
+            window_events=s.broadcaster.window_events,
+            paused=sorted(t for t, f in self._forwarders.items() if f.gate.paused),
+        )
+
+    async def _make_forwarders(self) -> None:
+        s = self._settings
+        for target in s.peer_regions():
+            forwarder = Forwarder(
+                self._conn,
+                region=s.region,
+                target=target,
+                policy=self._policy,
+                settings=s.broadcaster,
+                on_failure=self._task_failed,
+            )
+            try:
+                await forwarder.check_consumer(s.nats.request_timeout_s)
+            except ConsumerMissingError as exc:
+                raise BroadcasterStartError(str(exc)) from None
+            self._forwarders[target] = forwarder
+        self._stack.push_async_callback(self._stop_forwarders)
+
+    async def _start_watcher(self) -> None:
+        s = self._settings
+        watcher = PauseWatcher(
+            self._conn.jetstream(),
+            origin=s.region,
+            targets=list(self._forwarders),
+            interval_s=s.broadcaster.control_poll_s,
+            on_change=self._set_paused,
+        )
+        self._watcher = watcher
+        await watcher.poll()
+        if not watcher.first_read.is_set():
+            log.warning(
+                "broadcaster.control_unknown",
+                note="pause switches unreadable: forwarding waits until they can be read",
+            )
+
+    def _start_background(self) -> None:
+        s = self._settings
+        assert self._watcher is not None
+        background = TaskSet("background", on_failure=self._task_failed)
+        self._stack.push_async_callback(background.cancel, "broadcaster stopping")
+        _ = background.spawn(self._watcher.run(), name="pause-watcher")
+        canaries = CanarySender(
+            self._conn,
+            origin=s.region,
+            targets=list(self._forwarders),
+            interval_s=s.broadcaster.canary_interval_s,
+            hlc=self._hlc,
+        )
+        _ = background.spawn(canaries.run(), name="canaries")
+        self._monitor = BacklogMonitor(
+            self._conn.jetstream(),
+            region=s.region,
+            targets=list(self._forwarders),
+            interval_s=s.broadcaster.metrics_poll_s,
+        )
+        _ = background.spawn(self._monitor.run(), name="backlog")
+
+    async def _start_admin(self) -> None:
+        admin = AdminServer(self._settings.broadcaster.admin_listen, service=SERVICE_NAME)
+        admin.add_check("nats", self._nats_check)
+        admin.add_check("consumers", self._consumers_check)
+        admin.add_check("targets", self._targets_check)
+        admin.add_check("lifecycle", self._lifecycle_check)
+        try:
+            await self._stack.enter_async_context(admin)
+        except OSError as exc:
+            raise BroadcasterStartError(
+                f"cannot listen on broadcaster.admin_listen {admin.url}: {exc.strerror or exc}"
+            ) from None
+        self.admin_url = admin.url
+
+    async def _register(self) -> None:
+        service = await add_service(
+            self._conn.nc,
+            name=SERVICE_NAME,
+            version=XREGION_VERSION,
+            description="xregion broadcaster: fans this region's events out to the others",
+            metadata={
+                "region": self._settings.region,
+                "targets": ",".join(self._forwarders),
+                "admin_url": self.admin_url,
+            },
+        )
+        self._stack.push_async_callback(service.stop)
+
+    # ------------------------------------------------------------------ stop
+
+    async def _stop_forwarders(self) -> None:
+        timeout_s = self._settings.broadcaster.shutdown_timeout_s
+        await asyncio.gather(*(f.stop(timeout_s) for f in self._forwarders.values()))
+
+    # ------------------------------------------------------------------ state
+
+    def _set_paused(self, target: str, paused: bool) -> None:
+        forwarder = self._forwarders.get(target)
+        if forwarder is not None:
+            forwarder.gate.set_paused(paused)
+
+    def _task_failed(self, task: asyncio.Task[Any]) -> None:
+        self.failed.set()
+
+    def _nats_check(self) -> CheckResult:
+        if self._conn.is_connected:
+            return CheckResult(Health.OK, "connected")
+        return CheckResult(Health.DOWN, "disconnected: nothing is forwarded")
+
+    def _consumers_check(self) -> CheckResult:
+        unbound = sorted(t for t, f in self._forwarders.items() if not f.bound)
+        if unbound:
+            return CheckResult(Health.DOWN, f"not bound: {', '.join(unbound)}")
+        return CheckResult(Health.OK, f"bound: {', '.join(self._forwarders)}")
+
+    def _targets_check(self) -> CheckResult:
+        if self._watcher is None or not self._watcher.first_read.is_set():
+            return CheckResult(Health.DEGRADED, "pause switches not read yet: holding")
+        paused = sorted(t for t, f in self._forwarders.items() if f.gate.paused)
+        failing = sorted(t for t, f in self._forwarders.items() if f.gate.state is not State.CLOSED)
+        problems = [f"paused: {', '.join(paused)}"] if paused else []
+        problems += [f"unreachable (retrying): {', '.join(failing)}"] if failing else []
+        if problems:
+            return CheckResult(Health.DEGRADED, "; ".join(problems))
+        return CheckResult(Health.OK, "forwarding to " + ", ".join(self._forwarders))
+
+    def _lifecycle_check(self) -> CheckResult:
+        if self._stopping:
+            return CheckResult(Health.DOWN, "shutting down")
+        if self.failed.is_set():
+            return CheckResult(Health.DOWN, "a component failed; exiting")
+        return CheckResult(Health.OK, "running")
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    on_started: Callable[[Broadcaster], None] | None = None,
+) -> int:
+    """Run a broadcaster until `shutdown_trigger()` completes (or NATS closes for good, or a
+    component fails). Returns the exit code: 0 after a requested shutdown, else 1. Start
+    failures raise BroadcasterError."""
+    async with Broadcaster(settings) as broadcaster:
+        if on_started is not None:
+            on_started(broadcaster)
+        reason = await _first_of(
+            shutdown=shutdown_trigger(),
+            nats_closed=broadcaster.nats_closed.wait(),
+            failed=broadcaster.failed.wait(),
+        )
+    if reason == "shutdown":
+        log.info("broadcaster.exit", reason="shutdown requested")
+        return 0
+    log.error("broadcaster.exit", reason=reason)
+    return 1
+
+
+async def _first_of(**waits: Awaitable[object]) -> str:
+    """Wait until one of `waits` completes and return its name; the others are cancelled."""
+    tasks = TaskSet("serve")
+    spawned = {tasks.spawn(_awaited(w), name=name): name for name, w in waits.items()}
+    try:
+        done, _ = await asyncio.wait(spawned, return_when=asyncio.FIRST_COMPLETED)
+        return spawned[next(iter(done))]
+    finally:
+        await tasks.cancel("serve finished")
+
+
+async def _awaited(awaitable: Awaitable[object]) -> object:
+    return await awaitable

@@ -1,0 +1,16 @@
+"""The replayer: other regions' events back into HTTP calls on this region's services.
+
+Modules, pure core first:
+
+* `pathsafe`   — may this path be appended to a base URL? (`check_path`)
+* `request`    — event + configured services → the call (`build_request`)
+* `classify`   — HTTP status / transport error → applied | stale | retry | poison
+* `outcomes`   — `Done`, `Retry(delay_s)`, `Poison(reason)`
+* `dlq`        — dead-letter and replay message shapes
+* `versions`   — last-writer-wins records and per-key claims in KV `xr-versions-<region>`
+* `partitions` — per-key order within and across instances (see its docstring)
+* `upstream`   — pooled httpx client with bounded, jittered retries
+* `apply`      — one delivery → one decision (`Applier.handle`)
+* `consumer`   — fetch loop, bounded concurrency, heartbeats, outcome → ack/nak/DLQ
+* `service`, `main` — wiring, admin port, `xr-replayer` registration, graceful shutdown
+"""

@@ -1,0 +1,166 @@
+"""One delivery → one decision (DESIGN §5): `Applier.handle` returns a `Done` (ack) or raises
+`Retry` (nak with delay) or `Poison` (dead letter, then ack).
+
+Order of checks: canary (record, never call) → decode → signature → request (service, method,
+path) → version claim (stale / duplicate / busy) → the call, with short in-process retries →
+classification. The service is called only while this event holds the key's claim.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from services.replayer.classify import Verdict, classify_status
+from services.replayer.metrics import CANARY_AGE, LAG
+from services.replayer.outcomes import Done, Poison, Retry
+from services.replayer.request import ReplayRequest, RequestError, build_request
+from services.replayer.upstream import Upstream, UpstreamError
+from services.replayer.versions import Claim, VersionStore
+from services.replayer.versions import Verdict as ClaimVerdict
+from shared.envelope import (
+    HDR_REPLAYED_SIG,
+    Event,
+    MalformedEventError,
+    canary_target,
+    decode,
+)
+from shared.settings import ReplayerSettings, ServiceSettings
+from shared.signing import SignatureError, Signer, Verifier, replay_signing_input
+
+__all__ = ["Applier", "Delivery"]
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """What the applier needs from a NATS message."""
+
+    subject: str
+    headers: Mapping[str, str] | None
+    data: bytes
+    num_delivered: int
+    stream_seq: int
+    stored_at: dt.datetime
+
+
+class Applier:
+    """Decides one delivery; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: ReplayerSettings,
+        services: Mapping[str, ServiceSettings],
+        *,
+        region: str,
+        versions: VersionStore,
+        upstream: Upstream,
+        verifier: Verifier | None = None,
+        signer: Signer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._services = services
+        self._region = region
+        self._versions = versions
+        self._upstream = upstream
+        self._verifier = verifier
+        self._signer = signer
+        self._clock = clock
+        self._canaries: dict[str, float] = {}
+
+    async def handle(self, delivery: Delivery) -> tuple[Event | None, Done]:
+        """(the event if it decoded, the ack label); raises Retry or Poison."""
+        if canary_target(delivery.headers) is not None:
+            self._canary(delivery)
+            return None, Done.CANARY
+        event = self._decode(delivery)
+        request = self._request(event)
+        result = await self._versions.claim(event)
+        if result.verdict is ClaimVerdict.STALE:
+            return event, Done.STALE
+        if result.verdict is ClaimVerdict.DUPLICATE:
+            return event, Done.DUPLICATE
+        if result.claim is None:  # BUSY: another event of this key is being applied
+            self._check_age(event, delivery, "key claimed by another event")
+            raise Retry(self._settings.claim_busy_delay_s, "key_busy")
+        return event, await self._call(event, delivery, request, result.claim)
+
+    def _decode(self, delivery: Delivery) -> Event:
+        try:
+            event = decode(delivery.headers, delivery.data)
+        except MalformedEventError as exc:
+            raise Poison("malformed", str(exc)) from exc
+        if self._verifier is not None:
+            try:
+                self._verifier.verify(event)
+            except SignatureError as exc:
+                raise Poison("bad_signature", f"{exc.reason}: {exc}") from exc
+        return event
+
+    def _request(self, event: Event) -> ReplayRequest:
+        try:
+            return build_request(event, self._services, extra_headers=self._marker(event))
+        except RequestError as exc:
+            raise Poison(exc.reason, str(exc)) from exc
+
+    def _marker(self, event: Event) -> dict[str, str]:
+        if self._signer is None:
+            return {}
+        data = replay_signing_input(
+            origin=event.origin, event_id=event.event_id, method=event.method,
+            path=event.path, body=event.body,
+        )  # fmt: skip
+        return {HDR_REPLAYED_SIG: self._signer.sign_bytes(data)}
+
+    async def _call(
+        self, event: Event, delivery: Delivery, request: ReplayRequest, claim: Claim
+    ) -> Done:
+        try:
+            status = await self._upstream.call(request, event.service)
+        except UpstreamError as exc:
+            await claim.release()
+            raise self._retry_or_poison(event, delivery, str(exc), None) from exc
+        verdict = classify_status(status)
+        if verdict is Verdict.RETRY:
+            await claim.release()
+            raise self._retry_or_poison(event, delivery, f"HTTP {status}", status)
+        if verdict is Verdict.POISON:
+            await claim.release()
+            raise Poison(f"http_{status}", f"the service answered {status}", status)
+        await claim.applied()
+        LAG.labels(event.origin).observe(max(0.0, self._clock() - event.hlc.wall_time_s))
+        return Done.APPLIED if verdict is Verdict.APPLIED else Done.STALE
+
+    def _retry_or_poison(
+        self, event: Event, delivery: Delivery, error: str, status: int | None
+    ) -> Retry | Poison:
+        if delivery.num_delivered >= self._settings.max_deliveries:
+            return Poison("retries_exhausted", error, status)
+        self._check_age(event, delivery, error, status)
+        s = self._settings
+        delay = min(s.nak_max_s, s.nak_base_s * 2 ** min(delivery.num_delivered - 1, 30))
+        return Retry(delay, error, status)
+
+    def _check_age(
+        self, event: Event, delivery: Delivery, error: str, status: int | None = None
+    ) -> None:
+        age_s = self._clock() - delivery.stored_at.timestamp()
+        if age_s > self._settings.max_age_s:
+            raise Poison("too_old", f"{error} (queued {age_s:.0f} s)", status)
+
+    def _canary(self, delivery: Delivery) -> None:
+        target = canary_target(delivery.headers) or self._region
+        try:
+            event = decode(delivery.headers, delivery.data)
+        except MalformedEventError:
+            return  # a broken canary is still never a call nor a dead letter
+        newest = max(self._canaries.get(event.origin, 0.0), event.hlc.wall_time_s)
+        self._canaries[event.origin] = newest
+        CANARY_AGE.labels(event.origin, target).set(max(0.0, self._clock() - newest))
+
+    def refresh_canary_ages(self) -> None:
+        """Let the age of the newest canary grow while none arrives (called periodically)."""
+        for origin, newest in self._canaries.items():
+            CANARY_AGE.labels(origin, self._region).set(max(0.0, self._clock() - newest))

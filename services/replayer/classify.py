@@ -1,0 +1,43 @@
+"""HTTP status or transport error → what to do with the event (DESIGN §5). Pure.
+
+* 2xx → `applied`;
+* 409, 412 → `stale` (the service holds a newer version);
+* 408, 425, 429, 5xx, connection errors and timeouts → `retry`;
+* every other status (other 4xx, 1xx, 3xx: a replayed call never follows redirects) → `poison`.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import httpx
+
+__all__ = ["Verdict", "classify_error", "classify_status"]
+
+
+class Verdict(enum.StrEnum):
+    APPLIED = "applied"
+    STALE = "stale"
+    RETRY = "retry"
+    POISON = "poison"
+
+
+_STALE = frozenset({409, 412})
+_RETRY = frozenset({408, 425, 429})
+
+
+def classify_status(status: int) -> Verdict:
+    if 200 <= status < 300:
+        return Verdict.APPLIED
+    if status in _STALE:
+        return Verdict.STALE
+    if status in _RETRY or 500 <= status < 600:
+        return Verdict.RETRY
+    return Verdict.POISON
+
+
+def classify_error(exc: BaseException) -> Verdict:
+    """Transport errors (connect, read, timeouts, protocol) are retried; nothing else is."""
+    if isinstance(exc, httpx.TransportError):
+        return Verdict.RETRY
+    return Verdict.POISON

@@ -1,0 +1,253 @@
+"""The replay stream consumer: fetch, hand each message to the applier in per-key order, map
+each outcome to exactly one NATS action, one metric label and one log line.
+
+* Binds to the pre-created durable (`pull_subscribe_bind`: no JetStream API call, so no meta
+  leader needed) and fetches in a loop with a short timeout (NATS_NOTES §3.1.5).
+* At most `concurrency` messages are held at once (applying, or queued behind an earlier
+  message of the same key); a fetch asks for no more than the free slots.
+* Held messages get `in_progress()` every third of `ack_wait_s`, so queued ones never time out.
+* `Done` → ack; `Retry` → nak(delay); `Poison` → publish the dead letter, then ack (if the
+  dead-letter publish fails: nak, so it is tried again).
+* `stop()`: no new fetches; `drain(timeout)`: in-flight work finishes, then the rest is
+  cancelled and nak'ed, so it is redelivered at once (its claim is its own, still valid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats.errors
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+
+from services.replayer.apply import Applier, Delivery
+from services.replayer.dlq import dead_letter, fit, path_of
+from services.replayer.metrics import EVENTS, INFLIGHT, REPLAY_BACKLOG
+from services.replayer.outcomes import Done, Poison, Retry
+from services.replayer.partitions import KeyedRunner, order_key
+from shared.envelope import HDR_EVENT_ID, HDR_TRACE, Event
+from shared.logs import get_logger
+from shared.settings import ReplayerSettings
+
+__all__ = ["ReplayConsumer"]
+
+log = get_logger("xr.replayer")
+_NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+
+
+class ReplayConsumer:
+    """One fetch loop over the region's shared replayer consumer."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        applier: Applier,
+        settings: ReplayerSettings,
+        *,
+        region: str,
+        stream: str,
+        durable: str,
+        max_payload: Callable[[], int],
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._js = js
+        self._applier = applier
+        self._settings = settings
+        self._region = region
+        self._stream = stream
+        self._durable = durable
+        self._clock = clock
+        self._max_payload = max_payload
+        self._runner = KeyedRunner()
+        self._held: dict[int, Msg] = {}  # by id(): Msg is an unhashable dataclass
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._sub: Any = None
+        self.bound = False
+
+    @property
+    def inflight(self) -> int:
+        return len(self._held)
+
+    async def bind(self) -> None:
+        self._sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
+        self.bound = True
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self, *, until_idle: bool = False) -> None:
+        """Fetch and dispatch until `stop()` (or, with `until_idle`, until nothing is left)."""
+        if self._sub is None:
+            await self.bind()
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            while not self._stopping.is_set():
+                got = await self._fetch_once()
+                if until_idle and not got and not self._held:
+                    return
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Let held messages finish within `timeout_s`; cancel and nak the rest."""
+        finished = await self._runner.wait(timeout_s)
+        if not finished:
+            log.warning("replayer.shutdown_cancelling", held=len(self._held))
+            await self._runner.cancel("replayer shutdown deadline")
+        return finished
+
+    async def aclose(self) -> None:
+        sub, self._sub = self._sub, None
+        self.bound = False
+        if sub is not None:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await sub.unsubscribe()
+
+    async def _fetch_once(self) -> int:
+        free = self._settings.concurrency - len(self._held)
+        if free <= 0:
+            self._slot_freed.clear()
+            await self._wait_for_slot()
+            return 1
+        try:
+            msgs = await self._sub.fetch(
+                min(free, self._settings.fetch_batch), timeout=self._settings.fetch_timeout_s
+            )
+        except TimeoutError:  # nats.errors.TimeoutError subclasses it: nothing to fetch
+            REPLAY_BACKLOG.set(0)
+            return 0
+        except nats.errors.Error as exc:
+            log.warning("replayer.fetch_failed", error=repr(exc))
+            await self._pause(self._settings.fetch_timeout_s)
+            return 0
+        for msg in msgs:
+            self._dispatch(msg)
+        REPLAY_BACKLOG.set(msgs[-1].metadata.num_pending if msgs else 0)
+        return len(msgs)
+
+    async def _wait_for_slot(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._settings.fetch_timeout_s):
+                await self._slot_freed.wait()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+
+    def _dispatch(self, msg: Msg) -> None:
+        self._held[id(msg)] = msg
+        INFLIGHT.set(len(self._held))
+        self._runner.submit(order_key(msg.headers), lambda: self._process(msg))
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            await self._decide(msg)
+        except asyncio.CancelledError:
+            with contextlib.suppress(*_NATS_ERRORS):
+                await asyncio.shield(msg.nak())
+            raise
+        finally:
+            self._held.pop(id(msg), None)
+            INFLIGHT.set(len(self._held))
+            self._slot_freed.set()
+
+    async def _decide(self, msg: Msg) -> None:
+        delivery = _delivery(msg)
+        origin, service = path_of(msg.subject)
+        try:
+            event, done = await self._applier.handle(delivery)
+        except Retry as retry:
+            await _settle(msg.nak(delay=retry.delay_s))
+            self._count(origin, service, "retried")
+            log.info("replayer.retried", **_fields(msg), reason=retry.reason, delay_s=retry.delay_s)
+        except Poison as poison:
+            await self._dead_letter(msg, delivery, poison, origin, service)
+        except _NATS_ERRORS as exc:  # the versions bucket or NATS hiccuped: try again soon
+            await _settle(msg.nak(delay=self._settings.nak_base_s))
+            self._count(origin, service, "retried")
+            log.warning("replayer.nats_error", **_fields(msg), error=repr(exc))
+        else:
+            await _settle(msg.ack())
+            self._log_done(msg, event, done, origin, service)
+
+    def _log_done(
+        self, msg: Msg, event: Event | None, done: Done, origin: str, service: str
+    ) -> None:
+        if done is Done.CANARY:
+            return
+        self._count(origin, service, done.value)
+        log.info(f"replayer.{done.value}", **_fields(msg))
+
+    async def _dead_letter(
+        self, msg: Msg, delivery: Delivery, poison: Poison, origin: str, service: str
+    ) -> None:
+        letter = dead_letter(
+            region=self._region, subject=msg.subject, headers=msg.headers, payload=msg.data,
+            stream_seq=delivery.stream_seq, reason=poison.reason, status=poison.status,
+            attempts=delivery.num_delivered, error=poison.error, now=self._clock(),
+        )  # fmt: skip
+        subject, headers, payload = fit(letter, self._max_payload())
+        try:
+            await self._js.publish(subject, payload, headers=headers)
+        except _NATS_ERRORS as exc:
+            await _settle(msg.nak(delay=self._settings.nak_base_s))
+            log.warning("replayer.dead_letter_failed", **_fields(msg), error=repr(exc))
+            return
+        await _settle(msg.ack())
+        self._count(origin, service, "dead_lettered")
+        log.warning(
+            "replayer.dead_lettered", **_fields(msg), reason=poison.reason, status=poison.status,
+            error=poison.error,
+        )  # fmt: skip
+
+    def _count(self, origin: str, service: str, outcome: str) -> None:
+        EVENTS.labels(origin, service, outcome).inc()
+
+    async def _heartbeat(self) -> None:
+        period = self._settings.ack_wait_s / 3
+        while True:
+            await asyncio.sleep(period)
+            for msg in list(self._held.values()):
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await msg.in_progress()
+
+
+async def _settle(action: Awaitable[None]) -> None:
+    """Ack or nak, shielded from cancellation. If it cannot reach the server the message is
+    redelivered after ack_wait, where the version record makes it `duplicate` or re-claims it."""
+    try:
+        await asyncio.shield(action)
+    except _NATS_ERRORS as exc:
+        log.warning("replayer.settle_failed", error=repr(exc))
+
+
+def _delivery(msg: Msg) -> Delivery:
+    meta = msg.metadata
+    return Delivery(
+        subject=msg.subject,
+        headers=msg.headers,
+        data=msg.data,
+        num_delivered=int(meta.num_delivered or 1),
+        stream_seq=int(meta.sequence.stream),
+        stored_at=meta.timestamp,
+    )
+
+
+def _fields(msg: Msg) -> dict[str, str]:
+    headers = msg.headers or {}
+    origin, service = path_of(msg.subject)
+    trace = headers.get(HDR_TRACE, "")
+    return {
+        "event_id": headers.get(HDR_EVENT_ID, ""),
+        "origin": origin,
+        "service": service,
+        "trace_id": trace[3:35],
+    }

@@ -1,0 +1,48 @@
+"""The replayer's Prometheus metrics (DESIGN §8 names; process registry)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "CANARY_AGE",
+    "DLQ_MESSAGES",
+    "EVENTS",
+    "INFLIGHT",
+    "LAG",
+    "REPLAY_BACKLOG",
+    "UPSTREAM_DURATION",
+    "UPSTREAM_RETRIES",
+]
+
+EVENTS = Counter(
+    "xr_replayer_events_total",
+    "Events handled, by outcome (applied|stale|duplicate|retried|dead_lettered)",
+    ["origin", "service", "outcome"],
+)
+LAG = Histogram(
+    "xr_replayer_lag_seconds",
+    "From the event's HLC wall time to the service's response",
+    ["origin"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+)
+UPSTREAM_DURATION = Histogram(
+    "xr_replayer_upstream_duration_seconds",
+    "Duration of one call to a local service",
+    ["service"],
+)
+UPSTREAM_RETRIES = Counter(
+    "xr_replayer_upstream_retries_total",
+    "In-process retries scheduled for calls to a local service",
+    ["service"],
+)
+REPLAY_BACKLOG = Gauge(
+    "xr_replayer_backlog", "Events in the replay stream not yet delivered to the replayer"
+)
+INFLIGHT = Gauge("xr_replayer_inflight", "Events this process holds (applying or queued by key)")
+DLQ_MESSAGES = Gauge("xr_dlq_messages", "Messages in this region's dead-letter stream")
+CANARY_AGE = Gauge(
+    "xr_replication_canary_age_seconds",
+    "Age of the newest canary from each origin applied in this region",
+    ["origin", "target"],
+)

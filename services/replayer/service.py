@@ -1,0 +1,319 @@
+"""The replayer process: every part wired together, started in order, stopped in reverse.
+
+Start: NATS → versions bucket (bind) → HTTP client → consumer (bind to the durable, no meta
+leader needed) → admin port → fetch loop and metrics poller → NATS services API
+registration (`xr-replayer`, region in the metadata).
+
+Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
+fetching → in-flight events finish and are acked (`shutdown_timeout_s`), the rest are
+cancelled and nak'ed → metrics poller → admin port → HTTP client → drain and close NATS.
+
+Errors::
+
+    Exception
+     └── ReplayerError                 .exit_code
+          ├── ReplayerConfigError      the configuration cannot run (exit 2)
+          └── ReplayerStartError       a dependency is missing at start (exit 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Self
+
+import nats.errors
+from nats.js.errors import NotFoundError
+from nats.js.kv import KeyValue
+from nats.micro import add_service
+
+from services.replayer.apply import Applier
+from services.replayer.consumer import ReplayConsumer
+from services.replayer.metrics import DLQ_MESSAGES
+from services.replayer.upstream import Upstream
+from services.replayer.versions import VersionStore
+from shared.admin import AdminServer, CheckResult, Health
+from shared.logs import get_logger
+from shared.metrics import BUILD_INFO, XREGION_VERSION
+from shared.natsconn import NatsConnectError, NatsConnection
+from shared.provision import versions_bucket
+from shared.regions import dlq_stream, replay_consumer, replay_stream
+from shared.settings import Settings
+from shared.signing import KeyFileError, load_signer, load_verifier
+
+__all__ = [
+    "SERVICE_NAME",
+    "Replayer",
+    "ReplayerConfigError",
+    "ReplayerError",
+    "ReplayerStartError",
+    "serve",
+]
+
+SERVICE_NAME = "xr-replayer"
+log = get_logger("xr.replayer")
+
+
+class ReplayerError(Exception):
+    """The replayer cannot run; `str()` is one line for the operator."""
+
+    exit_code = 1
+
+
+class ReplayerConfigError(ReplayerError):
+    exit_code = 2
+
+
+class ReplayerStartError(ReplayerError):
+    exit_code = 1
+
+
+class Replayer:
+    """A running replayer; an async context manager. See the module docstring.
+
+    `retry_waits=False` removes the in-process retry waits (tests).
+    """
+
+    def __init__(self, settings: Settings, *, retry_waits: bool = True) -> None:
+        self._settings = settings
+        self._retry_waits = retry_waits
+        self.instance_id = uuid.uuid4().hex[:12]
+        self._conn = NatsConnection(settings.nats, service="replayer", name=SERVICE_NAME)
+        self._stack = contextlib.AsyncExitStack()
+        self._consumer: ReplayConsumer | None = None
+        self._applier: Applier | None = None
+        self._versions: VersionStore | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.failed = asyncio.Event()
+        self.admin_url = ""
+
+    @property
+    def nats_closed(self) -> asyncio.Event:
+        return self._conn.closed
+
+    @property
+    def versions(self) -> VersionStore:
+        assert self._versions is not None
+        return self._versions
+
+    @property
+    def consumer(self) -> ReplayConsumer:
+        assert self._consumer is not None
+        return self._consumer
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """The shutdown sequence (module docstring); idempotent."""
+        self._stopping = True
+        await self._stack.aclose()
+
+    async def run_until_idle(self) -> None:
+        """Fetch and apply until the consumer has nothing left and nothing is held (tests)."""
+        await self.consumer.run(until_idle=True)
+
+    # ------------------------------------------------------------------ start
+
+    async def _start(self) -> None:
+        s = self._settings
+        try:
+            verifier, signer = load_verifier(s.signing), load_signer(s.signing)
+        except KeyFileError as exc:
+            raise ReplayerConfigError(str(exc)) from None
+        try:
+            await self._stack.enter_async_context(self._conn)
+        except NatsConnectError as exc:
+            raise ReplayerStartError(str(exc)) from None
+        js = self._conn.jetstream()
+        versions = self._versions = VersionStore(
+            await self._bucket(), owner=self.instance_id, claim_s=s.replayer.ack_wait_s
+        )
+        upstream = await self._stack.enter_async_context(
+            Upstream(s.replayer, wait=self._retry_waits)
+        )
+        self._applier = Applier(
+            s.replayer, s.services, region=s.region, versions=versions, upstream=upstream,
+            verifier=verifier, signer=signer,
+        )  # fmt: skip
+        self._consumer = ReplayConsumer(
+            js, self._applier, s.replayer, region=s.region,
+            stream=replay_stream(s.region), durable=replay_consumer(),
+            max_payload=lambda: self._conn.max_payload,
+        )  # fmt: skip
+        await self._bind()
+        await self._start_admin()
+        self._stack.push_async_callback(self._stop_consuming)
+        BUILD_INFO.info({"version": XREGION_VERSION, "service": SERVICE_NAME})
+        await self._register()
+        log.info("replayer.started", region=s.region, instance=self.instance_id,
+                 admin_url=self.admin_url, concurrency=s.replayer.concurrency)  # fmt: skip
+
+    def start_consuming(self) -> None:
+        """Start the fetch loop and the metrics poller (serve() does; tests may instead drive
+        `run_until_idle`)."""
+        loop = asyncio.get_running_loop()
+        self._loop_task = loop.create_task(self._run_loop(), name="replayer-fetch")
+        self._poller = loop.create_task(self._poll_metrics(), name="replayer-metrics")
+
+    async def _bucket(self) -> KeyValue:
+        bucket = versions_bucket(self._settings.region)
+        try:
+            kv: KeyValue = await self._conn.jetstream().key_value(bucket)
+        except (NotFoundError, nats.errors.Error, TimeoutError) as exc:
+            raise ReplayerStartError(
+                f"KV bucket {bucket} is not usable ({exc!r}): run `xregion provision`"
+            ) from None
+        return kv
+
+    async def _bind(self) -> None:
+        assert self._consumer is not None
+        s = self._settings
+        js = self._conn.jetstream()
+        try:
+            await js.consumer_info(replay_stream(s.region), replay_consumer())
+        except NotFoundError:
+            raise ReplayerStartError(
+                f"consumer {replay_stream(s.region)}/{replay_consumer()} does not exist: "
+                "run `xregion provision`"
+            ) from None
+        except (nats.errors.Error, TimeoutError) as exc:
+            # No meta leader, perhaps: bind anyway, the data path does not need it.
+            log.warning("replayer.consumer_unchecked", error=repr(exc))
+        await self._consumer.bind()
+        self._stack.push_async_callback(self._consumer.aclose)
+
+    async def _start_admin(self) -> None:
+        admin = AdminServer(self._settings.replayer.admin_listen, service=SERVICE_NAME)
+        admin.add_check("nats", self._nats_check)
+        admin.add_check("consumer", self._consumer_check)
+        admin.add_check("lifecycle", self._lifecycle_check)
+        try:
+            await self._stack.enter_async_context(admin)
+        except OSError as exc:
+            raise ReplayerStartError(
+                f"cannot listen on replayer.admin_listen {admin.url}: {exc.strerror or exc}"
+            ) from None
+        self.admin_url = admin.url
+
+    async def _register(self) -> None:
+        service = await add_service(
+            self._conn.nc,
+            name=SERVICE_NAME,
+            version=XREGION_VERSION,
+            description="xregion replayer: applies other regions' events to local services",
+            metadata={
+                "region": self._settings.region,
+                "instance": self.instance_id,
+                "admin_url": self.admin_url,
+            },
+        )
+        self._stack.push_async_callback(service.stop)
+
+    # ------------------------------------------------------------------ run and stop
+
+    async def _run_loop(self) -> None:
+        try:
+            await self.consumer.run()
+        except Exception as exc:  # the service's one boundary: log, flag, exit non-zero
+            log.error("replayer.fetch_loop_failed", error=repr(exc))
+            self.failed.set()
+            raise
+
+    async def _stop_consuming(self) -> None:
+        consumer = self.consumer
+        consumer.stop()
+        if self._loop_task is not None:
+            await asyncio.wait([self._loop_task])
+        await consumer.drain(self._settings.replayer.shutdown_timeout_s)
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.wait([self._poller])
+
+    async def _poll_metrics(self) -> None:
+        s = self._settings
+        js = self._conn.jetstream(timeout_s=s.nats.request_timeout_s)
+        while True:
+            assert self._applier is not None
+            self._applier.refresh_canary_ages()
+            try:
+                info = await js.stream_info(dlq_stream(s.region))
+                DLQ_MESSAGES.set(info.state.messages)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.debug("replayer.dlq_info_failed", error=repr(exc))
+            await asyncio.sleep(s.replayer.metrics_poll_s)
+
+    # ------------------------------------------------------------------ readiness
+
+    def _nats_check(self) -> CheckResult:
+        if self._conn.is_connected:
+            return CheckResult(Health.OK, "connected")
+        return CheckResult(Health.DOWN, "disconnected: nothing is replayed")
+
+    def _consumer_check(self) -> CheckResult:
+        if self._consumer is not None and self._consumer.bound:
+            return CheckResult(Health.OK, f"bound, {self._consumer.inflight} in flight")
+        return CheckResult(Health.DOWN, "consumer not bound")
+
+    def _lifecycle_check(self) -> CheckResult:
+        if self._stopping:
+            return CheckResult(Health.DOWN, "shutting down")
+        if self.failed.is_set():
+            return CheckResult(Health.DOWN, "the fetch loop failed; exiting")
+        return CheckResult(Health.OK, "running")
+
+
+async def serve(
+    settings: Settings,
+    *,
+    shutdown_trigger: Callable[[], Awaitable[object]],
+    on_started: Callable[[Replayer], None] | None = None,
+    retry_waits: bool = True,
+) -> int:
+    """Run a replayer until `shutdown_trigger()` completes (or NATS closes for good, or the
+    fetch loop fails). Returns 0 after a requested shutdown, else 1. Start failures raise
+    ReplayerError."""
+    async with Replayer(settings, retry_waits=retry_waits) as replayer:
+        replayer.start_consuming()
+        if on_started is not None:
+            on_started(replayer)
+        reason = await _first_of(
+            shutdown=shutdown_trigger(),
+            nats_closed=replayer.nats_closed.wait(),
+            failed=replayer.failed.wait(),
+        )
+    if reason == "shutdown":
+        log.info("replayer.exit", reason="shutdown requested")
+        return 0
+    log.error("replayer.exit", reason=reason)
+    return 1
+
+
+async def _first_of(**waits: Awaitable[object]) -> str:
+    """Wait until one of `waits` completes and return its name; the others are cancelled."""
+    tasks = {asyncio.ensure_future(w): name for name, w in waits.items()}
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return tasks[next(iter(done))]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)

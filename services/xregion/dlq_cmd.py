@@ -1,0 +1,176 @@
+"""`xregion dlq list|show|replay|purge`: the dead letters of a region (DESIGN §7).
+
+Dead letters live in `XR_DLQ_<region>` (services/replayer/dlq.py). Every action works on a
+selection: `--service S`, `--reason X`, `--since T` (ISO-8601 time, or an age such as `90s`,
+`30m`, `2h`, `7d`), or one message by `--seq N`. Messages are read one by one with direct
+gets (`next_by_subj`), so no consumer is created.
+
+* `list`: one table row per dead letter;
+* `show`: every header and a body preview of the selected dead letters;
+* `replay`: publishes the original event back onto the region's replay stream (same event id,
+  so the service's idempotency and the replayer's version check still hold), then deletes the
+  dead letter; progress on stderr;
+* `purge`: deletes the selected dead letters; requires `--yes`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+
+from services.replayer.dlq import HDR_DLQ_BODY, path_of, replay_message
+from services.xregion.commands import CommandError
+from shared.envelope import (
+    HDR_DLQ_AT,
+    HDR_DLQ_ATTEMPTS,
+    HDR_DLQ_ERROR,
+    HDR_DLQ_REASON,
+    HDR_DLQ_STATUS,
+    HDR_EVENT_ID,
+)
+from shared.natsconn import NatsConnectError, NatsConnection
+from shared.regions import dlq_stream, dlq_subject
+from shared.settings import Settings
+
+__all__ = ["Selection", "parse_since", "run_dlq"]
+
+_AGE_RE = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_PREVIEW_BYTES = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    region: str
+    service: str | None = None
+    reason: str | None = None
+    since: dt.datetime | None = None
+    seq: int | None = None
+
+    def matches(self, msg: RawStreamMsg) -> bool:
+        headers = msg.headers or {}
+        if self.reason is not None and headers.get(HDR_DLQ_REASON) != self.reason:
+            return False
+        return self.since is None or (msg.time is not None and msg.time >= self.since)
+
+
+def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """`2026-11-22T10:00:00Z` or an age (`90s`, `30m`, `2h`, `7d`) → an aware datetime."""
+    now = now or dt.datetime.now(dt.UTC)
+    match = _AGE_RE.fullmatch(text.strip())
+    if match:
+        return now - dt.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CommandError(
+            f"--since {text!r}: expected an ISO time or an age like 30m", 2
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
+
+
+async def run_dlq(settings: Settings, action: str, selection: Selection, *, yes: bool) -> int:
+    if action == "purge" and not yes:
+        raise CommandError("purge deletes dead letters for good: add --yes", 2)
+    try:
+        conn = NatsConnection(settings.nats, service="xregion", name="xregion-dlq")
+        await conn.connect()
+    except NatsConnectError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        js = conn.jetstream()
+        msgs = [m async for m in _select(js, selection)]
+        return await _ACTIONS[action](js, selection, msgs)
+    finally:
+        await conn.aclose()
+
+
+async def _select(js: JetStreamContext, sel: Selection) -> AsyncIterator[RawStreamMsg]:
+    stream = dlq_stream(sel.region)
+    if sel.seq is not None:
+        with contextlib.suppress(NotFoundError):
+            msg = await js.get_msg(stream, seq=sel.seq)
+            if sel.matches(msg):
+                yield msg
+        return
+    subject = dlq_subject(sel.region, "*", sel.service or "*")
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return
+        if sel.matches(msg):
+            yield msg
+        seq = int(msg.seq or seq) + 1
+
+
+async def _list(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) -> int:
+    print(f"{'SEQ':>6}  {'AT':<24} {'ORIGIN':<10} {'SERVICE':<12} {'REASON':<18} "
+          f"{'STATUS':<6} {'TRIES':>5}  {'EVENT ID':<36}  ERROR")  # fmt: skip
+    for msg in msgs:
+        h = msg.headers or {}
+        origin, service = path_of(msg.subject or "")
+        print(
+            f"{msg.seq:>6}  {h.get(HDR_DLQ_AT, ''):<24} {origin:<10} {service:<12} "
+            f"{h.get(HDR_DLQ_REASON, ''):<18} {h.get(HDR_DLQ_STATUS, ''):<6} "
+            f"{h.get(HDR_DLQ_ATTEMPTS, ''):>5}  {h.get(HDR_EVENT_ID, ''):<36}  "
+            f"{h.get(HDR_DLQ_ERROR, '')[:80]}"
+        )
+    print(f"{len(msgs)} dead letter(s) in {dlq_stream(sel.region)}", file=sys.stderr)
+    return 0
+
+
+async def _show(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) -> int:
+    if not msgs:
+        raise CommandError("no dead letter matches", 1)
+    for msg in msgs:
+        data = msg.data or b""
+        print(f"seq {msg.seq}  subject {msg.subject}  stored {msg.time}")
+        for name, value in sorted((msg.headers or {}).items()):
+            print(f"  {name}: {value}")
+        preview = data[:_PREVIEW_BYTES].decode("utf-8", errors="replace")
+        more = f" ... ({len(data)} bytes)" if len(data) > _PREVIEW_BYTES else ""
+        print(f"  body: {preview!r}{more}\n")
+    return 0
+
+
+async def _replay(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) -> int:
+    failed = 0
+    for done, msg in enumerate(msgs, 1):
+        if HDR_DLQ_BODY in (msg.headers or {}):
+            failed += 1
+            print(f"seq {msg.seq}: not replayed: its body was not kept", file=sys.stderr)
+            continue
+        subject, headers, payload = replay_message(
+            region=sel.region, subject=msg.subject or "", headers=msg.headers,
+            payload=msg.data or b"",
+        )  # fmt: skip
+        try:
+            await js.publish(subject, payload, headers=headers)
+            await js.delete_msg(dlq_stream(sel.region), int(msg.seq or 0))
+        except (nats.errors.Error, TimeoutError, OSError) as exc:
+            failed += 1
+            print(f"seq {msg.seq}: replay failed: {exc!r}", file=sys.stderr)
+        print(f"replayed {done - failed}/{len(msgs)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+async def _purge(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) -> int:
+    for done, msg in enumerate(msgs, 1):
+        await js.delete_msg(dlq_stream(sel.region), int(msg.seq or 0))
+        print(f"purged {done}/{len(msgs)}", file=sys.stderr)
+    print(f"purged {len(msgs)} dead letter(s)")
+    return 0
+
+
+_ACTIONS = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}

@@ -1,0 +1,205 @@
+"""Pure parts of the broadcaster: the window's lanes, the gate's breaker, canary ids,
+the settings' consistency rules, the pause command's paths."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from services.broadcaster.canary import canary_event, canary_event_id, canary_message
+from services.broadcaster.gate import Gate, State
+from services.broadcaster.window import Held, Window
+from services.xregion.commands import CommandError
+from services.xregion.pause_cmd import paths_into
+from shared.envelope import CANARY_SERVICE, HDR_CANARY, canary_target, decode
+from shared.hlc import Hlc
+from shared.ids import is_uuid7, uuid7_time_ms
+from shared.natsconn import Backoff
+from shared.settings import BroadcasterSettings
+from tests.broadcaster.helpers import XREGION
+
+
+def held(seq: int, lane: str, size: int = 10) -> Held[str]:
+    return Held(seq, lane, size, f"event-{seq}")
+
+
+# ---------------------------------------------------------------- window
+
+
+def test_one_key_is_one_lane_in_order() -> None:
+    window: Window[str] = Window(max_events=10, max_bytes=10_000)
+    first, second, other = held(1, "a"), held(2, "a"), held(3, "b")
+    assert window.add(first) is True
+    assert window.add(second) is False  # waits behind the first of its key
+    assert window.add(other) is True
+    assert (len(window), window.lanes) == (3, 2)
+    assert window.done(first) is second
+    assert window.done(second) is None
+    assert window.lanes == 1
+
+
+def test_only_a_lane_head_can_be_done() -> None:
+    window: Window[str] = Window(max_events=10, max_bytes=10_000)
+    first, second = held(1, "a"), held(2, "a")
+    window.add(first)
+    window.add(second)
+    with pytest.raises(ValueError, match="head"):
+        window.done(second)
+
+
+def test_room_by_count_and_by_bytes() -> None:
+    window: Window[str] = Window(max_events=3, max_bytes=100)
+    window.add(held(1, "a"))
+    assert window.room() == 2
+    window.add(held(2, "b", size=95))
+    assert window.room() == 0  # bytes reached
+    assert window.held_bytes == 105
+
+
+def test_take_all_returns_everything_in_stream_order() -> None:
+    window: Window[str] = Window(max_events=10, max_bytes=10_000)
+    for seq, lane in ((5, "b"), (1, "a"), (7, "a"), (3, "c")):
+        window.add(held(seq, lane))
+    assert [h.seq for h in window.take_all()] == [1, 3, 5, 7]
+    assert (len(window), window.lanes, window.held_bytes) == (0, 0, 0)
+
+
+# ---------------------------------------------------------------- gate
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def gate(clock: Clock) -> Gate:
+    return Gate(Backoff(1.0, 8.0, rng=random.Random(1)), clock=clock)
+
+
+def test_breaker_opens_on_failure_and_probes_once_after_the_delay() -> None:
+    clock = Clock()
+    g = gate(clock)
+    assert g.try_acquire() is True
+    delay = g.failure()
+    assert 0.5 <= delay <= 1.0
+    assert (g.state, g.may_fetch, g.try_acquire()) == (State.OPEN, False, None)
+    clock.now += delay
+    assert g.try_acquire() is True  # the probe
+    assert g.state is State.HALF_OPEN
+    assert g.try_acquire() is None  # one probe at a time
+    g.success()
+    assert (g.state, g.may_fetch, g.try_acquire()) == (State.CLOSED, True, True)
+
+
+def test_failed_probe_backs_off_longer_and_abandon_frees_the_probe() -> None:
+    clock = Clock()
+    g = gate(clock)
+    first = g.failure()
+    clock.now += first
+    assert g.try_acquire() is True
+    second = g.failure()
+    assert second > first
+    clock.now += second
+    assert g.try_acquire() is True
+    g.abandon()
+    assert g.try_acquire() is True  # the next caller probes instead
+
+
+def test_pause_and_stop() -> None:
+    g = gate(Clock())
+    g.set_paused(True)
+    assert (g.try_acquire(), g.may_fetch) == (None, False)
+    g.set_paused(False)
+    assert g.try_acquire() is True
+    g.stop()
+    assert (g.try_acquire(), g.may_fetch) == (False, False)
+
+
+async def test_acquire_waits_for_resume_and_returns_false_on_stop() -> None:
+    g = gate(Clock())
+    g.set_paused(True)
+    waiter = asyncio.ensure_future(g.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    g.set_paused(False)
+    assert await asyncio.wait_for(waiter, 1) is True
+    g.set_paused(True)
+    waiter = asyncio.ensure_future(g.acquire())
+    await asyncio.sleep(0)
+    g.stop()
+    assert await asyncio.wait_for(waiter, 1) is False
+
+
+# ---------------------------------------------------------------- canaries
+
+
+def test_canary_ids_are_uuid7_at_the_slot_and_the_same_for_every_instance() -> None:
+    a = canary_event_id("us-east", "eu-west", 1_700_000_005_000)
+    assert is_uuid7(a)
+    assert uuid7_time_ms(a) == 1_700_000_005_000
+    assert a == canary_event_id("us-east", "eu-west", 1_700_000_005_000)
+    assert a != canary_event_id("us-east", "ap-south", 1_700_000_005_000)
+    assert a != canary_event_id("us-east", "eu-west", 1_700_000_010_000)
+
+
+def test_a_canary_is_a_valid_event_marked_for_its_target() -> None:
+    event = canary_event("us-east", "eu-west", slot_ms=1_700_000_005_000, hlc=Hlc())
+    subject, headers, payload = canary_message(event, "eu-west")
+    assert subject == f"xr.events.us-east.{CANARY_SERVICE}"
+    assert headers[HDR_CANARY] == "eu-west"
+    assert canary_target(headers) == "eu-west"
+    assert canary_target({HDR_CANARY.upper(): " ap-south "}) == "ap-south"
+    assert canary_target({"Xr-Origin": "us-east"}) is None
+    assert decode(headers, payload) == event
+
+
+# ---------------------------------------------------------------- settings, CLI paths
+
+
+def test_window_must_fit_the_consumer_and_waits_the_ack_wait() -> None:
+    with pytest.raises(ValidationError, match="max_ack_pending"):
+        BroadcasterSettings(window_events=2000, max_ack_pending=1000)
+    with pytest.raises(ValidationError, match="ack_wait_s"):
+        BroadcasterSettings(publish_timeout_s=20, ack_wait_s=30)
+    with pytest.raises(ValidationError, match="retry_base_s"):
+        BroadcasterSettings(retry_base_s=10, retry_max_s=1)
+    assert BroadcasterSettings().canary_interval_s == 5.0
+
+
+def test_pause_paths() -> None:
+    regions = ["us-east", "eu-west", "ap-south"]
+    assert paths_into(regions, "eu-west") == [("us-east", "eu-west"), ("ap-south", "eu-west")]
+    assert paths_into(regions, "eu-west", "ap-south") == [("ap-south", "eu-west")]
+    for target, origin in (("mars", None), ("eu-west", "eu-west"), ("eu-west", "mars")):
+        with pytest.raises(CommandError) as caught:
+            paths_into(regions, target, origin)
+        assert caught.value.exit_code == 2
+
+
+def test_pause_without_target_is_a_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "region.toml"
+    config.write_text(
+        'region = "us-east"\nregions = ["us-east", "eu-west"]\n[signing]\nmode = "off"\n'
+    )
+    for command in ("pause", "resume"):
+        result = subprocess.run(
+            [str(XREGION), command, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, result.stderr
+        assert (
+            result.stderr.strip()
+            .splitlines()[-1]
+            .endswith("--target is required" + (" (or --list)" if command == "pause" else ""))
+        )

@@ -1,0 +1,111 @@
+"""A real aiohttp service that records every call by `Idempotency-Key`, for replayer tests.
+
+Each key path keeps the value with the newest `Xr-Hlc` (as the demo service would). A repeated
+`Idempotency-Key` that already succeeded is answered 200 and counted in `repeats`, never
+applied twice. `script[path]` is a list of statuses to answer first (then 2xx); `delay_s`
+(or `delays[path]`) slows answers down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+__all__ = ["Call", "Recorder"]
+
+
+@dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    status: int
+
+    @property
+    def event_id(self) -> str:
+        return self.headers.get("Idempotency-Key", "")
+
+    @property
+    def hlc(self) -> str:
+        return self.headers.get("Xr-Hlc", "")
+
+
+@dataclass
+class Recorder:
+    script: dict[str, list[int]] = field(default_factory=dict)
+    max_delay_s: float = 0.0
+    delays: dict[str, float] = field(default_factory=dict)
+    down: bool = False  # answer 503 to everything
+    calls: list[Call] = field(default_factory=list)
+    succeeded: dict[str, Call] = field(default_factory=dict)
+    repeats: list[Call] = field(default_factory=list)
+    values: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    in_flight_keys: set[str] = field(default_factory=set)
+    overlaps: int = 0
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> Self:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def calls_for(self, path: str) -> list[Call]:
+        return [c for c in self.calls if c.path == path]
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        path = request.path_qs
+        key_path = request.path
+        if key_path in self.in_flight_keys:
+            self.overlaps += 1
+        self.in_flight_keys.add(key_path)
+        try:
+            body = await request.read()
+            if self.max_delay_s:
+                await asyncio.sleep(random.uniform(0, self.max_delay_s))
+            if key_path in self.delays:
+                await asyncio.sleep(self.delays[key_path])
+            status = self._status(key_path)
+            call = Call(request.method, path, dict(request.headers), body, status)
+            self.calls.append(call)
+            if 200 <= status < 300:
+                self._apply(call, key_path)
+            return web.Response(status=status)
+        finally:
+            self.in_flight_keys.discard(key_path)
+
+    def _status(self, path: str) -> int:
+        if self.down:
+            return 503
+        queue = self.script.get(path)
+        return queue.pop(0) if queue else 200
+
+    def _apply(self, call: Call, key_path: str) -> None:
+        if call.event_id in self.succeeded:
+            self.repeats.append(call)
+            return
+        self.succeeded[call.event_id] = call
+        current = self.values.get(key_path)
+        if current is None or call.hlc > current[0]:
+            self.values[key_path] = (call.hlc, call.body)

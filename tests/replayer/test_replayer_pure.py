@@ -1,0 +1,207 @@
+"""The pure core: path safety, building the call, classification, dead-letter shape, order."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+from urllib.parse import quote
+
+import httpx
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.replayer.classify import Verdict, classify_error, classify_status
+from services.replayer.dlq import dead_letter, fit, path_of, replay_message
+from services.replayer.partitions import KeyedRunner, order_key
+from services.replayer.pathsafe import UnsafePathError, check_path
+from services.replayer.request import RequestError, build_request
+from services.replayer.upstream import Upstream, UpstreamError
+from shared.envelope import encode, req_headers_from
+from shared.settings import ReplayerSettings, ServiceSettings
+from tests.replayer.helpers import make_event
+
+SERVICES = {"catalog": ServiceSettings(upstream="http://10.0.0.1:7001", routes=["/catalog"])}
+
+UNSAFE = [
+    "//evil.example/x", "http://x/", "https:x", "/\\evil", "\\evil", "/a/../b", "/..",
+    "/%2e%2e/admin", "/%2E%2E/admin", "/%252e%252e/admin", "/%25252e%25252e/x", "/a/%2e/b",
+    "/x%0d%0aHost:%20evil", "/x%00", "/%2f%2fevil", "/%5cevil", "/a b", "", "relative",
+    "/ok/%ff", "/a/..?q=1", "/%2Fevil.example",
+]  # fmt: skip
+SAFE = ["/", "/catalog/items/1", "/catalog/items?x=1&y=%2F", "/a/..b/c", "/a/b.c/...", "/%41"]
+
+
+@pytest.mark.parametrize("path", UNSAFE)
+def test_unsafe_paths_are_refused(path: str) -> None:
+    with pytest.raises(UnsafePathError):
+        check_path(path)
+
+
+@pytest.mark.parametrize("path", SAFE)
+def test_safe_paths_pass_unchanged(path: str) -> None:
+    assert check_path(path) == path
+
+
+@given(st.text(min_size=0, max_size=40), st.integers(min_value=0, max_value=3))
+def test_no_encoding_depth_hides_a_dot_segment(middle: str, depth: int) -> None:
+    path = f"/{middle}/../x"
+    for _ in range(depth):
+        path = quote(path, safe="")
+    with pytest.raises(UnsafePathError):
+        check_path(path if path.startswith("/") else "/" + path)
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"]), max_size=60))
+def test_accepted_paths_never_leave_the_base(path: str) -> None:
+    try:
+        check_path(path)
+    except UnsafePathError:
+        return
+    url = httpx.URL("http://10.0.0.1:7001" + path)
+    assert url.host == "10.0.0.1"
+    assert url.port == 7001
+
+
+def test_request_uses_the_configured_base_and_sets_replay_headers() -> None:
+    event = dataclasses.replace(
+        make_event("/catalog/1?a=b", body=b"x"),
+        req_headers=req_headers_from(
+            {"Content-Type": "text/plain", "Connection": "close", "Host": "evil", "Te": "x"}
+        ),
+    )
+    request = build_request(event, SERVICES)
+    assert request.url == "http://10.0.0.1:7001/catalog/1?a=b"
+    assert request.method == "PUT"
+    assert request.headers["Idempotency-Key"] == event.event_id
+    assert request.headers["Xr-Replayed-From"] == event.origin
+    assert request.headers["content-type"] == "text/plain"
+    assert not {"connection", "host", "te"} & {h.lower() for h in request.headers}
+
+
+def test_forwarded_headers_cannot_override_ours() -> None:
+    event = dataclasses.replace(
+        make_event("/catalog/1"), req_headers=req_headers_from({"Idempotency-Key": "client"})
+    )
+    request = build_request(event, SERVICES)
+    assert [v for k, v in request.headers.items() if k.lower() == "idempotency-key"] == [
+        event.event_id
+    ]
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "reason"),
+    [("billing", "PUT", "unknown_service"), ("catalog", "GET", "method_not_allowed")],
+)
+def test_requests_that_must_not_happen(service: str, method: str, reason: str) -> None:
+    event = dataclasses.replace(make_event("/catalog/1"), service=service, method=method)
+    with pytest.raises(RequestError) as info:
+        build_request(event, SERVICES)
+    assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("status", "verdict"),
+    [(200, Verdict.APPLIED), (204, Verdict.APPLIED), (409, Verdict.STALE), (412, Verdict.STALE),
+     (429, Verdict.RETRY), (500, Verdict.RETRY), (503, Verdict.RETRY), (408, Verdict.RETRY),
+     (400, Verdict.POISON), (404, Verdict.POISON), (422, Verdict.POISON), (302, Verdict.POISON)],
+)  # fmt: skip
+def test_classify_status(status: int, verdict: Verdict) -> None:
+    assert classify_status(status) is verdict
+
+
+def test_classify_error() -> None:
+    assert classify_error(httpx.ConnectError("x")) is Verdict.RETRY
+    assert classify_error(httpx.ReadTimeout("x")) is Verdict.RETRY
+    assert classify_error(ValueError("x")) is Verdict.POISON
+
+
+def test_dead_letter_keeps_the_original_and_replays_to_it() -> None:
+    event = make_event("/catalog/1", body=b"body")
+    headers, payload = encode(event)
+    subject, out, data = dead_letter(
+        region="eu-west", subject="xr.replay.eu-west.us-east.catalog", headers=headers,
+        payload=payload, stream_seq=7, reason="http_400", status=400, attempts=1,
+        error="bad\r\nrequest", now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )  # fmt: skip
+    assert subject == "xr.dlq.eu-west.us-east.catalog"
+    assert data == b"body"
+    assert out["Nats-Msg-Id"] == "dlq:7"
+    assert out["Xr-Dlq-Error"] == "bad request"
+    assert out["Xr-Dlq-At"] == "2026-01-01T00:00:00.000+00:00"
+    back_subject, back, _ = replay_message(region="eu-west", subject=subject, headers=out,
+                                           payload=data)  # fmt: skip
+    assert back_subject == "xr.replay.eu-west.us-east.catalog"
+    assert back == {k: v for k, v in headers.items() if k != "Nats-Msg-Id"}
+    assert path_of("xr.replay.eu-west.BAD.x") == ("unknown", "x")
+
+
+async def test_keyed_runner_serialises_a_key_and_parallelises_keys() -> None:
+    runner = KeyedRunner()
+    log: list[str] = []
+    gate = asyncio.Event()
+
+    def job(name: str, wait: bool) -> object:
+        async def run() -> None:
+            log.append(f"start {name}")
+            if wait:
+                await gate.wait()
+            log.append(f"end {name}")
+
+        return run
+
+    runner.submit("a", job("a1", True))  # type: ignore[arg-type]
+    runner.submit("a", job("a2", False))  # type: ignore[arg-type]
+    runner.submit("b", job("b1", False))  # type: ignore[arg-type]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert "end b1" in log
+    assert "start a2" not in log
+    gate.set()
+    assert await runner.wait(5)
+    assert log.index("end a1") < log.index("start a2")
+    assert order_key({"Xr-Service": "s", "Xr-Key": "k"}) == "s\x00k"
+    assert order_key({}) is None
+
+
+def _settings(**changes: float) -> ReplayerSettings:
+    return ReplayerSettings(ack_wait_s=30, retry_attempts=3, retry_total_s=5, **changes)  # type: ignore[arg-type]
+
+
+async def test_upstream_retries_5xx_then_returns_the_last_status() -> None:
+    statuses = iter([503, 502, 200])
+    seen: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(1)
+        return httpx.Response(next(statuses))
+
+    request = build_request(make_event("/catalog/1"), SERVICES)
+    async with Upstream(_settings(), wait=False, transport=httpx.MockTransport(handler)) as up:
+        assert await up.call(request, "catalog") == 200
+    assert len(seen) == 3
+
+
+async def test_upstream_gives_up_after_the_attempts() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    request = build_request(make_event("/catalog/1"), SERVICES)
+    async with Upstream(_settings(), wait=False, transport=httpx.MockTransport(handler)) as up:
+        with pytest.raises(UpstreamError):
+            await up.call(request, "catalog")
+
+
+def test_a_dead_letter_too_big_for_max_payload_drops_its_body() -> None:
+    headers, payload = encode(make_event("/catalog/1", body=b"x" * 1000))
+    letter = dead_letter(
+        region="eu-west", subject="xr.replay.eu-west.us-east.catalog", headers=headers,
+        payload=payload, stream_seq=1, reason="http_400", status=400, attempts=1, error="e" * 600,
+        now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )  # fmt: skip
+    assert fit(letter, 1_000_000) is letter
+    _, out, body = fit(letter, 1500)
+    assert body == b""
+    assert out["Xr-Dlq-Body"] == "dropped 1000 bytes: over max_payload"
+    assert len(out["Xr-Dlq-Error"]) == 515  # clipped to 512 + "..."

@@ -1,0 +1,48 @@
+"""With signing on: unsigned, forged or tampered events are dead-lettered without a call;
+signed ones are applied, and the call carries a verifiable replay marker."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from nats.js import JetStreamContext
+
+from services.replayer.service import Replayer
+from shared.settings import Settings, SigningSettings
+from shared.signing import load_signer, load_verifier, replay_signing_input
+from tests.bridge.helpers import make_keys
+from tests.replayer.helpers import make_event, publish
+from tests.replayer.recorder import Recorder
+from tests.replayer.test_replayer_apply import dead_letters
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+async def test_signatures_are_verified_before_any_call(
+    js: JetStreamContext, settings: Settings, recorder: Recorder, tmp_path: Path
+) -> None:
+    signing = SigningSettings(**make_keys(tmp_path))
+    signed_settings = settings.model_copy(update={"signing": signing})
+    signer = load_signer(signing)
+    assert signer is not None
+    good = signer.sign(make_event("/catalog/signed", body=b"ok"))
+    tampered = dataclasses.replace(signer.sign(make_event("/catalog/t")), body=b"changed")
+    await publish(js, good)
+    await publish(js, make_event("/catalog/unsigned"))
+    await publish(js, tampered)
+    async with Replayer(signed_settings, retry_waits=False) as replayer:
+        await replayer.run_until_idle()
+
+    [call] = recorder.calls
+    assert call.event_id == good.event_id
+    verifier = load_verifier(signing)
+    assert verifier is not None
+    marker = replay_signing_input(
+        origin=good.origin, event_id=good.event_id, method=good.method, path=good.path,
+        body=good.body,
+    )  # fmt: skip
+    assert verifier.verify_bytes(call.headers["Xr-Replayed-Sig"], marker) == signing.key_id
+    letters = await dead_letters(js)
+    assert [letter["Xr-Dlq-Reason"] for letter in letters] == ["bad_signature"] * 2
