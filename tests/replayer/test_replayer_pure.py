@@ -20,6 +20,7 @@ from services.replayer.request import RequestError, build_request
 from services.replayer.upstream import Upstream, UpstreamError
 from shared.envelope import encode, req_headers_from
 from shared.settings import ReplayerSettings, ServiceSettings
+from tests.harness.wait import wait_until
 from tests.replayer.helpers import make_event
 
 SERVICES = {"catalog": ServiceSettings(upstream="http://10.0.0.1:7001", routes=["/catalog"])}
@@ -154,9 +155,7 @@ async def test_keyed_runner_serialises_a_key_and_parallelises_keys() -> None:
     runner.submit("a", job("a1", True))  # type: ignore[arg-type]
     runner.submit("a", job("a2", False))  # type: ignore[arg-type]
     runner.submit("b", job("b1", False))  # type: ignore[arg-type]
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert "end b1" in log
+    await wait_until(lambda: "end b1" in log, 5, message="b1 ran while a1 was blocked")
     assert "start a2" not in log
     gate.set()
     assert await runner.wait(5)
