@@ -17,6 +17,7 @@ __all__ = [
     "dlq_subject",
     "events_stream",
     "events_subject",
+    "key_belongs_to",
     "replay_consumer",
     "replay_stream",
     "replay_subject",
@@ -90,3 +91,15 @@ def broadcast_consumer(target: str) -> str:
 def replay_consumer() -> str:
     """Durable name of the replayer's consumer on its region's replay stream."""
     return "xr-replayer"
+
+
+_KEY_SUFFIX_RE = re.compile(r"[A-Za-z0-9_.]{1,32}")
+
+
+def key_belongs_to(key_id: str, region: str) -> bool:
+    """Signing key ids name their region: `<region>` or `<region>-<suffix>` (no `-` in the
+    suffix), e.g. `us-east-1`. A key may only sign for, and vouch for, its own region."""
+    if key_id == region:
+        return True
+    prefix = f"{region}-"
+    return key_id.startswith(prefix) and bool(_KEY_SUFFIX_RE.fullmatch(key_id[len(prefix) :]))

@@ -36,7 +36,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
-from shared.regions import InvalidNameError, validate_region, validate_service
+from shared.regions import InvalidNameError, key_belongs_to, validate_region, validate_service
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -388,6 +388,12 @@ class Settings(BaseSettings):
     def _consistent(self) -> Self:
         if self.region not in self.regions:
             raise ValueError(f"region {self.region!r} is not listed in regions {self.regions}")
+        key_id = self.signing.key_id
+        if self.signing.mode == "ed25519" and key_id and not key_belongs_to(key_id, self.region):
+            raise ValueError(
+                f"signing.key_id {key_id!r} does not name region {self.region!r} "
+                f"(expected {self.region!r} or '{self.region}-<suffix>')"
+            )
         for name, service in self.services.items():
             if service.targets == "all":
                 continue

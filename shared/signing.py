@@ -25,7 +25,11 @@ Errors::
     Exception
      └── SigningError
           ├── KeyFileError      a key file is missing or malformed (at start: exit 2)
-          └── SignatureError    .reason: unsigned | unknown_key | bad_signature
+          └── SignatureError    .reason: unsigned | unknown_key | wrong_region | bad_signature
+
+Key ids name their region (`shared.regions.key_belongs_to`: `us-east-1` is a key of `us-east`).
+An event is only accepted when signed by a key of its origin, and a replay marker only when
+signed by a key of the region it is presented in, so a key cannot speak for another region.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from shared.envelope import Event, signing_input
+from shared.regions import key_belongs_to
 from shared.settings import SigningSettings
 
 __all__ = [
@@ -58,7 +63,7 @@ __all__ = [
     "replay_signing_input",
 ]
 
-SignatureReason = Literal["unsigned", "unknown_key", "bad_signature"]
+SignatureReason = Literal["unsigned", "unknown_key", "wrong_region", "bad_signature"]
 _KEY_ID_RE = re.compile(r"[!-9;-~]{1,64}")
 
 
@@ -120,14 +125,17 @@ class Verifier:
     def __init__(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
         self._keys = dict(keys)
 
-    def verify_bytes(self, sig: str | None, data: bytes) -> str:
-        """Check a `<key-id>:<signature>` value over `data`; returns the key id."""
+    def verify_bytes(self, sig: str | None, data: bytes, *, region: str) -> str:
+        """Check a `<key-id>:<signature>` value over `data` made by a key of `region`;
+        returns the key id."""
         if not sig:
             raise SignatureError("unsigned", "no signature")
         key_id, _, encoded = sig.partition(":")
         key = self._keys.get(key_id)
         if key is None:
             raise SignatureError("unknown_key", f"signed by unknown key {key_id[:64]!r}")
+        if not key_belongs_to(key_id, region):
+            raise SignatureError("wrong_region", f"key {key_id!r} cannot sign for {region!r}")
         try:
             key.verify(_unb64(encoded), data)
         except (InvalidSignature, binascii.Error, ValueError) as exc:
@@ -135,8 +143,8 @@ class Verifier:
         return key_id
 
     def verify(self, event: Event) -> str:
-        """Check an event's `sig`; returns the key id that signed it."""
-        return self.verify_bytes(event.sig, signing_input(event))
+        """Check an event's `sig` (a key of its origin); returns the key id that signed it."""
+        return self.verify_bytes(event.sig, signing_input(event), region=event.origin)
 
 
 def load_signer(settings: SigningSettings) -> Signer | None:

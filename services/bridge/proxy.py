@@ -235,7 +235,10 @@ class Proxy:
             body=body or b"",
         )
         try:
-            self._verifier.verify_bytes(request.headers.get(HDR_REPLAYED_SIG), data)
+            # A marker is made by a replayer of this region, so only this region's keys count.
+            self._verifier.verify_bytes(
+                request.headers.get(HDR_REPLAYED_SIG), data, region=self._config.region
+            )
         except SignatureError as exc:
             log.warning("bridge.replay_marker_refused", reason=exc.reason, error=str(exc))
             return False

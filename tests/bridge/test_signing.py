@@ -6,14 +6,18 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from shared.envelope import Event, new_traceparent
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
+from shared.regions import key_belongs_to
 from shared.settings import SigningSettings
 from shared.signing import (
     KeyFileError,
     SignatureError,
+    Signer,
+    Verifier,
     load_signer,
     load_verifier,
     replay_signing_input,
@@ -81,11 +85,43 @@ def test_replay_marker_signature_binds_the_request(tmp_path: Path) -> None:
     assert verifier is not None
     fields = {"origin": "eu-west", "event_id": uuid7_str(), "method": "PUT", "path": "/c/1"}
     sig = signer.sign_bytes(replay_signing_input(**fields, body=b"v1"))
-    assert verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v1"))
+    here = {"region": "us-east"}  # the marker is presented to us-east's bridge
+    assert verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v1"), **here)
     with pytest.raises(SignatureError):
-        verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v2"))
+        verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v2"), **here)
     with pytest.raises(SignatureError):
-        verifier.verify_bytes("us-east-1:not-base64!", replay_signing_input(**fields, body=b""))
+        verifier.verify_bytes(
+            "us-east-1:not-base64!", replay_signing_input(**fields, body=b""), **here
+        )
+    with pytest.raises(SignatureError) as elsewhere:  # another region's bridge must refuse it
+        verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v1"), region="eu-west")
+    assert elsewhere.value.reason == "wrong_region"
+
+
+def test_a_trusted_key_cannot_sign_for_another_region(tmp_path: Path) -> None:
+    keys = {kid: Ed25519PrivateKey.generate() for kid in ("us-east-1", "eu-west-1")}
+    verifier = Verifier({kid: key.public_key() for kid, key in keys.items()})
+    forged = Signer("eu-west-1", keys["eu-west-1"]).sign(event())  # origin us-east
+    with pytest.raises(SignatureError) as caught:
+        verifier.verify(forged)
+    assert caught.value.reason == "wrong_region"
+    assert verifier.verify(Signer("us-east-1", keys["us-east-1"]).sign(event())) == "us-east-1"
+
+
+@pytest.mark.parametrize(
+    ("key_id", "region", "belongs"),
+    [
+        ("us-east", "us-east", True),
+        ("us-east-1", "us-east", True),
+        ("us-east-2025a", "us-east", True),
+        ("us-east-1", "us", False),  # the suffix may not hold a dash
+        ("eu-west-1", "us-east", False),
+        ("us-eastern-1", "us-east", False),
+        ("us-east-", "us-east", False),
+    ],
+)
+def test_key_ids_name_their_region(key_id: str, region: str, belongs: bool) -> None:
+    assert key_belongs_to(key_id, region) is belongs
 
 
 def test_trusted_keys_as_bare_base64_and_bad_files(tmp_path: Path) -> None:

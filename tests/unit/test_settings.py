@@ -134,3 +134,13 @@ def test_example_region_files_are_valid(path: Path) -> None:
 
 def test_there_are_example_region_files() -> None:
     assert len(list(REGION_FILES.glob("*.toml"))) == 3
+
+
+def test_signing_key_must_name_the_region(tmp_path: Path) -> None:
+    text = VALID.replace(
+        'mode = "off"',
+        'mode = "ed25519"\nkey_id = "eu-west-1"\nprivate_key_file = "k.pem"\n'
+        'trusted_keys_file = "t.toml"',
+    )
+    with pytest.raises(ConfigError, match=r"signing\.key_id 'eu-west-1' does not name region"):
+        load_settings(write(tmp_path, text), env={})
