@@ -311,6 +311,8 @@ async def _write_from(queue: asyncio.Queue[_Item], writer: asyncio.StreamWriter)
         due, data = item
         if (wait := due - loop.time()) > 0:
             await asyncio.sleep(wait)
+        if writer.is_closing():  # the other side went away while the data waited
+            return
         writer.write(data)
         try:
             await writer.drain()
