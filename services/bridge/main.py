@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import resource
-import signal
 
 from services.bridge.service import serve
+from shared.lifecycle import until_signalled
 from shared.settings import Settings
 
 __all__ = ["run_bridge"]
-
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def run_bridge(settings: Settings) -> int:
@@ -20,15 +17,7 @@ async def run_bridge(settings: Settings) -> int:
     Start failures raise `services.bridge.service.BridgeError` (one line, an exit code).
     """
     _raise_open_files_limit()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in _SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        return await serve(settings, shutdown_trigger=stop.wait)
-    finally:
-        for sig in _SIGNALS:
-            loop.remove_signal_handler(sig)
+    return await until_signalled(lambda stop: serve(settings, shutdown_trigger=stop))
 
 
 def _raise_open_files_limit() -> None:

@@ -10,7 +10,7 @@ port → drain and close NATS. Whatever the outbox still holds is on disk for th
 
 Errors::
 
-    Exception
+    ServiceError (shared/lifecycle.py)
      └── BridgeError                 .exit_code
           ├── BridgeConfigError      the configuration cannot run (exit 2)
           └── BridgeStartError       a dependency is missing at start (exit 1)
@@ -39,6 +39,7 @@ from services.bridge.routing import RouteConflictError, RouteTable
 from services.bridge.upstream import Upstream
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
+from shared.lifecycle import ServiceError
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import Backoff, NatsConnectError, NatsConnection
@@ -69,10 +70,8 @@ _FINAL_DRAIN_S = 5.0
 log = get_logger("xr.bridge")
 
 
-class BridgeError(Exception):
+class BridgeError(ServiceError):
     """The bridge cannot run; `str()` is one line for the operator."""
-
-    exit_code = 1
 
 
 class BridgeConfigError(BridgeError):
@@ -80,7 +79,7 @@ class BridgeConfigError(BridgeError):
 
 
 class BridgeStartError(BridgeError):
-    exit_code = 1
+    pass
 
 
 def outbox_path(data_dir: Path, listen: str) -> Path:

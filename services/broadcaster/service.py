@@ -12,7 +12,7 @@ so it is redelivered at once, in order → admin port → drain and close NATS.
 
 Errors::
 
-    Exception
+    ServiceError (shared/lifecycle.py)
      └── BroadcasterError                 .exit_code
           ├── BroadcasterConfigError      the configuration cannot run (exit 2)
           └── BroadcasterStartError       a dependency is missing at start (exit 1)
@@ -36,6 +36,7 @@ from services.broadcaster.pause import PauseWatcher
 from services.broadcaster.policy import Policy
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
+from shared.lifecycle import ServiceError
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import NatsConnectError, NatsConnection
@@ -55,10 +56,8 @@ SERVICE_NAME = "xr-broadcaster"
 log = get_logger("xr.broadcaster")
 
 
-class BroadcasterError(Exception):
+class BroadcasterError(ServiceError):
     """The broadcaster cannot run; `str()` is one line for the operator."""
-
-    exit_code = 1
 
 
 class BroadcasterConfigError(BroadcasterError):
@@ -66,7 +65,7 @@ class BroadcasterConfigError(BroadcasterError):
 
 
 class BroadcasterStartError(BroadcasterError):
-    exit_code = 1
+    pass
 
 
 class Broadcaster:

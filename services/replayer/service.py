@@ -10,7 +10,7 @@ cancelled and nak'ed → metrics poller → admin port → HTTP client → drain
 
 Errors::
 
-    Exception
+    ServiceError (shared/lifecycle.py)
      └── ReplayerError                 .exit_code
           ├── ReplayerConfigError      the configuration cannot run (exit 2)
           └── ReplayerStartError       a dependency is missing at start (exit 1)
@@ -36,6 +36,7 @@ from services.replayer.metrics import DLQ_MESSAGES
 from services.replayer.upstream import Upstream
 from services.replayer.versions import VersionStore
 from shared.admin import AdminServer, CheckResult, Health
+from shared.lifecycle import ServiceError
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import NatsConnectError, NatsConnection
@@ -57,10 +58,8 @@ SERVICE_NAME = "xr-replayer"
 log = get_logger("xr.replayer")
 
 
-class ReplayerError(Exception):
+class ReplayerError(ServiceError):
     """The replayer cannot run; `str()` is one line for the operator."""
-
-    exit_code = 1
 
 
 class ReplayerConfigError(ReplayerError):
@@ -68,7 +67,7 @@ class ReplayerConfigError(ReplayerError):
 
 
 class ReplayerStartError(ReplayerError):
-    exit_code = 1
+    pass
 
 
 class Replayer:

@@ -64,42 +64,19 @@ def run_service(args: argparse.Namespace) -> int:
         json.dump(redacted_dump(settings), sys.stdout, indent=2, sort_keys=True)
         print()
         return 0
-    if args.command == "bridge":
-        return _run_bridge(settings)
-    if args.command == "broadcaster":
-        return _run_broadcaster(settings)
-    if args.command == "replayer":
-        return _run_replayer(settings)
-    raise CommandError("not yet available in this version (use --check-config)", exit_code=2)
+    return run(_serve(args.command, settings))
 
 
-def _run_bridge(settings: Settings) -> int:
+async def _serve(service: str, settings: Settings) -> int:
     from services.bridge.main import run_bridge
-    from services.bridge.service import BridgeError
-
-    try:
-        return run(run_bridge(settings))
-    except BridgeError as exc:
-        raise CommandError(str(exc), exit_code=exc.exit_code) from None
-
-
-def _run_broadcaster(settings: Settings) -> int:
     from services.broadcaster.main import run_broadcaster
-    from services.broadcaster.service import BroadcasterError
-
-    try:
-        return run(run_broadcaster(settings))
-    except BroadcasterError as exc:
-        raise CommandError(str(exc), exit_code=exc.exit_code) from None
-
-
-def _run_replayer(settings: Settings) -> int:
     from services.replayer.main import run_replayer
-    from services.replayer.service import ReplayerError
+    from shared.lifecycle import ServiceError
 
+    runners = {"bridge": run_bridge, "broadcaster": run_broadcaster, "replayer": run_replayer}
     try:
-        return run(run_replayer(settings))
-    except ReplayerError as exc:
+        return await runners[service](settings)
+    except ServiceError as exc:
         raise CommandError(str(exc), exit_code=exc.exit_code) from None
 
 

@@ -8,10 +8,8 @@ running until Ctrl-C or SIGTERM; `demo` prints its health and stops it.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from services.xregion.supercluster import (
     with_free_ports,
 )
 from shared import provision
+from shared.lifecycle import until_signalled
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.regions import InvalidNameError, validate_region
 from shared.settings import NatsSettings, Settings, SigningSettings
@@ -78,7 +77,7 @@ async def _run(
         _write_state(args.state_file, cluster, regions)
     if stay:
         console.print("super-cluster up; Ctrl-C or SIGTERM stops it")
-        await _until_signalled()
+        await until_signalled(lambda stop: stop())
     return 0 if healthy else 1
 
 
@@ -167,15 +166,3 @@ def _write_state(path: Path, cluster: SuperCluster, regions: list[str]) -> None:
         "workdir": str(cluster.workdir),
     }
     path.write_text(json.dumps(state, indent=2) + "\n")
-
-
-async def _until_signalled() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(signum)
