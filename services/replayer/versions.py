@@ -29,20 +29,17 @@ Records live as long as the stream's age limit (the bucket's TTL), so they survi
 from __future__ import annotations
 
 import enum
-import hashlib
-import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared.envelope import Event
+from shared.versions import CAS_ATTEMPTS, Record, cas_write, read_record, record_key
 
-__all__ = ["Claim", "ClaimResult", "Record", "Verdict", "VersionStore", "record_key"]
-
-_CAS_ATTEMPTS = 5
+__all__ = ["Claim", "ClaimResult", "Verdict", "VersionStore"]
 
 
 class Verdict(enum.StrEnum):
@@ -50,34 +47,6 @@ class Verdict(enum.StrEnum):
     STALE = "stale"
     DUPLICATE = "duplicate"
     BUSY = "busy"
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    hlc: str
-    event_id: str
-    state: str
-    owner: str
-    until: float
-
-    @property
-    def version(self) -> tuple[str, str]:
-        return (self.hlc, self.event_id)
-
-    def encode(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
-
-    @classmethod
-    def decode(cls, data: bytes | None) -> Record | None:
-        try:
-            raw = json.loads(data or b"")
-            return cls(**{k: raw[k] for k in ("hlc", "event_id", "state", "owner", "until")})
-        except (ValueError, KeyError, TypeError):
-            return None  # unreadable: treated as absent, then overwritten
-
-
-def record_key(service: str, key: str) -> str:
-    return f"{service}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
 
 
 @dataclass(slots=True)
@@ -102,13 +71,17 @@ class VersionStore:
         self._claim_s = claim_s
         self._clock = clock
 
+    @property
+    def kv(self) -> KeyValue:
+        return self._kv
+
     async def get(self, service: str, key: str) -> Record | None:
         record, _ = await self._read(record_key(service, key))
         return record
 
     async def claim(self, event: Event) -> ClaimResult:
         kv_key = record_key(event.service, event.key)
-        for _ in range(_CAS_ATTEMPTS):
+        for _ in range(CAS_ATTEMPTS):
             current, revision = await self._read(kv_key)
             verdict = self._judge(event, current)
             if verdict is not Verdict.CLAIMED:
@@ -121,20 +94,6 @@ class VersionStore:
             if new_revision is not None:
                 return ClaimResult(verdict, Claim(self, kv_key, mine, new_revision, current))
         return ClaimResult(Verdict.BUSY)
-
-    async def record_local_write(self, service: str, key: str, hlc: str, event_id: str) -> bool:
-        """Raise the record to a write accepted in this region (for the bridge, after the
-        service's 2xx), so older replayed events for the key are `stale`. False if the record
-        already holds a newer version. A live claim is overwritten: the local write is newer."""
-        kv_key = record_key(service, key)
-        for _ in range(_CAS_ATTEMPTS):
-            current, revision = await self._read(kv_key)
-            if current is not None and current.version >= (hlc, event_id):
-                return False
-            record = Record(hlc, event_id, "applied", self._owner, 0.0)
-            if await self._cas(kv_key, record, revision) is not None:
-                return True
-        return False
 
     def _judge(self, event: Event, current: Record | None) -> Verdict:
         if current is None:
@@ -149,20 +108,10 @@ class VersionStore:
         return Verdict.CLAIMED
 
     async def _read(self, kv_key: str) -> tuple[Record | None, int | None]:
-        try:
-            entry = await self._kv.get(kv_key)
-        except KeyNotFoundError:
-            return None, None
-        return Record.decode(entry.value), entry.revision
+        return await read_record(self._kv, kv_key)
 
     async def _cas(self, kv_key: str, record: Record, revision: int | None) -> int | None:
-        """Write if nobody wrote since `revision` (None: key absent); new revision or None."""
-        try:
-            if revision is None:
-                return int(await self._kv.create(kv_key, record.encode()))
-            return int(await self._kv.update(kv_key, record.encode(), last=revision))
-        except KeyWrongLastSequenceError:
-            return None
+        return await cas_write(self._kv, kv_key, record, revision)
 
 
 class Claim:

@@ -18,6 +18,7 @@ from shared.envelope import HDR_CANARY
 from shared.natsconn import NatsConnection
 from shared.regions import dlq_stream
 from shared.settings import Settings
+from shared.versions import record_local_write
 from tests.harness.wait import wait_until
 from tests.replayer.helpers import ORIGIN, REGION, SERVICE, make_event, publish
 from tests.replayer.recorder import Recorder
@@ -153,7 +154,9 @@ async def test_a_newer_local_write_makes_an_older_replay_stale(
     local = make_event("/catalog/local", hlc_ms=2)
     async with Replayer(settings, retry_waits=False) as replayer:
         store = replayer.versions
-        assert await store.record_local_write(SERVICE, local.key, str(local.hlc), local.event_id)
+        assert await record_local_write(
+            store.kv, SERVICE, local.key, str(local.hlc), local.event_id, owner="bridge"
+        )
         await publish(js, older)
         await replayer.run_until_idle()
         record = await store.get(SERVICE, local.key)

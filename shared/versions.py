@@ -1,0 +1,94 @@
+"""Last-writer-wins version records, shared by the bridge and the replayer (DESIGN §5).
+
+A region keeps one record per (service, `Xr-Key`) in its KV bucket `xr-versions-<region>`,
+under the KV key `<service>.<sha256 of the key, 40 hex>` (KV keys have a restricted alphabet;
+the service name already fits it). A record is JSON::
+
+    {"hlc": "<stamp>", "event_id": "<uuid7>", "state": "claimed"|"applied",
+     "owner": "<instance id>", "until": <unix seconds a claim lasts>}
+
+Versions are ordered by (hlc, event_id), so two writes with the same stamp still have a fixed
+order. Every write is a compare-and-set on the revision that was read (`update(last=rev)`,
+`create` for a new key), so two writers can never move a record backwards.
+
+The bridge calls `record_local_write` after a local write succeeded, so that older events
+replayed from other regions are `stale` here; the replayer reads and claims records
+(`services/replayer/versions.py`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+__all__ = ["CAS_ATTEMPTS", "Record", "cas_write", "read_record", "record_key", "record_local_write"]
+
+CAS_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    hlc: str
+    event_id: str
+    state: str
+    owner: str
+    until: float
+
+    @property
+    def version(self) -> tuple[str, str]:
+        return (self.hlc, self.event_id)
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> Record | None:
+        try:
+            raw = json.loads(data or b"")
+            return cls(**{k: raw[k] for k in ("hlc", "event_id", "state", "owner", "until")})
+        except (ValueError, KeyError, TypeError):
+            return None  # unreadable: treated as absent, then overwritten
+
+
+def record_key(service: str, key: str) -> str:
+    return f"{service}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+
+async def read_record(kv: KeyValue, kv_key: str) -> tuple[Record | None, int | None]:
+    """The record and its revision; (None, None) when the key has none."""
+    try:
+        entry = await kv.get(kv_key)
+    except KeyNotFoundError:
+        return None, None
+    return Record.decode(entry.value), entry.revision
+
+
+async def cas_write(kv: KeyValue, kv_key: str, record: Record, revision: int | None) -> int | None:
+    """Write if nobody wrote since `revision` (None: key absent); new revision or None."""
+    try:
+        if revision is None:
+            return int(await kv.create(kv_key, record.encode()))
+        return int(await kv.update(kv_key, record.encode(), last=revision))
+    except KeyWrongLastSequenceError:
+        return None
+
+
+async def record_local_write(
+    kv: KeyValue, service: str, key: str, hlc: str, event_id: str, *, owner: str
+) -> bool:
+    """Raise the record to a write accepted in this region (after the service's 2xx), so older
+    replayed events for the key are `stale`. False if the record already holds a newer
+    version. A live claim is overwritten: the local write is newer."""
+    kv_key = record_key(service, key)
+    for _ in range(CAS_ATTEMPTS):
+        current, revision = await read_record(kv, kv_key)
+        if current is not None and current.version >= (hlc, event_id):
+            return False
+        record = Record(hlc, event_id, "applied", owner, 0.0)
+        if await cas_write(kv, kv_key, record, revision) is not None:
+            return True
+    return False
