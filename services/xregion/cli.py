@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.xregion import commands
+from services.xregion import commands, status_cmd, top_cmd
 from shared.logs import configure_logging
 from shared.settings import ConfigError
 
@@ -25,9 +25,11 @@ _SERVICES = {
     "broadcaster": "fan each event of this region out to the other regions",
     "replayer": "apply other regions' events to this region's services",
 }
-_LATER = {
+_OPS = {
     "top": "live terminal dashboard of every region's replication metrics",
     "status": "find every running instance in every region",
+}
+_LATER = {
     "trace": "show where one event is: published, forwarded, applied",
     "bench": "benchmarks of the replication path",
 }
@@ -79,6 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_parsers(sub)
     _pause_parsers(sub)
     _dlq_parser(sub)
+    top_cmd.register(sub, _OPS["top"])
+    status_cmd.register(sub, _OPS["status"])
     for name, summary in _LATER.items():
         later = sub.add_parser(name, help=f"{summary} (not yet available)", description=summary)
         later.set_defaults(handler=commands.not_yet_available)
