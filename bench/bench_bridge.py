@@ -1,19 +1,25 @@
 """Benchmark: the same upstream called directly and through the bridge, side by side.
 
-    .venv/bin/python bench/bench_bridge.py [--seconds 5] [--concurrency 32] [--json out.json]
+    .venv/bin/python bench/bench_bridge.py [--seconds 5] [--concurrency 32] [--rounds 1]
+                                           [--json out.json]
 
-One run boots a local 3-region NATS super-cluster (us-east provisioned), an aiohttp upstream
-and `xregion bridge` as separate processes, then drives them from this process with a fixed
-number of concurrent keep-alive clients:
+One run boots a local 3-region NATS super-cluster (us-east provisioned), one aiohttp upstream
+and two `xregion bridge` processes in front of it (the default configuration, and the same
+with `record_local_versions = false`, to price the version records), then drives them from
+this process with keep-alive clients:
 
 * reads  (GET, small JSON answer) — direct vs through the bridge;
-* writes (PUT of 256 bytes, replicated: each one waits for its JetStream ack) — direct vs
-  through the bridge;
+* writes (PUT of 256 bytes to 1,000 keys, replicated: each one waits for its JetStream ack,
+  and raises its key's version record) — direct vs through the bridge (vs the bridge without
+  version records).
 
-first closed-loop at `--concurrency` (maximum throughput), then open-loop at half of the
-bridge's maximum for that kind (latency at half load). For every phase: requests/s, p50/p99
-latency, and CPU seconds per 1,000 requests of the bridge, the upstream, nats-server and the
-load generator (all on the same machine, so they compete for the same cores).
+Each target is warmed up (1 s, not counted), then driven closed-loop at `--concurrency`
+(its maximum throughput), then open-loop (requests sent on a fixed schedule, whatever the
+answers do) at half of the bridge's measured maximum for that kind, the same rate for every
+target: "added p50 at half load" is the bridge's p50 minus the direct p50 at that rate. For
+every phase: requests/s, p50/p99 latency, and CPU seconds per 1,000 requests of the bridge,
+the upstream, nats-server and the load generator (all on the same machine, competing for the
+same cores). Everything is repeated `--rounds` times; the verdict uses the median round.
 
 Targets (issue 3): replicated-write throughput >= 0.5x direct; added p50 <= 1 ms at half of
 the maximum load.
@@ -125,7 +131,9 @@ async def _wait_http(url: str, timeout_s: float = 30) -> None:
             await asyncio.sleep(0.1)
 
 
-def _region_file(path: Path, nats_url: str, upstream: str, listen: str, admin: str) -> None:
+def _region_file(
+    path: Path, nats_url: str, upstream: str, listen: str, admin: str, *, versions: bool = True
+) -> None:
     path.write_text(
         f'region = "{REGION}"\n'
         f"regions = {json.dumps(list(REGIONS))}\n"
@@ -133,6 +141,7 @@ def _region_file(path: Path, nats_url: str, upstream: str, listen: str, admin: s
         f'[nats]\nservers = ["{nats_url}"]\n'
         '[signing]\nmode = "off"\n'
         f'[bridge]\nlisten = "{listen}"\nadmin_listen = "{admin}"\n'
+        f"record_local_versions = {'true' if versions else 'false'}\n"
         f'[services.bench]\nupstream = "{upstream}"\nroutes = ["/bench"]\n'
     )
 
@@ -159,8 +168,9 @@ async def _provision(config: Path) -> None:
 
 @dataclass
 class Phase:
+    round: int
     kind: str  # reads | writes
-    path: str  # direct | bridge
+    path: str  # direct | bridge | bridge-nov (no version records)
     mode: str  # max | half
     requests: int
     errors: int
@@ -213,11 +223,18 @@ async def _closed_loop(
         return latencies, errors, time.perf_counter() - began
 
 
-async def _open_loop(send: Request, rate: float, seconds: float) -> tuple[list[float], int, float]:
+async def _open_loop(
+    send: Request, rate: float, seconds: float, connections: int
+) -> tuple[list[float], int, float]:
+    """Requests on a fixed schedule, whatever the answers do. At most `connections` are open
+    (as many as the closed loop used): a request that finds them all busy waits for one, and
+    that wait counts in its latency. Unbounded, a hiccup on this shared machine makes the
+    client open hundreds of new connections (and the bridge as many upstream), and the
+    measurement becomes one of connection set-up."""
     latencies: list[float] = []
     errors = 0
     total = int(rate * seconds)
-    connector = aiohttp.TCPConnector(limit=0)
+    connector = aiohttp.TCPConnector(limit=connections)
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def one(i: int) -> None:
@@ -239,6 +256,7 @@ async def _open_loop(send: Request, rate: float, seconds: float) -> tuple[list[f
 
 
 async def _phase(
+    rnd: int,
     kind: str,
     path: str,
     mode: str,
@@ -254,6 +272,7 @@ async def _phase(
     count = len(latencies)
     ordered = sorted(latencies)
     return Phase(
+        round=rnd,
         kind=kind,
         path=path,
         mode=mode,
@@ -268,25 +287,44 @@ async def _phase(
 
 
 async def _bench(
-    seconds: float, concurrency: int, workdir: Path, log_level: str = "info"
+    seconds: float, concurrency: int, rounds: int, workdir: Path, log_level: str = "info"
 ) -> list[Phase]:
     from services.xregion.natsconf import build_topology
     from services.xregion.supercluster import SuperCluster, with_free_ports
 
-    up_port, listen, admin = _free_ports(3)
+    up_port, *ports = _free_ports(5)
     upstream = f"http://127.0.0.1:{up_port}"
-    bridge = f"http://127.0.0.1:{listen}"
     async with SuperCluster(with_free_ports(build_topology(REGIONS)), workdir / "nats") as nats:
-        config = workdir / "region.toml"
-        _region_file(
-            config,
-            nats.client_urls(REGION)[0],
-            upstream,
-            f"127.0.0.1:{listen}",
-            f"127.0.0.1:{admin}",
-        )
-        await _provision(config)
+        configs = {}
+        for name, (listen, admin), versions in (
+            ("bridge", ports[:2], True),
+            ("bridge-nov", ports[2:], False),
+        ):
+            configs[name] = (workdir / f"{name}.toml", listen, admin)
+            _region_file(
+                configs[name][0],
+                nats.client_urls(REGION)[0],
+                upstream,
+                f"127.0.0.1:{listen}",
+                f"127.0.0.1:{admin}",
+                versions=versions,
+            )
+        await _provision(configs["bridge"][0])
         xregion = str(Path(sys.executable).parent / "xregion")
+
+        def bridge(name: str) -> contextlib.AbstractAsyncContextManager[int]:
+            return _process(
+                xregion,
+                "--log-level",
+                log_level,
+                "--log-format",
+                "json",
+                "bridge",
+                "--config",
+                str(configs[name][0]),
+                log=workdir / f"{name}.log",
+            )
+
         async with (
             _process(
                 sys.executable,
@@ -295,70 +333,112 @@ async def _bench(
                 str(up_port),
                 log=workdir / "upstream.log",
             ) as up_pid,
-            _process(
-                xregion,
-                "--log-level",
-                log_level,
-                "--log-format",
-                "json",
-                "bridge",
-                "--config",
-                str(config),
-                log=workdir / "bridge.log",
-            ) as bridge_pid,
+            bridge("bridge") as bridge_pid,
+            bridge("bridge-nov") as nov_pid,
         ):
             await _wait_http(upstream + "/")
-            await _wait_http(f"http://127.0.0.1:{admin}/readyz")
-            pids = {
-                "bridge": [bridge_pid],
-                "upstream": [up_pid],
-                "nats": _pids_using(str(workdir / "nats")),
+            for _, _, admin in configs.values():
+                await _wait_http(f"http://127.0.0.1:{admin}/readyz")
+            nats_pids = _pids_using(str(workdir / "nats"))
+            targets = {
+                "direct": (upstream, up_pid),
+                "bridge": (f"http://127.0.0.1:{configs['bridge'][1]}", bridge_pid),
+                "bridge-nov": (f"http://127.0.0.1:{configs['bridge-nov'][1]}", nov_pid),
             }
-            return await _phases(seconds, concurrency, upstream, bridge, pids)
+            phases: list[Phase] = []
+            for rnd in range(1, rounds + 1):
+                phases += await _round(rnd, seconds, concurrency, targets, up_pid, nats_pids)
+            return phases
 
 
-async def _phases(
-    seconds: float, concurrency: int, upstream: str, bridge: str, pids: dict[str, list[int]]
+async def _round(
+    rnd: int,
+    seconds: float,
+    concurrency: int,
+    targets: dict[str, tuple[str, int]],
+    up_pid: int,
+    nats_pids: list[int],
 ) -> list[Phase]:
     phases: list[Phase] = []
-    targets = (("direct", upstream), ("bridge", bridge))
-    for kind in ("reads", "writes"):
-        closed = functools.partial(_closed_loop, concurrency=concurrency, seconds=seconds)
-        maximum = [await _phase(kind, path, "max", base, pids, closed) for path, base in targets]
-        phases += maximum
-        half_rate = maximum[1].rps / 2  # half of the bridge's maximum, for both paths
-        opened = functools.partial(_open_loop, rate=half_rate, seconds=seconds)
-        phases += [await _phase(kind, path, "half", base, pids, opened) for path, base in targets]
+    closed = functools.partial(_closed_loop, concurrency=concurrency, seconds=seconds)
+    warm = functools.partial(_closed_loop, concurrency=concurrency, seconds=1.0)
+    for kind, paths in (("reads", ("direct", "bridge")), ("writes", tuple(targets))):
+
+        def pids(path: str) -> dict[str, list[int]]:
+            pid = targets[path][1]
+            return {
+                "bridge": [pid] if pid != up_pid else [],
+                "upstream": [up_pid],
+                "nats": nats_pids,
+            }
+
+        for path in paths:
+            await warm(_request(targets[path][0], kind))
+        maximum = {
+            path: await _phase(rnd, kind, path, "max", targets[path][0], pids(path), closed)
+            for path in paths
+        }
+        phases += maximum.values()
+        half_rate = maximum["bridge"].rps / 2  # half of the bridge's maximum, for every path
+        opened = functools.partial(
+            _open_loop, rate=half_rate, seconds=seconds, connections=concurrency
+        )
+        phases += [
+            await _phase(rnd, kind, path, "half", targets[path][0], pids(path), opened)
+            for path in paths
+        ]
     return phases
 
 
 def _report(phases: list[Phase]) -> str:
     lines = [
-        f"{'kind':7} {'path':7} {'load':5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'err':>4}  CPU s/1k req: bridge upstream nats loadgen",
+        f"{'rnd':3} {'kind':6} {'path':10} {'load':4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>8} "
+        f"{'err':>3}  CPU s/1k req: bridge upstream nats loadgen",
     ]
     for p in phases:
         c = p.cpu_per_1k
         lines.append(
-            f"{p.kind:7} {p.path:7} {p.mode:5} {p.rps:9.1f} {p.p50_ms:8.3f} {p.p99_ms:8.3f} "
-            f"{p.errors:4d}  {c['bridge']:6.3f} {c['upstream']:8.3f} {c['nats']:5.3f} "
-            f"{c['loadgen']:7.3f}"
+            f"{p.round:3d} {p.kind:6} {p.path:10} {p.mode:4} {p.rps:8.1f} {p.p50_ms:7.3f} "
+            f"{p.p99_ms:8.3f} {p.errors:3d}  {c['bridge']:6.3f} {c['upstream']:8.3f} "
+            f"{c['nats']:5.3f} {c['loadgen']:7.3f}"
         )
     lines.append("")
+    rounds = sorted({p.round for p in phases})
     for kind in ("reads", "writes"):
-        by = {(p.path, p.mode): p for p in phases if p.kind == kind}
-        ratio = by[("bridge", "max")].rps / by[("direct", "max")].rps
-        added = by[("bridge", "half")].p50_ms - by[("direct", "half")].p50_ms
+        ratios, added = [], []
+        for rnd in rounds:
+            by = {(p.path, p.mode): p for p in phases if p.kind == kind and p.round == rnd}
+            ratios.append(by[("bridge", "max")].rps / by[("direct", "max")].rps)
+            added.append(by[("bridge", "half")].p50_ms - by[("direct", "half")].p50_ms)
+            if kind == "writes":
+                lines.append(_versions_cost(rnd, by))
         lines.append(
-            f"{kind}: bridge/direct throughput {ratio:.2f}x; added p50 at half load {added:.3f} ms"
+            f"{kind}: bridge/direct throughput {statistics.median(ratios):.2f}x "
+            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); added p50 at half load "
+            f"{statistics.median(added):.3f} ms (rounds: {', '.join(f'{a:.3f}' for a in added)})"
         )
     return "\n".join(lines)
+
+
+def _versions_cost(rnd: int, by: dict[tuple[str, str], Phase]) -> str:
+    """What the version records cost: the two bridges of one round, side by side."""
+    on, off = by[("bridge", "max")], by[("bridge-nov", "max")]
+    cpu = (on.cpu_per_1k["bridge"] + on.cpu_per_1k["nats"]) - (
+        off.cpu_per_1k["bridge"] + off.cpu_per_1k["nats"]
+    )
+    added = by[("bridge", "half")].p50_ms - by[("bridge-nov", "half")].p50_ms
+    return (
+        f"round {rnd} version records: throughput {on.rps:.0f} vs {off.rps:.0f} req/s without "
+        f"({on.rps / off.rps:.2f}x); +{cpu:.3f} ms CPU per write (bridge + nats); "
+        f"p50 at half load {added:+.3f} ms"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per phase")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=1, help="repeat everything N times")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--bridge-log-level",
@@ -366,14 +446,21 @@ def main(argv: list[str] | None = None) -> int:
         choices=["info", "warning"],
         help="info (default) includes the canonical line per request",
     )
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep logs and data here (default: a temp dir)"
+    )
     parser.add_argument("--serve-upstream", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_upstream is not None:
         uvloop.run(_serve_upstream(args.serve_upstream))
         return 0
-    with tempfile.TemporaryDirectory(prefix="xr-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        workdir = args.workdir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="xr-bench-"))
+        )
+        workdir.mkdir(parents=True, exist_ok=True)
         phases = uvloop.run(
-            _bench(args.seconds, args.concurrency, Path(tmp), args.bridge_log_level)
+            _bench(args.seconds, args.concurrency, args.rounds, workdir, args.bridge_log_level)
         )
     print(_report(phases))
     if args.json is not None:

@@ -1,6 +1,6 @@
 """Benchmark: per-target forwarding rate of the broadcaster vs JetStream's own stream sourcing.
 
-    .venv/bin/python bench/bench_broadcaster.py [--events 20000] [--delays 0,0.05] [--json F]
+    .venv/bin/python bench/bench_broadcaster.py [--events 50000] [--delays 0,0.05] [--json F]
 
 One run boots a local 3-region NATS super-cluster (1 server per region, fault proxy on the
 gateways), provisions every region with the default settings, and starts `xregion
@@ -10,17 +10,27 @@ broadcaster` for us-east as a separate process. For each injected one-way gatewa
 * native   — `--events` events are written into XR_EVENTS_US_EAST, then a stream placed in
              eu-west that *sources* them (filtered on their subject) is created: the server
              copies them across the gateway (the yardstick, NATS_NOTES §1.7);
+* floor    — the same number of events forwarded to XR_REPLAY_EU_WEST by the cheapest loop
+             nats-py allows, in this (uvloop) process: a callback pull subscription on a
+             durable consumer, each message published unchanged (headers dict as received)
+             with a reply inbox, acked when its PubAck comes back; up to 1,024 in flight, no
+             decoding, no policy, no per-key order, no retries, no timeouts. No Python
+             broadcaster built on nats-py can beat it: it is the "Python floor";
 * one      — the same number of events is written while every path out of us-east is paused
              (`xregion pause`'s switch), then eu-west alone is resumed: the broadcaster drains
              the backlog into XR_REPLAY_EU_WEST;
 * both     — the same, resuming eu-west and ap-south together (rate per target);
-* hot-10   — one target, 1/10 of the events spread over only 10 keys (each key is sent one
-             event per round trip: the price of per-key order, forwarder.py).
+* hot-10   — one target, 1/10 of the events (at most 2,000) spread over only 10 keys (each
+             key is sent one event per round trip: the price of per-key order, forwarder.py).
 
+Every mode forwards the same kind of events from the same stream between the same clusters.
 Rates are measured on the target stream between 10 % and 90 % of the events (start-up of
-either mechanism excluded), polling the stream from its own region. Events carry distinct
-keys and a 256-byte body unless said otherwise. CPU: seconds of the broadcaster process per
-1,000 forwarded events (all processes share the same cores).
+either mechanism excluded), polling the stream every 10 ms from the target's own region, so
+the injected delay does not blur the clock. Events carry distinct keys and a 256-byte body
+unless said otherwise. Each phase's service is configured to go only to the targets that
+phase measures, so no phase leaves a backlog for a later one. CPU: seconds of the forwarding
+process (the broadcaster; for the floor, this bench process) per 1,000 forwarded events,
+read over the same 10-90 % span (all processes share the same cores).
 
 Targets (issue 4): >= 1,000 events/s for one target with 50 ms one-way delay, and >= 0.5x the
 native sourcing throughput.
@@ -30,19 +40,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import uvloop
+from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import Placement, StorageType, StreamConfig, StreamSource
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    Placement,
+    StorageType,
+    StreamConfig,
+    StreamSource,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -54,7 +76,13 @@ from shared.envelope import Event, encode, new_traceparent
 from shared.hlc import Hlc
 from shared.ids import uuid7_str
 from shared.natsconn import NatsConnection
-from shared.regions import events_stream, events_subject, replay_stream, replay_subject
+from shared.regions import (
+    broadcast_consumer,
+    events_stream,
+    events_subject,
+    replay_stream,
+    replay_subject,
+)
 from shared.settings import (
     BroadcasterSettings,
     NatsSettings,
@@ -69,15 +97,17 @@ TARGETS = ("eu-west", "ap-south")
 BODY = bytes(range(256))
 XREGION = Path(sys.executable).parent / "xregion"
 _TICKS = os.sysconf("SC_CLK_TCK")
-# Native-phase events are written into the same events stream; the broadcaster is told
-# (service targets = the origin only) to skip them, so they do not compete with its phases.
+# Native- and floor-phase events are written into the same events stream; the broadcaster is
+# told (service targets = the origin only) to skip them, so they do not compete with its phases.
 NATIVE_SERVICE = "bench-native"
+FLOOR_SERVICE = "bench-floor"
+HOT_EVENTS_MAX = 2_000
 
 
 @dataclass
 class Row:
     delay_ms: int
-    mode: str  # native | one | both | hot-10
+    mode: str  # native | floor | one | both | hot-10
     target: str
     events: int
     seconds: float
@@ -85,7 +115,26 @@ class Row:
     cpu_s_per_1k: float | None
 
 
-def _settings(cluster: SuperCluster, region: str, data: Path) -> Settings:
+def _phase_service(mode: str, delay: float) -> str:
+    return f"bench-{mode}-{int(delay * 1000)}"
+
+
+def _services(delays: list[float]) -> dict[str, ServiceSettings]:
+    """Every phase's events go exactly where that phase measures them, so no phase leaves
+    a backlog (for a target paused meanwhile) that a later phase would pay for."""
+    skip = [ORIGIN]
+    targets: dict[str, list[str] | Literal["all"]] = {NATIVE_SERVICE: skip, FLOOR_SERVICE: skip}
+    for delay in delays:
+        targets[_phase_service("one", delay)] = ["eu-west"]
+        targets[_phase_service("both", delay)] = "all"
+        targets[_phase_service("hot-10", delay)] = ["eu-west"]
+    return {
+        name: ServiceSettings(upstream="http://127.0.0.1:9", routes=[f"/{name}"], targets=t)
+        for name, t in targets.items()
+    }
+
+
+def _settings(cluster: SuperCluster, region: str, data: Path, delays: list[float]) -> Settings:
     return Settings(
         region=region,
         regions=list(REGIONS),
@@ -93,11 +142,7 @@ def _settings(cluster: SuperCluster, region: str, data: Path) -> Settings:
         nats=NatsSettings(servers=cluster.client_urls(region)),
         signing=SigningSettings(mode="off"),
         broadcaster=BroadcasterSettings(admin_listen="127.0.0.1:0"),
-        services={
-            NATIVE_SERVICE: ServiceSettings(
-                upstream="http://127.0.0.1:9", routes=["/n"], targets=[ORIGIN]
-            )
-        },
+        services=_services(delays),
     )
 
 
@@ -149,20 +194,111 @@ async def _count(js: JetStreamContext, stream: str, subject: str) -> int:
     return int((info.state.subjects or {}).get(subject, 0))
 
 
-async def _measure(js: JetStreamContext, stream: str, subject: str, total: int) -> float:
-    """Seconds between 10 % and 90 % of `total` stored in `stream` on `subject`."""
+@dataclass
+class Span:
+    """From 10 % to 90 % of a phase's events stored: wall clock and forwarder CPU seconds."""
+
+    start: float
+    end: float
+    cpu_start: float
+    cpu_end: float
+
+    @property
+    def seconds(self) -> float:
+        return max(self.end - self.start, 1e-6)
+
+
+async def _measure(
+    js: JetStreamContext, stream: str, subject: str, total: int, cpu: Callable[[], float]
+) -> Span:
+    """The span between 10 % and 90 % of `total` stored in `stream` on `subject`; `cpu`
+    reads the forwarding process's CPU seconds (so its other work is not counted)."""
     low, high = total // 10, total - total // 10
-    t_low: float | None = None
+    start: tuple[float, float] | None = None
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         count = await _count(js, stream, subject)
         now = time.perf_counter()
-        if t_low is None and count >= low:
-            t_low = now
-        if count >= high and t_low is not None:
-            return max(now - t_low, 1e-6)
-        await asyncio.sleep(0.02)
+        if start is None and count >= low:
+            start = (now, cpu())
+        if count >= high and start is not None:
+            return Span(start[0], now, start[1], cpu())
+        await asyncio.sleep(0.01)
     raise TimeoutError(f"{stream}/{subject}: stuck below {high} of {total}")
+
+
+def _no_cpu() -> float:
+    return 0.0
+
+
+class FloorForwarder:
+    """The cheapest forwarding loop nats-py allows (the "floor" mode of the module docstring).
+
+    Pull requests are plain publishes to `$JS.API.CONSUMER.MSG.NEXT`; messages and PubAcks
+    arrive through callback subscriptions (no per-message task, future or timer). It keeps
+    no promise a broadcaster must keep: it is a yardstick, not a design.
+    """
+
+    def __init__(
+        self, nc: Client, stream: str, consumer: str, subject: str, total: int, window: int = 1024
+    ) -> None:
+        self._nc = nc
+        self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+        self._subject = subject
+        self._total = total
+        self._window = window
+        self._batch = max(1, window // 4)
+        self._asked = 0  # messages requested and not yet received
+        self._held: dict[str, Msg] = {}
+        self._seq = 0
+        self._acked = 0
+        self._prefix = ""
+        self._inbox = ""
+        self._done = asyncio.Event()
+
+    async def run(self) -> None:
+        nc = self._nc
+        self._inbox = nc.new_inbox()
+        self._prefix = nc.new_inbox() + "."
+        subs = [
+            await nc.subscribe(self._inbox, cb=self._on_msg),
+            await nc.subscribe(self._prefix + "*", cb=self._on_reply),
+        ]
+        try:
+            await self._pull()
+            await asyncio.wait_for(self._done.wait(), 300)
+        finally:
+            for sub in subs:
+                await sub.unsubscribe()
+
+    async def _pull(self) -> None:
+        room = self._window - len(self._held) - self._asked
+        if room >= self._batch:
+            self._asked += self._batch
+            request = json.dumps({"batch": self._batch, "expires": 2_000_000_000}).encode()
+            await self._nc.publish(self._next, request, reply=self._inbox)
+
+    async def _on_msg(self, msg: Msg) -> None:
+        headers = msg.headers
+        if headers is not None and "Status" in headers:  # 408 expired, 409, 100 heartbeat
+            self._asked -= int(headers.get("Nats-Pending-Messages", "0"))
+            await self._pull()
+            return
+        self._asked -= 1
+        self._seq += 1
+        token = str(self._seq)
+        self._held[token] = msg
+        await self._nc.publish(self._subject, msg.data, reply=self._prefix + token, headers=headers)
+
+    async def _on_reply(self, reply: Msg) -> None:
+        source = self._held.pop(reply.subject[len(self._prefix) :])
+        if b'"error"' in reply.data or not reply.data:
+            raise RuntimeError(f"floor publish failed: {reply.data!r} {reply.headers}")
+        await source.ack()
+        self._acked += 1
+        if self._acked >= self._total:
+            self._done.set()
+        await self._pull()
 
 
 class Bench:
@@ -173,20 +309,26 @@ class Bench:
         self.rows: list[Row] = []
         self.admin_url = ""
         self.pid = 0
+        self.conns: dict[str, NatsConnection] = {}
+
+    def _target_js(self, target: str) -> JetStreamContext:
+        """JetStream in the target's own region, to watch its streams without the delay."""
+        return self.conns[target].jetstream()
 
     async def run(self, delays: list[float]) -> list[Row]:
-        settings = _settings(self.cluster, ORIGIN, self.workdir / "data")
+        settings = _settings(self.cluster, ORIGIN, self.workdir / "data", delays)
         for region in REGIONS:
-            s = _settings(self.cluster, region, self.workdir / "data")
+            s = _settings(self.cluster, region, self.workdir / "data", delays)
             async with NatsConnection(s.nats, service="bench") as conn:
                 await provision.apply(conn.jetstream(), provision.plan(s, 1))
         config = _region_file(self.workdir / "us-east.toml", settings)
-        eu_settings = _settings(self.cluster, "eu-west", self.workdir / "data")
-        async with (
-            NatsConnection(settings.nats, service="bench") as origin,
-            NatsConnection(eu_settings.nats, service="bench-eu") as eu_west,
-        ):
-            await self._pause(origin.jetstream(), TARGETS, paused=True)
+        async with contextlib.AsyncExitStack() as stack:
+            for region in REGIONS:
+                s = _settings(self.cluster, region, self.workdir / "data", delays)
+                conn = NatsConnection(s.nats, service=f"bench-{region}")
+                self.conns[region] = await stack.enter_async_context(conn)
+            origin = self.conns[ORIGIN].jetstream()
+            await self._pause(origin, TARGETS, paused=True)
             log = (self.workdir / "broadcaster.log").open("wb")
             proc = await asyncio.create_subprocess_exec(
                 str(XREGION),
@@ -205,10 +347,11 @@ class Bench:
                 await self._wait_started()
                 for delay in delays:
                     await self._delay(delay)
-                    await self._native(origin.jetstream(), eu_west.jetstream(), delay)
-                    await self._broadcast(origin.jetstream(), delay, ("eu-west",), None)
-                    await self._broadcast(origin.jetstream(), delay, TARGETS, None)
-                    await self._broadcast(origin.jetstream(), delay, ("eu-west",), 10)
+                    await self._native(origin, delay)
+                    await self._floor(delay)
+                    await self._broadcast(origin, delay, ("eu-west",), None)
+                    await self._broadcast(origin, delay, TARGETS, None)
+                    await self._broadcast(origin, delay, ("eu-west",), 10)
             finally:
                 proc.terminate()
                 await asyncio.wait_for(proc.wait(), 30)
@@ -246,7 +389,25 @@ class Bench:
                 await asyncio.sleep(0.05)
         raise TimeoutError(f"broadcaster never reported {wanted!r}")
 
-    async def _native(self, js: JetStreamContext, js_eu: JetStreamContext, delay: float) -> None:
+    async def _caught_up(self, js: JetStreamContext) -> None:
+        """Let every forwarder work off what earlier phases left it (events to skip, the last
+        10 % of a phase), then pause them all: a phase starts with nothing owed anywhere."""
+        await self._pause(js, TARGETS, paused=False)
+        for _ in range(6000):
+            owed = 0
+            for target in TARGETS:
+                info = await js.consumer_info(events_stream(ORIGIN), broadcast_consumer(target))
+                owed += (info.num_pending or 0) + (info.num_ack_pending or 0)
+            if not owed:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise TimeoutError("the broadcaster did not catch up between phases")
+        await self._pause(js, TARGETS, paused=True)
+        await self._paused_seen(TARGETS)
+
+    async def _native(self, js: JetStreamContext, delay: float) -> None:
+        js_eu = self._target_js("eu-west")
         service = NATIVE_SERVICE
         first = (await js.stream_info(events_stream(ORIGIN))).state.last_seq + 1
         await _preload(js, service, self.events, None)
@@ -266,30 +427,78 @@ class Bench:
             )
         )
         try:
-            seconds = await _measure(js_eu, name, subject, self.events)
+            span = await _measure(js_eu, name, subject, self.events, _no_cpu)
         finally:
             await js_eu.delete_stream(name)
-        self._row(delay, "native", "eu-west", seconds, None)
+        self._row(delay, "native", "eu-west", span.seconds, None)
+
+    async def _floor(self, delay: float) -> None:
+        """The Python floor (module docstring): FloorForwarder over a consumer of its own."""
+        origin = self.conns[ORIGIN]
+        js = origin.jetstream()
+        service = FLOOR_SERVICE
+        first = (await js.stream_info(events_stream(ORIGIN))).state.last_seq + 1
+        await _preload(js, service, self.events, None)
+        durable = f"bench-floor-{int(delay * 1000)}"
+        await js.add_consumer(
+            events_stream(ORIGIN),
+            ConsumerConfig(
+                durable_name=durable,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=first,
+                filter_subject=events_subject(ORIGIN, service),
+                ack_policy=AckPolicy.EXPLICIT,
+                ack_wait=30,
+                max_ack_pending=20_000,
+            ),
+        )
+        target = replay_subject("eu-west", ORIGIN, f"{service}-{int(delay * 1000)}")
+        window = BroadcasterSettings().window_events  # the broadcaster's default, for parity
+        floor = FloorForwarder(
+            origin.nc, events_stream(ORIGIN), durable, target, self.events, window
+        )
+        try:
+            run = asyncio.ensure_future(floor.run())
+            span = await _measure(
+                self._target_js("eu-west"),
+                replay_stream("eu-west"),
+                target,
+                self.events,
+                time.process_time,
+            )
+            await asyncio.wait_for(run, 60)
+        finally:
+            await js.delete_consumer(events_stream(ORIGIN), durable)
+        cpu = (span.cpu_end - span.cpu_start) / (self.events * 8 / 10 / 1000)
+        self._row(delay, "floor", "eu-west", span.seconds, cpu)
 
     async def _broadcast(
         self, js: JetStreamContext, delay: float, targets: tuple[str, ...], keys: int | None
     ) -> None:
         mode = "hot-10" if keys else ("one" if len(targets) == 1 else "both")
-        service = f"bench-{mode}-{int(delay * 1000)}"
-        count = self.events // 10 if keys else self.events
-        await self._paused_seen(TARGETS)
+        service = _phase_service(mode, delay)
+        count = min(self.events // 10, HOT_EVENTS_MAX) if keys else self.events
+        await self._caught_up(js)
         await _preload(js, service, count, keys)
-        cpu_before = _cpu_seconds(self.pid)
         await self._pause(js, targets, paused=False)
         waits = [
-            _measure(js, replay_stream(t), replay_subject(t, ORIGIN, service), count)
+            _measure(
+                self._target_js(t),
+                replay_stream(t),
+                replay_subject(t, ORIGIN, service),
+                count,
+                lambda: _cpu_seconds(self.pid),
+            )
             for t in targets
         ]
-        seconds = await asyncio.gather(*waits)
-        cpu = (_cpu_seconds(self.pid) - cpu_before) / (count * len(targets) / 1000)
+        spans = await asyncio.gather(*waits)
+        # From the first target's 10 % to the last one's 90 %, per event measured (an
+        # overestimate by at most the other target's 20 % outside its span).
+        used = max(sp.cpu_end for sp in spans) - min(sp.cpu_start for sp in spans)
+        cpu = used / (count * 8 / 10 * len(targets) / 1000)
         await self._pause(js, targets, paused=True)
-        for target, s in zip(targets, seconds, strict=True):
-            self._row(delay, mode, target, s, cpu, count)
+        for target, sp in zip(targets, spans, strict=True):
+            self._row(delay, mode, target, sp.seconds, cpu, count)
 
     def _row(
         self,
@@ -337,7 +546,7 @@ async def _main(events: int, delays: list[float], workdir: Path) -> list[Row]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000, help="per phase")
+    parser.add_argument("--events", type=int, default=50_000, help="per phase")
     parser.add_argument("--delays", default="0,0.05", help="one-way gateway delays, seconds")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args(argv)

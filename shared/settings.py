@@ -138,6 +138,13 @@ class BridgeSettings(_Section):
     max_inflight_publishes: int = Field(default=1024, ge=1)
     # How long a write waits for its JetStream ack before the event goes to the outbox.
     publish_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    # How long a write's version record (KV `xr-versions-<region>`, written once its event
+    # is durable, not awaited by the response) may take; past it the write stays unrecorded
+    # (counted, logged), never failed.
+    version_record_timeout_s: float = Field(default=1.0, gt=0, le=60)
+    # Record local writes in the version bucket (replayers here then ack older events as
+    # stale). Turn off only in a region no replayer applies events to, or to measure its cost.
+    record_local_versions: bool = True
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     # Longest silence from the upstream (waiting for the status line, or between body bytes).
     upstream_read_timeout_s: float = Field(default=60.0, gt=0)
@@ -178,7 +185,8 @@ class BroadcasterSettings(_Section):
     """
 
     admin_listen: str = "127.0.0.1:9181"
-    window_events: int = Field(default=1024, ge=1, le=100_000)
+    # Enough for 40k events/s at 100 ms round trip; 2 instances still fit max_ack_pending.
+    window_events: int = Field(default=4096, ge=1, le=100_000)
     window_max_bytes: int = Field(default=64 * _MIB, gt=0)
     fetch_batch: int = Field(default=256, ge=1, le=10_000)
     # Short, so a pause or a shutdown is obeyed within a second (NATS_NOTES §3.1.5).
@@ -247,6 +255,12 @@ class ReplayerSettings(_Section):
     max_age_s: float = Field(default=24 * 3600.0, gt=0)
     # nak delay while another instance holds the claim on the event's key.
     claim_busy_delay_s: float = Field(default=0.2, gt=0)
+    # Keys whose last version record this process remembers, to skip a KV read per event
+    # (services/replayer/versions.py explains why that is safe); 0 reads every time.
+    version_cache_keys: int = Field(default=100_000, ge=0, le=10_000_000)
+    # Acks and version-record writes are sent in bursts this often (one socket write for
+    # many; services/replayer/coalesce.py): that much latency per NATS round trip. 0: off.
+    coalesce_s: float = Field(default=0.001, ge=0, le=0.1)
     metrics_poll_s: float = Field(default=5.0, gt=0, le=300)
     # On SIGTERM: how long in-flight events may take to finish and be acked.
     shutdown_timeout_s: float = Field(default=15.0, gt=0)

@@ -95,7 +95,7 @@ class Delivery:
             except PublishUnknownError as exc:
                 reason = str(exc)
             except EventTooLargeError as exc:
-                log.error("bridge.event.too_large", error=str(exc))
+                log.error("bridge.event.too_large", error=str(exc), **_fields(event))
                 return Outcome.FAILED
             else:
                 return Outcome.PUBLISHED
@@ -114,8 +114,23 @@ class Delivery:
         try:
             await self._outbox.put(event.event_id, event.key, subject, headers, payload)
         except OutboxError as exc:
-            log.error("bridge.event.unspoolable", reason=reason, error=str(exc))
+            log.error("bridge.event.unspoolable", reason=reason, error=str(exc), **_fields(event))
             return Outcome.FAILED
-        log.warning("bridge.event.spooled", reason=reason, outbox_depth=self._outbox.depth)
+        log.warning(
+            "bridge.event.spooled",
+            reason=reason,
+            outbox_depth=self._outbox.depth,
+            **_fields(event),
+        )
         self._on_spooled()
         return Outcome.SPOOLED
+
+
+def _fields(event: Event) -> dict[str, str]:
+    """What every log line about an event carries (DESIGN §8)."""
+    return {
+        "event_id": event.event_id,
+        "origin": event.origin,
+        "service": event.service,
+        "trace_id": event.trace_id,
+    }

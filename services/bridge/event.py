@@ -7,7 +7,7 @@ before the service sees it, never after it has happened.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from multidict import CIMultiDict
@@ -50,9 +50,14 @@ def build_event(
     hlc: HlcStamp,
     forward: frozenset[str],
     targets: tuple[str, ...] | None = None,
+    lookup: Mapping[str, str] | None = None,
 ) -> Event:
-    """The event of `request` (unsigned). Raises MalformedEventError naming the bad field."""
-    lookup = CIMultiDict(request.headers)
+    """The event of `request` (unsigned). Raises MalformedEventError naming the bad field.
+
+    `lookup`: the same headers as a case-insensitive mapping, if the caller has one already.
+    """
+    if lookup is None:
+        lookup = CIMultiDict(request.headers)
     return Event(
         event_id=event_id,
         origin=origin,

@@ -51,9 +51,14 @@ HOP_BY_HOP = frozenset(
 DEFAULT_FORWARDED = frozenset({"content-type", "content-encoding", "idempotency-key"})
 # Headers this proxy answers or sets itself rather than forwarding.
 _PROXY_OWNED = frozenset({"host", "expect"})
-_XFF = "X-Forwarded-For"
-_XFP = "X-Forwarded-Proto"
-_XFH = "X-Forwarded-Host"
+# Never forwarded as they came: hop-by-hop, and the ones this proxy answers or sets itself.
+_DROPPED = HOP_BY_HOP | _PROXY_OWNED
+_XFF_LOW, _XFP_LOW, _XFH_LOW = "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"
+_XF_NAMES = {
+    _XFF_LOW: "X-Forwarded-For",
+    _XFP_LOW: "X-Forwarded-Proto",
+    _XFH_LOW: "X-Forwarded-Host",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,20 +85,6 @@ def without_hop_by_hop(pairs: Iterable[tuple[str, str]]) -> Pairs:
     return [(name, value) for name, value in items if name.lower() not in drop]
 
 
-def _is_xregion(name: str) -> bool:
-    return name[:3].lower() == "xr-"
-
-
-def _appended(pairs: Pairs, name: str, value: str | None) -> Pairs:
-    """Join every `name` header into one and append `value` (or leave them as they were)."""
-    if value is None:
-        return pairs
-    low = name.lower()
-    existing = [v.strip() for n, v in pairs if n.lower() == low and v.strip()]
-    rest = [(n, v) for n, v in pairs if n.lower() != low]
-    return [*rest, (name, ", ".join([*existing, value]))]
-
-
 def upstream_headers(
     pairs: Iterable[tuple[str, str]],
     hop: Forwarded,
@@ -105,20 +96,40 @@ def upstream_headers(
 
     `keep_xregion` keeps the client's `Xr-*` headers (only for a trusted replay); `add` comes
     last and replaces any header of the same name (the bridge's `Xr-Hlc`, `Xr-Event-Id`).
+    Each `X-Forwarded-*` this hop sets is joined into one header (earlier hops' values first,
+    empty ones dropped) placed after the kept headers; one this hop cannot tell (no peer
+    address, no Host) is left as the client sent it.
+
+    One pass over the headers: this runs for every request.
     """
     added = list(add)
-    replaced = {name.lower() for name, _ in added}
-    kept = [
-        (name, value)
-        for name, value in without_hop_by_hop(pairs)
-        if name.lower() not in _PROXY_OWNED
-        and name.lower() not in replaced
-        and (keep_xregion or not _is_xregion(name))
-    ]
-    kept = _appended(kept, _XFF, hop.client)
-    kept = _appended(kept, _XFP, hop.proto)
-    kept = _appended(kept, _XFH, hop.host)
-    return CIMultiDict([*kept, *added])
+    drop = _DROPPED | {name.lower() for name, _ in added}
+    hops = {_XFF_LOW: hop.client, _XFP_LOW: hop.proto, _XFH_LOW: hop.host}
+    joined: dict[str, list[str]] = {low: [] for low, value in hops.items() if value is not None}
+    kept: list[tuple[str, str, str]] = []
+    named: set[str] = set()  # headers the client's Connection header names (hop-by-hop)
+    for name, value in pairs:
+        low = name.lower()
+        if low in drop:
+            if low == "connection":
+                named.update(t.strip().lower() for t in value.split(",") if t.strip())
+            continue
+        if not keep_xregion and low[:3] == "xr-":
+            continue
+        earlier = joined.get(low)
+        if earlier is None:
+            kept.append((low, name, value))
+        elif value.strip():
+            earlier.append(value.strip())
+    # Connection may come after the headers it names, so they are dropped only now.
+    out = CIMultiDict((name, value) for low, name, value in kept if low not in named)
+    for low, values in joined.items():
+        this_hop = hops[low]
+        assert this_hop is not None
+        earlier = [] if low in named else values
+        out.add(_XF_NAMES[low], ", ".join([*earlier, this_hop]))
+    out.extend(added)
+    return out
 
 
 def response_headers(pairs: Iterable[tuple[str, str]]) -> CIMultiDict[str]:

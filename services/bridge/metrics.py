@@ -12,6 +12,7 @@ __all__ = [
     "PUBLISH_DURATION",
     "REQUESTS",
     "REQUEST_DURATION",
+    "VERSION_RECORDS",
     "method_label",
 ]
 
@@ -44,6 +45,12 @@ OUTBOX_DRAINED = Counter(
     "xr_bridge_outbox_drained_total", "Outbox events republished and acked by JetStream"
 )
 INFLIGHT_REQUESTS = Gauge("xr_bridge_inflight_requests", "Requests being handled right now")
+VERSION_RECORDS = Counter(
+    "xr_bridge_version_records_total",
+    "Local writes recorded in the region's version bucket, by what happened: recorded, "
+    "superseded (the record already held a newer version), failed (KV unavailable)",
+    ["service", "outcome"],
+)
 
 
 def method_label(method: str) -> str:

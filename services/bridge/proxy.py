@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from structlog.contextvars import bound_contextvars
+from prometheus_client import Counter, Histogram
 
 from services.bridge.delivery import Delivery, Outcome
 from services.bridge.event import WriteRequest, build_event
@@ -38,6 +38,7 @@ from services.bridge.upstream import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from services.bridge.versions import LocalVersions
 from shared.envelope import (
     HDR_EVENT_ID,
     HDR_HLC,
@@ -106,11 +107,22 @@ class _Record:
 
 
 @dataclass(frozen=True, slots=True)
+class _Target:
+    """A request's raw path, without and with its query string (see `_path_qs`)."""
+
+    path: str
+    path_qs: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Plan:
-    """What to send upstream: the buffered body (None: stream it), and the write's event."""
+    """What to send upstream: the buffered body (None: stream it), the write's event, the
+    raw path and query, and the client's headers in order."""
 
     body: bytes | None
     write: _Write | None
+    path_qs: str
+    pairs: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +156,7 @@ class Proxy:
         hlc: Hlc | None = None,
         signer: Signer | None = None,
         verifier: Verifier | None = None,
+        versions: LocalVersions | None = None,
     ) -> None:
         self._config = config
         self._routes = routes
@@ -154,6 +167,7 @@ class Proxy:
         self._hlc = hlc or Hlc()
         self._signer = signer
         self._verifier = verifier
+        self._versions = versions
         self._inflight = 0
 
     def body_limit(self) -> int:
@@ -187,7 +201,7 @@ class Proxy:
             _log(record)
 
     async def _handle(self, request: web.BaseRequest, record: _Record) -> web.StreamResponse:
-        path = request.raw_path.partition("?")[0]
+        path, _, query = request.raw_path.partition("?")
         route = self._routes.match(request.headers.get("Host"), path)
         if route is None:
             return self._finish(record, problem(404, "no_route", f"no service routes {path!r}"))
@@ -199,12 +213,15 @@ class Proxy:
             if self._needs_body(replicates, marked):
                 body = await _read_limited(request, self.body_limit())  # 100 Continue if it fits
             record.replay = marked and self._replay_marker_valid(request, body)
+            path_qs = request.raw_path if query else path  # see _path_qs
+            pairs = tuple(request.headers.items())
             write = None
             if replicates and not record.replay:
                 assert body is not None
-                write = self._prepare_write(request, route, path, body)
+                write = self._prepare_write(request, route, _Target(path, path_qs), pairs, body)
                 record.event_id = write.event.event_id
-            return await self._forward(request, route, _Plan(body, write), record)
+            plan = _Plan(body, write, path_qs, pairs)
+            return await self._forward(request, route, plan, record)
         except _Refused as refused:
             record.error = refused.detail
             return self._finish(record, problem(refused.status, refused.code, refused.detail))
@@ -251,18 +268,24 @@ class Proxy:
         return response
 
     def _prepare_write(
-        self, request: web.BaseRequest, route: Route, path: str, body: bytes
+        self,
+        request: web.BaseRequest,
+        route: Route,
+        target: _Target,
+        pairs: tuple[tuple[str, str], ...],
+        body: bytes,
     ) -> _Write:
         try:
             targets = request_targets(route, request.headers.get(HDR_TARGETS), self._config.regions)
             event = build_event(
-                WriteRequest(request.method, _path_qs(request), path, _pairs(request), body),
+                WriteRequest(request.method, target.path_qs, target.path, pairs, body),
                 route,
                 event_id=uuid7_str(),
                 origin=self._config.region,
                 hlc=self._hlc.now(),
                 forward=self._config.forward_headers,
                 targets=targets,
+                lookup=request.headers,
             )
         except (TargetsError, MalformedEventError) as exc:
             raise _Refused(400, "not_replicable", str(exc)) from exc
@@ -305,14 +328,14 @@ class Proxy:
         hop = Forwarded(
             client=request.remote, proto=request.scheme, host=request.headers.get("Host")
         )
-        headers = upstream_headers(_pairs(request), hop, keep_xregion=record.replay, add=added)
+        headers = upstream_headers(plan.pairs, hop, keep_xregion=record.replay, add=added)
         body: RequestBody = plan.body if plan.body is not None else _stream_or_none(request)
         if plan.body is None and body is not None:
             await _continue(request)  # the body streams to the upstream as it arrives
         started = time.perf_counter()
         try:
             return await self._upstream.send(
-                request.method, route.upstream + _path_qs(request), headers, body
+                request.method, route.upstream + plan.path_qs, headers, body
             )
         except UpstreamTimeoutError as exc:
             raise _Refused(504, "upstream_timeout", str(exc)) from exc
@@ -322,24 +345,38 @@ class Proxy:
             record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
 
     async def _make_durable(self, write: _Write, record: _Record) -> Outcome:
-        """Publish or spool, shielded: a cancelled handler must not lose an applied write."""
+        """Publish or spool, shielded: a cancelled handler must not lose an applied write.
+
+        Then the write's version record (services/bridge/versions.py) starts; the response
+        does not wait for it (two KV round trips) unless too many records are in flight
+        already, which is the backpressure. Started alongside the publish, its KV traffic
+        delayed the ack: publish p50 0.61 ms instead of 0.36 ms at 500 writes/s.
+        """
         event = write.event
         started = time.perf_counter()
-        with bound_contextvars(
-            event_id=event.event_id,
-            origin=event.origin,
-            service=event.service,
-            trace_id=event.trace_id,
-        ):
-            task = self._tasks.spawn(
-                self._delivery.deliver(
-                    event, write.subject, write.headers, write.payload, wire_bytes=write.wire_bytes
-                ),
-                name=f"deliver-{event.event_id}",
-            )
+        task = self._tasks.spawn(
+            self._delivery.deliver(
+                event, write.subject, write.headers, write.payload, wire_bytes=write.wire_bytes
+            ),
+            name=f"deliver-{event.event_id}",
+        )
         outcome = await asyncio.shield(task)
         record.publish_ms = round((time.perf_counter() - started) * 1000, 3)
         record.outcome = outcome.value
+        if self._versions is not None:
+            wait_for_version = self._versions.saturated
+            versioned = self._tasks.spawn(
+                self._versions.record(
+                    event.service,
+                    event.key,
+                    str(event.hlc),
+                    event.event_id,
+                    trace_id=event.trace_id,
+                ),
+                name=f"version-{event.event_id}",
+            )
+            if wait_for_version:
+                await asyncio.shield(versioned)  # never raises: failures are counted and logged
         return outcome
 
     async def _relay(
@@ -351,13 +388,29 @@ class Proxy:
             out.headers[HDR_EVENT_ID] = record.event_id
         record.status = upstream.status
         _observe(record)
+        has_body = request.method != "HEAD" and upstream.status not in _NO_BODY_STATUS
+        first = Upstream.available(upstream) if has_body else b""
+        if first:
+            # The first bytes are here already: send the headers with them, in one write
+            # (with nothing at hand the headers go at once, as a streaming client expects).
+            out._send_headers_immediately = False
         await out.prepare(request)
+        if first and upstream.content.at_eof():  # the whole body: one write, end included
+            return await _finish_body(out, first, record)
         complete = True
-        if request.method != "HEAD" and upstream.status not in _NO_BODY_STATUS:
-            complete = await _copy_body(request, upstream, out, record)
+        if has_body:
+            complete = await _copy_body(request, upstream, out, record, first)
         if complete:
             await out.write_eof()
         return out
+
+
+async def _finish_body(out: web.StreamResponse, body: bytes, record: _Record) -> web.StreamResponse:
+    try:
+        await out.write_eof(body)
+    except ConnectionError as exc:  # the client went away; nothing left to tell it
+        record.error = f"client gone: {exc!r}"
+    return out
 
 
 async def _copy_body(
@@ -365,13 +418,17 @@ async def _copy_body(
     upstream: aiohttp.ClientResponse,
     out: web.StreamResponse,
     record: _Record,
+    first: bytes = b"",
 ) -> bool:
-    """Stream the upstream body to the client; False if either side broke off.
+    """Stream the upstream body (`first`: what had arrived already) to the client; False if
+    either side broke off.
 
     If the upstream breaks off, the client is cut off too: the status is already sent, so an
     incomplete body is the only honest signal left.
     """
     try:
+        if first:
+            await out.write(first)
         async for chunk in Upstream.body(upstream):
             await out.write(chunk)
     except UpstreamBrokeOffError as exc:
@@ -421,13 +478,23 @@ def _path_qs(request: web.BaseRequest) -> str:
     return request.raw_path if query else path
 
 
-def _pairs(request: web.BaseRequest) -> tuple[tuple[str, str], ...]:
-    return tuple(request.headers.items())
+# Labelled metric children, looked up once: the label sets are bounded (configured services
+# and "none", method_label's methods, HTTP status codes).
+_COUNTED: dict[tuple[str, str, int], Counter] = {}
+_TIMED: dict[str, Histogram] = {}
 
 
 def _observe(record: _Record) -> None:
-    REQUESTS.labels(record.service, method_label(record.method), str(record.status)).inc()
-    REQUEST_DURATION.labels(record.service).observe(time.perf_counter() - record.started)
+    method = method_label(record.method)
+    counted = _COUNTED.get((record.service, method, record.status))
+    if counted is None:
+        counted = REQUESTS.labels(record.service, method, str(record.status))
+        _COUNTED[(record.service, method, record.status)] = counted
+    counted.inc()
+    timed = _TIMED.get(record.service)
+    if timed is None:
+        timed = _TIMED[record.service] = REQUEST_DURATION.labels(record.service)
+    timed.observe(time.perf_counter() - record.started)
 
 
 def _log(record: _Record) -> None:

@@ -7,6 +7,13 @@ as nats.go does (ADR-22). Anything else means the outcome is unknown: the caller
 event and retries later with the same id, and JetStream's duplicate window drops the copy if
 the first attempt did land.
 
+Acks come back on one wildcard inbox subscription that this publisher owns (`open`), matched
+to the waiting publish by reply subject. That is what `js.publish` does through the client's
+request machinery, minus a second timer per message and the generic response handling: on
+the bridge's hot path it costs about a third less CPU per event than `js.publish`, and, unlike
+`publish_async` (NATS_NOTES §3.1.1), an error reply fails its publish at once. Every publish
+still awaits its own ack; the pipelining comes from many requests publishing at once.
+
 Errors::
 
     Exception
@@ -18,11 +25,15 @@ Errors::
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 from collections.abc import Mapping
-from typing import Protocol
+from types import TracebackType
+from typing import Any, Protocol, Self
 
 import nats.errors
-import nats.js.errors
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
 from shared.envelope import EventTooLargeError, wire_size
@@ -32,6 +43,7 @@ __all__ = ["EventPublisher", "PublishError", "PublishUnknownError", "Publisher"]
 
 # Pause between attempts when no stream answered (the stream is moving); nats.go uses 250 ms.
 _NO_STREAM_RETRY_S = 0.25
+_NO_RESPONDERS = "503"
 
 
 class PublishError(Exception):
@@ -40,6 +52,10 @@ class PublishError(Exception):
 
 class PublishUnknownError(PublishError):
     """No ack within the deadline: the event may or may not be stored. Retry with its id."""
+
+
+class _NoStream(Exception):
+    """No stream answered the publish (503 no responders): worth another attempt."""
 
 
 class EventPublisher(Protocol):
@@ -57,16 +73,49 @@ class EventPublisher(Protocol):
 
 
 class Publisher:
-    """JetStream publishes with a bounded number in flight; see the module docstring."""
+    """JetStream publishes with a bounded number in flight; an async context manager (it
+    owns the ack inbox subscription). See the module docstring."""
 
     def __init__(self, conn: NatsConnection, *, max_inflight: int) -> None:
         self._conn = conn
         self._slots = asyncio.Semaphore(max_inflight)
+        self._acks: dict[str, asyncio.Future[Msg]] = {}
+        self._ids = itertools.count()
+        self._inbox = ""
+        self._sub: Subscription | None = None
 
     @property
     def max_payload(self) -> int:
         """The connected server's max_payload (headers plus payload)."""
         return self._conn.max_payload
+
+    async def open(self) -> None:
+        """Subscribe to the ack inbox (nats-py re-subscribes it after a reconnect)."""
+        self._inbox = self._conn.nc.new_inbox() + "."
+        self._sub = await self._conn.nc.subscribe(self._inbox + "*", cb=self._on_ack)
+
+    async def aclose(self) -> None:
+        """Stop listening for acks; publishes still waiting fail as unknown. Idempotent."""
+        sub, self._sub = self._sub, None
+        for waiting in self._acks.values():
+            waiting.cancel("publisher closed")
+        if sub is not None and not self._conn.nc.is_closed:
+            try:
+                await sub.unsubscribe()
+            except nats.errors.Error:
+                pass  # the connection is going away: so is the subscription
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def publish(
         self,
@@ -84,25 +133,61 @@ class Publisher:
         size = wire_size(headers, payload) if wire_bytes is None else wire_bytes
         if size > self._conn.max_payload:  # it would close the connection for good
             raise EventTooLargeError(size, self._conn.max_payload)
+        if self._sub is None:
+            raise PublishUnknownError("the publisher is not open")
         if not self._conn.is_connected:
             raise PublishUnknownError("NATS is not connected")
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._slots:
-                    return await self._attempts(subject, dict(headers), payload, timeout_s)
+                    return await self._attempts(subject, dict(headers), payload)
         except TimeoutError as exc:
             raise PublishUnknownError(f"no JetStream ack within {timeout_s:g} s") from exc
         except (nats.errors.Error, OSError) as exc:
             raise PublishUnknownError(f"JetStream publish failed: {exc!r}") from exc
 
-    async def _attempts(
-        self, subject: str, headers: dict[str, str], payload: bytes, timeout_s: float
-    ) -> PubAck:
+    async def _attempts(self, subject: str, headers: dict[str, str], payload: bytes) -> PubAck:
         # Runs under the caller's deadline, which also bounds these retries.
-        js = self._conn.jetstream()
         while True:
             try:
-                # js.publish adds headers to the dict it gets, so each attempt gets a copy.
-                return await js.publish(subject, payload, timeout=timeout_s, headers=dict(headers))
-            except nats.js.errors.NoStreamResponseError:
+                return await self._attempt(subject, headers, payload)
+            except _NoStream:
                 await asyncio.sleep(_NO_STREAM_RETRY_S)
+
+    async def _attempt(self, subject: str, headers: dict[str, str], payload: bytes) -> PubAck:
+        reply = f"{self._inbox}{next(self._ids)}"
+        waiting: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
+        self._acks[reply] = waiting
+        try:
+            await self._conn.nc.publish(subject, payload, reply=reply, headers=headers)
+            return _pub_ack(await waiting)
+        except asyncio.CancelledError:
+            if self._sub is None:  # closed under us, not our caller's cancellation
+                raise PublishUnknownError("the publisher closed before the ack came") from None
+            raise
+        finally:
+            del self._acks[reply]
+
+    async def _on_ack(self, msg: Msg) -> None:
+        waiting = self._acks.get(msg.subject)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(msg)
+
+
+def _pub_ack(msg: Msg) -> PubAck:
+    """The stream's answer as a PubAck; raises `_NoStream` or PublishUnknownError."""
+    if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+        raise _NoStream
+    try:
+        reply: dict[str, Any] = json.loads(msg.data)
+        error = reply.get("error")
+        if error is None:
+            return PubAck(
+                stream=reply["stream"],
+                seq=reply["seq"],
+                domain=reply.get("domain"),
+                duplicate=reply.get("duplicate"),
+            )
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise PublishUnknownError(f"unreadable JetStream ack: {msg.data[:200]!r}") from exc
+    raise PublishUnknownError(f"JetStream refused the event: {error}")

@@ -1,12 +1,15 @@
 """The bridge process: every part wired together, started in order, stopped in reverse.
 
-Start: routes (config errors first) → NATS → outbox → drain the outbox (bounded) → upstream
-client → admin port → HTTP listener → NATS services API registration (`xr-bridge`).
+Start: routes (config errors first) → NATS → outbox → publisher (its ack inbox) → version
+bucket (bound, never created; a bridge without it still starts) → drain the outbox (bounded)
+→ upstream client → admin port → HTTP listener → NATS services API registration
+(`xr-bridge`).
 
 Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
 accepting and let in-flight requests finish, with their publishes (`shutdown_timeout_s`) →
-stop the drainer after one last bounded pass → close the outbox → upstream client → admin
-port → drain and close NATS. Whatever the outbox still holds is on disk for the next start.
+admin port → upstream client → stop the drainer after one last bounded pass → publisher →
+close the outbox → drain and close NATS. Whatever the outbox still holds is on disk for the
+next start.
 
 Errors::
 
@@ -21,11 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+import nats.errors
 from aiohttp import web
 from nats.micro import add_service
 
@@ -37,6 +42,7 @@ from services.bridge.proxy import Proxy, ProxyConfig
 from services.bridge.publisher import Publisher
 from services.bridge.routing import RouteConflictError, RouteTable
 from services.bridge.upstream import Upstream
+from services.bridge.versions import LocalVersions
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
 from shared.lifecycle import ServiceError
@@ -66,6 +72,8 @@ _CLIENT_KEEPALIVE_S = 75.0
 _LISTEN_BACKLOG = 4096
 # The last drain attempt on shutdown, when NATS is up and the outbox is not empty.
 _FINAL_DRAIN_S = 5.0
+# How long start waits for the server to confirm the services API subscriptions.
+_REGISTER_FLUSH_S = 2
 
 log = get_logger("xr.bridge")
 
@@ -112,6 +120,7 @@ class Bridge:
         )
         self._tasks = TaskSet("bridge")
         self._deliveries = TaskSet("deliveries")
+        self.instance_id = uuid.uuid4().hex[:12]
         self.url = ""
         self.admin_url = ""
 
@@ -155,7 +164,18 @@ class Bridge:
             await self._stack.enter_async_context(self._outbox)
         except OutboxError as exc:
             raise BridgeStartError(str(exc)) from None
-        publisher = Publisher(self._conn, max_inflight=s.max_inflight_publishes)
+        publisher = await self._stack.enter_async_context(
+            Publisher(self._conn, max_inflight=s.max_inflight_publishes)
+        )
+        versions = LocalVersions(
+            self._conn,
+            region=self._settings.region,
+            owner=f"bridge-{self.instance_id}",
+            timeout_s=s.version_record_timeout_s,
+            max_inflight=s.max_inflight_publishes,
+        )
+        if s.record_local_versions:
+            await versions.bind()
         drainer = Drainer(
             self._outbox,
             publisher,
@@ -168,7 +188,9 @@ class Bridge:
         _ = self._tasks.spawn(drainer.run(), name="outbox-drainer")
         upstream = await self._stack.enter_async_context(Upstream(s))
         await self._start_admin()
-        proxy = self._proxy(publisher, drainer, upstream)
+        proxy = self._proxy(
+            publisher, drainer, upstream, versions if s.record_local_versions else None
+        )
         await self._start_http(proxy)
         await self._register()
         BUILD_INFO.info({"version": XREGION_VERSION, "service": SERVICE_NAME})
@@ -183,6 +205,8 @@ class Bridge:
             key_id=self._signer.key_id if self._signer is not None else None,
             outbox=str(self._outbox.path),
             outbox_depth=self._outbox.depth,
+            versions_bucket=versions.bucket if versions.bound else None,
+            instance=self.instance_id,
         )
 
     async def _drain_at_start(self, drainer: Drainer) -> None:
@@ -203,7 +227,13 @@ class Bridge:
         if self._outbox.depth:
             log.warning("bridge.outbox.left_for_next_start", outbox_depth=self._outbox.depth)
 
-    def _proxy(self, publisher: Publisher, drainer: Drainer, upstream: Upstream) -> Proxy:
+    def _proxy(
+        self,
+        publisher: Publisher,
+        drainer: Drainer,
+        upstream: Upstream,
+        versions: LocalVersions | None,
+    ) -> Proxy:
         s = self._settings.bridge
         delivery = Delivery(
             publisher,
@@ -229,6 +259,7 @@ class Bridge:
             hlc=self._hlc,
             signer=self._signer,
             verifier=self._verifier,
+            versions=versions,
         )
 
     async def _start_admin(self) -> None:
@@ -284,6 +315,9 @@ class Bridge:
             },
         )
         self._stack.push_async_callback(service.stop)
+        # Once started, the bridge is discoverable: its subscriptions have reached the server.
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await self._conn.nc.flush(timeout=_REGISTER_FLUSH_S)
 
     def _nats_check(self) -> CheckResult:
         if self._conn.is_connected:

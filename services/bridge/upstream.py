@@ -78,7 +78,9 @@ class Upstream:
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                connect=s.upstream_connect_timeout_s,
+                # Only the TCP connect itself: waiting for a free pooled connection is not
+                # the upstream failing (in-flight requests are bounded, each by sock_read).
+                sock_connect=s.upstream_connect_timeout_s,
                 sock_read=s.upstream_read_timeout_s,
             ),
             auto_decompress=False,
@@ -129,6 +131,15 @@ class Upstream:
             raise UpstreamTimeoutError(f"no answer from {_origin(url)} in time") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailableError(f"{_origin(url)}: {_describe(exc)}") from exc
+
+    @staticmethod
+    def available(response: aiohttp.ClientResponse) -> bytes:
+        """The response body bytes that have arrived already (at most 64 KiB), without
+        waiting; b"" when none have, or when the body broke off (`body` then says so)."""
+        try:
+            return response.content.read_nowait(_CHUNK_BYTES)
+        except (RuntimeError, aiohttp.ClientError, OSError):
+            return b""
 
     @staticmethod
     async def body(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:

@@ -1,17 +1,21 @@
 """One forwarder per target region: events stream -> `xr.replay.<target>.<origin>.<service>`.
 
-Each forwarder binds (no API call, so no meta leader needed) to its own durable pull consumer
+Each forwarder reads (no API call, so no meta leader needed) its own durable pull consumer
 `xr-broadcast-<target>` on the region's events stream, which every broadcaster instance of
-the region shares. For every fetched event it asks the policy whether the target needs it:
+the region shares. For every event it asks the policy whether the target needs it:
 
 * not needed: acked at once (outcome `skipped`);
-* needed: held in the window (`window.py`) and published with `publish_async`, payload and
-  headers unchanged, `Nats-Msg-Id` = event id. The source message is acked only after the
-  target stream's PubAck. Every publish future is bounded by `publish_timeout_s`
-  (NATS_NOTES §3.1.1: on server errors it would never resolve).
+* needed: held in the window (`window.py`) and published, payload and headers unchanged
+  (the headers dict is forwarded as received), `Nats-Msg-Id` = event id. The source message
+  is acked only after the target stream's PubAck. Every publish is bounded by
+  `publish_timeout_s` (NATS_NOTES §3.1.1).
 
 Throughput: up to `window_events` events are held at once and publishes of different keys
 are in flight together, so one cross-region round trip is paid per window, not per event.
+The hot path has no task, future or timer per event: messages come in through one callback
+subscription (`puller.py`, pull requests of `fetch_batch`), PubAcks through another
+(`publisher.py`), and each PubAck acks its source and sends the next event of its lane
+right there. The route of an event is computed once for all targets (`RouteCache`).
 
 Order of one key: only the head of a lane (service, Xr-Key) is ever in flight. A failed
 publish is retried (same headers, so the same `Nats-Msg-Id`) before anything later of that
@@ -20,14 +24,15 @@ key alone moves at most one event per round trip to a given target.
 
 Failures: any publish failure opens the target's breaker (`gate.py`): publishes stop,
 fetching stops, one probe per jittered, growing backoff; the first success resumes all.
-Other targets have their own consumer, window, breaker and JetStream context (own async-reply
-inbox and pending-publish semaphore), so a slow, paused or unreachable target never holds
-them back. Held events are kept alive with `in_progress()` every ack_wait/3, so they are
-not redelivered to another instance while this one retries or is paused.
+Failed lane heads wait, in stream order, for the retry task to send them again. Other targets
+have their own consumer, window, breaker and subscriptions, so a slow, paused or unreachable
+target never holds them back. Held events are kept alive with `in_progress()` every
+ack_wait/3, so they are not redelivered to another instance while this one retries or is
+paused.
 
-Shutdown (`stop`): stop fetching and starting publishes; publishes under way finish and are
-acked (bounded); everything still held is nak'd in stream order, so another instance (or the
-next start) gets it at once and in order.
+Shutdown (`stop`): stop fetching (an open pull request is let finish) and starting
+publishes; publishes under way finish and are acked (bounded); everything still held is
+nak'd in stream order, so another instance (or the next start) gets it at once and in order.
 
 Known limits: with several instances, two events of one key may be fetched by different
 instances and race, and after an instance dies its held events come back only after
@@ -48,12 +53,13 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import PubAck
 from nats.js.errors import NotFoundError
 
 from services.broadcaster.gate import Gate, State
 from services.broadcaster.metrics import FORWARDED, HELD, UNREACHABLE
-from services.broadcaster.policy import Policy, Route
+from services.broadcaster.policy import Route, RouteCache
+from services.broadcaster.publisher import Publisher
+from services.broadcaster.puller import Puller, PullFailedError, PullStalledError
 from services.broadcaster.window import Held, Window
 from shared.envelope import HDR_MSG_ID
 from shared.logs import get_logger
@@ -62,21 +68,19 @@ from shared.regions import broadcast_consumer, events_stream, replay_subject
 from shared.settings import BroadcasterSettings
 from shared.tasks import TaskSet
 
-__all__ = ["ConsumerMissingError", "Forwarder", "PublishFailedError"]
+__all__ = ["ConsumerMissingError", "Forwarder"]
 
 log = get_logger("xr.broadcaster")
 
-# Extra time a fetch may take past its own timeout before the watchdog re-binds
-# (NATS_NOTES §3.1.5: fetches can stall).
-_FETCH_GRACE_S = 5.0
 # nats-py's default pending-bytes limit of a pull subscription.
 _SUB_PENDING_BYTES = 256 * 1024 * 1024
 # Conditions on the origin stream that must not be re-applied to the target stream.
 _DROPPED_HEADER_PREFIX = "nats-expected-"
-
-
-class PublishFailedError(Exception):
-    """A publish to the target was not acked (timeout, no stream, error): retry it."""
+# How often publishes are checked for their timeout and the held gauge is refreshed.
+_TICK_S = 0.1
+# Replay subjects remembered per (origin, service); cleared when a flood of odd services
+# would grow it without bound.
+_SUBJECTS_MAX = 4096
 
 
 class ConsumerMissingError(Exception):
@@ -102,33 +106,50 @@ class Forwarder:
         *,
         region: str,
         target: str,
-        policy: Policy,
+        routes: RouteCache,
         settings: BroadcasterSettings,
-        on_failure: Callable[[asyncio.Task[Any]], None] | None = None,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.region = region
         self.target = target
         self._conn = conn
-        self._policy = policy
+        self._routes = routes
         self._s = settings
         self._stream = events_stream(region)
         self._consumer = broadcast_consumer(target)
-        self._js: JetStreamContext = conn.nc.jetstream(
-            timeout=settings.publish_timeout_s,
-            publish_async_max_pending=max(settings.window_events, 1),
-        )
+        self._js: JetStreamContext = conn.nc.jetstream(timeout=settings.publish_timeout_s)
         self._window: Window[Pending] = Window(settings.window_events, settings.window_max_bytes)
+        # A request is sent once this much room is free, so requests stay large.
+        self._min_request = max(1, min(settings.fetch_batch, settings.window_events) // 2)
+        self._puller = Puller(
+            conn.nc,
+            stream=self._stream,
+            consumer=self._consumer,
+            on_msg=self._guarded_admit,
+            pending_bytes_limit=max(_SUB_PENDING_BYTES, 2 * settings.window_max_bytes),
+        )
+        self._publisher: Publisher[Held[Pending]] = Publisher(
+            conn.nc,
+            timeout_s=settings.publish_timeout_s,
+            on_acked=self._guarded_acked,
+            on_failed=self._failed,
+        )
         self._wake_event = asyncio.Event()
+        self._blocked: list[Held[Pending]] = []  # lane heads waiting for the gate
+        self._blocked_event = asyncio.Event()
         self.gate = Gate(Backoff(settings.retry_base_s, settings.retry_max_s), on_change=self._wake)
         # Paused until the control bucket has been read: an operator's pause must hold
         # from the first event on.
         self.gate.set_paused(True)
-        self._tasks = TaskSet(f"forwarder-{target}", on_failure=on_failure)
-        self._keepalive_tasks = TaskSet(f"keepalive-{target}", on_failure=on_failure)
+        self._on_failure = on_failure
+        task_failed = None if on_failure is None else _ignore_arg(on_failure)
+        self._tasks = TaskSet(f"forwarder-{target}", on_failure=task_failed)
+        self._background = TaskSet(f"keepalive-{target}", on_failure=task_failed)
         self._ack_wait_s = settings.ack_wait_s
         self._held = HELD.labels(target)
         self._unreachable = UNREACHABLE.labels(target)
         self._counters: dict[tuple[str, str], Any] = {}
+        self._subjects: dict[tuple[str, str], str] = {}
         self._unknown_services: set[str] = set()
         self._fetch_failing = False
         self._fetch_backoff = Backoff(settings.retry_base_s, settings.retry_max_s)
@@ -173,16 +194,23 @@ class Forwarder:
 
     def start(self) -> None:
         _ = self._tasks.spawn(self._run(), name=f"fetch-{self.target}")
-        _ = self._keepalive_tasks.spawn(self._keepalive(), name=f"keepalive-{self.target}")
+        _ = self._tasks.spawn(self._resend_blocked(), name=f"retry-{self.target}")
+        _ = self._background.spawn(self._keepalive(), name=f"keepalive-{self.target}")
+        _ = self._background.spawn(self._tick(), name=f"tick-{self.target}")
 
     async def stop(self, timeout_s: float) -> None:
         """The shutdown sequence of the module docstring; idempotent."""
         self.gate.stop()
         self._stopping.set()
         self._wake()
+        self._blocked_event.set()  # the retry task sees the stop and returns
+        deadline = time.monotonic() + timeout_s
         if not await self._tasks.wait(timeout_s):
             await self._tasks.cancel("broadcaster shutdown deadline passed")
-        await self._keepalive_tasks.cancel("broadcaster stopping")
+        await self._publisher.wait_idle(max(0.0, deadline - time.monotonic()))
+        await self._background.cancel("broadcaster stopping")
+        await self._puller.aclose()
+        await self._publisher.aclose()
         given_back = self._window.take_all()
         for held in given_back:
             with contextlib.suppress(nats.errors.Error):
@@ -193,66 +221,49 @@ class Forwarder:
     # ------------------------------------------------------------------ fetching
 
     async def _run(self) -> None:
-        while not self.gate.stopped:
-            sub = await self._js.pull_subscribe_bind(
-                consumer=self._consumer,
-                stream=self._stream,
-                pending_bytes_limit=max(_SUB_PENDING_BYTES, 2 * self._s.window_max_bytes),
-            )
-            self.bound = True
-            try:
-                await self._fetch_loop(sub)
-            finally:
-                self.bound = False
-                with contextlib.suppress(nats.errors.Error):
-                    await sub.unsubscribe()
-
-    async def _fetch_loop(self, sub: JetStreamContext.PullSubscription) -> None:
-        """Fetch while there is room; returns to re-bind after a stalled fetch."""
-        while room := await self._room():
-            try:
-                msgs = await self._fetch(sub, min(room, self._s.fetch_batch))
-            except _FetchStalledError:
-                log.warning("broadcaster.fetch_stalled", target=self.target)
-                return
-            for msg in msgs:
-                await self._admit(msg)
+        await self._publisher.start()
+        await self._puller.start()
+        self.bound = True
+        try:
+            while batch := await self._room():
+                await self._puller.request(batch, self._s.fetch_timeout_s)
+                await self._pulled()
+            if self._puller.is_open:
+                # Stopping: what the open request still brings is held, then nak'd.
+                await self._pulled()
+        finally:
+            self.bound = False
 
     async def _room(self) -> int:
-        """Wait until fetching makes sense; the room in the window, or 0 when stopping."""
+        """Wait until a pull request makes sense; its batch size, or 0 when stopping."""
         while True:
             self._wake_event.clear()
             if self.gate.stopped:
                 return 0
             room = self._window.room()
-            if room and self.gate.may_fetch:
-                return room
+            self._held.set(len(self._window))
+            if room >= min(self._min_request, self._window.max_events) and self.gate.may_fetch:
+                return min(room, self._s.fetch_batch)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_event.wait(), 1.0)
 
-    async def _fetch(self, sub: JetStreamContext.PullSubscription, batch: int) -> list[Msg]:
-        timeout_s = self._s.fetch_timeout_s
-        watchdog = asyncio.timeout(timeout_s + _FETCH_GRACE_S)
+    async def _pulled(self) -> None:
+        """Wait for the open pull request to end; back off after a failed one."""
         try:
-            async with watchdog:
-                msgs: list[Msg] = await sub.fetch(batch, timeout=timeout_s)
-        except TimeoutError as exc:
-            # nats-py raises its own TimeoutError or asyncio's when nothing came in time.
-            if watchdog.expired():
-                raise _FetchStalledError from exc
-            return []
-        except nats.errors.Error as exc:
+            await self._puller.wait_closed(self._s.fetch_timeout_s)
+        except PullStalledError:
+            log.warning("broadcaster.fetch_stalled", target=self.target)
+        except PullFailedError as exc:
             await self._fetch_failed(exc)
-            return []
-        if self._fetch_failing:
-            self._fetch_failing = False
-            self._fetch_backoff.reset()
-            log.info("broadcaster.fetch_recovered", target=self.target)
-        return msgs
+        else:
+            if self._fetch_failing:
+                self._fetch_failing = False
+                self._fetch_backoff.reset()
+                log.info("broadcaster.fetch_recovered", target=self.target)
 
     async def _fetch_failed(self, exc: Exception) -> None:
         if not self._fetch_failing:
-            log.warning("broadcaster.fetch_failed", target=self.target, error=repr(exc))
+            log.warning("broadcaster.fetch_failed", target=self.target, error=str(exc))
         self._fetch_failing = True
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), self._fetch_backoff.next_delay())
@@ -262,34 +273,61 @@ class Forwarder:
 
     # ------------------------------------------------------------------ one event
 
+    async def _guarded_admit(self, msg: Msg) -> None:
+        # The subscription's callback boundary: nats-py would only hand an error to its
+        # error callback and go on, so a bug here stops the service instead.
+        try:
+            await self._admit(msg)
+        except Exception as exc:
+            self._crashed("admit", exc)
+            raise
+
     async def _admit(self, msg: Msg) -> None:
-        route = self._policy.route(msg.subject, msg.headers, msg.data)
+        seq = _stream_seq(msg)
+        route = self._routes.route(seq, msg.subject, msg.headers, msg.data)
         if self.target not in route.targets:
             await self._ack(msg)
             self._count(route, "skipped")
             return
         self._note(route)
-        pending = Pending(msg, route, self._subject(route), self._headers(msg, route))
-        seq = msg.metadata.sequence.stream
-        held = Held(seq, route.lane, _size(msg), pending, touched_s=time.monotonic())
+        headers, size = self._headers(msg, route)
+        pending = Pending(msg, route, self._subject(route), headers)
+        held = Held(seq, route.lane, size, pending, touched_s=time.monotonic())
         if self._window.add(held):
-            _ = self._tasks.spawn(self._lane(held), name=f"lane-{self.target}")
-        self._held.set(len(self._window))
+            await self._start(held)
 
     def _subject(self, route: Route) -> str:
-        return replay_subject(self.target, route.origin, route.service)
+        key = (route.origin, route.service)
+        subject = self._subjects.get(key)
+        if subject is None:
+            if len(self._subjects) >= _SUBJECTS_MAX:
+                self._subjects.clear()
+            subject = replay_subject(self.target, route.origin, route.service)
+            self._subjects[key] = subject
+        return subject
 
-    def _headers(self, msg: Msg, route: Route) -> dict[str, str]:
+    def _headers(self, msg: Msg, route: Route) -> tuple[dict[str, str], int]:
+        """The headers to publish (the received dict itself when nothing must change) and
+        the size of the message."""
+        received = msg.headers or {}
+        size = len(msg.data)
+        clean = True
+        for name, value in received.items():
+            size += len(name) + len(value) + 4
+            if name[:14].lower() == _DROPPED_HEADER_PREFIX:
+                clean = False
+        if clean and HDR_MSG_ID in received:
+            return received, size
         headers = {
             name: value
-            for name, value in (msg.headers or {}).items()
+            for name, value in received.items()
             if not name.lower().startswith(_DROPPED_HEADER_PREFIX)
         }
         if HDR_MSG_ID not in headers:
             # A valid event's msg id is its event id; a malformed one gets a stable id.
             seq = msg.metadata.sequence.stream
             headers[HDR_MSG_ID] = route.event_id or f"{self._stream}:{seq}"
-        return headers
+        return headers, size
 
     def _note(self, route: Route) -> None:
         if route.kind == "malformed":
@@ -309,47 +347,68 @@ class Forwarder:
                 note="not in this region's configuration: forwarded to every peer region",
             )
 
-    async def _lane(self, held: Held[Pending]) -> None:
-        """Publish a lane's events one after the other, until it is empty or we stop."""
-        current: Held[Pending] | None = held
-        while current is not None:
-            if not await self._deliver(current.item):
-                return
-            current = self._window.done(current)
-            self._held.set(len(self._window))
-            self._wake()
+    async def _start(self, held: Held[Pending]) -> None:
+        """Publish a lane head now if the gate allows, else leave it to the retry task."""
+        allowed = self.gate.try_acquire()
+        if allowed:
+            await self._send(held)
+        elif allowed is None:
+            self._block(held)
+        # False: stopping; the event stays held and is nak'd by stop().
 
-    async def _deliver(self, pending: Pending) -> bool:
-        """Publish until the target acks (True), then ack the source; False when stopping."""
-        while await self.gate.acquire():
-            try:
-                ack = await self._publish(pending)
-            except PublishFailedError as exc:
-                self._retry(pending, exc)
-                continue
-            except BaseException:
-                self.gate.abandon()
-                raise
-            self._succeeded()
-            await self._ack(pending.msg)
-            self._forwarded(pending, ack)
-            return True
-        return False
+    async def _send(self, held: Held[Pending]) -> None:
+        pending = held.item
+        await self._publisher.publish(held, pending.subject, pending.msg.data, pending.headers)
 
-    async def _publish(self, pending: Pending) -> PubAck:
-        timeout_s = self._s.publish_timeout_s
+    def _block(self, held: Held[Pending]) -> None:
+        self._blocked.append(held)
+        self._blocked_event.set()
+
+    async def _guarded_acked(self, held: Held[Pending], seq: int, duplicate: bool) -> None:
         try:
-            future = await self._js.publish_async(
-                pending.subject, pending.msg.data, wait_stall=timeout_s, headers=pending.headers
-            )
-            ack: PubAck = await asyncio.wait_for(future, timeout_s)
-        except TimeoutError as exc:
-            raise PublishFailedError(f"no ack from the target within {timeout_s:g} s") from exc
-        except (nats.errors.Error, OSError) as exc:
-            raise PublishFailedError(repr(exc)) from exc
-        return ack
+            await self._acked(held, seq, duplicate)
+        except Exception as exc:
+            self._crashed("acked", exc)
+            raise
 
-    def _retry(self, pending: Pending, exc: PublishFailedError) -> None:
+    async def _acked(self, held: Held[Pending], seq: int, duplicate: bool) -> None:
+        """The target stored the event: ack the source, go on with the lane."""
+        self._succeeded()
+        pending = held.item
+        await self._ack(pending.msg)
+        self._forwarded(pending, seq, duplicate)
+        following = self._window.done(held)
+        self._wake()
+        if following is not None:
+            await self._start(following)
+
+    def _failed(self, held: Held[Pending], reason: str) -> None:
+        """The publish was not acked: the lane head waits for the gate, then goes again."""
+        self._retry(held.item, reason)
+        self._block(held)
+
+    async def _resend_blocked(self) -> None:
+        """Send blocked lane heads again, oldest first, whenever the gate lets them."""
+        while True:
+            await self._blocked_event.wait()
+            if not await self.gate.acquire():
+                return
+            ready = sorted(self._blocked, key=_seq_of)
+            self._blocked.clear()
+            self._blocked_event.clear()
+            if not ready:
+                self.gate.abandon()
+                continue
+            probing = self.gate.state is not State.CLOSED
+            for index, held in enumerate(ready):
+                # The first one goes on the acquired permit; in half-open only that probe.
+                if index and (probing or self.gate.try_acquire() is not True):
+                    self._blocked.extend(ready[index:])
+                    self._blocked_event.set()
+                    break
+                await self._send(held)
+
+    def _retry(self, pending: Pending, error: str) -> None:
         opening = self.gate.state is State.CLOSED
         delay_s = self.gate.failure()
         self._count(pending.route, "retried")
@@ -365,15 +424,16 @@ class Forwarder:
             service=route.service,
             trace_id=route.trace_id,
             delay_s=round(delay_s, 3),
-            error=str(exc),
+            error=error,
         )
 
     def _succeeded(self) -> None:
-        recovering = self.gate.state is not State.CLOSED
+        if self.gate.state is State.CLOSED:
+            self.gate.success()
+            return
         self.gate.success()
-        if recovering:
-            self._unreachable.set(0)
-            log.info("broadcaster.target_recovered", target=self.target)
+        self._unreachable.set(0)
+        log.info("broadcaster.target_recovered", target=self.target)
 
     async def _ack(self, msg: Msg) -> None:
         try:
@@ -382,9 +442,9 @@ class Forwarder:
             # Redelivered after ack_wait; the target's duplicate window drops the copy.
             log.warning("broadcaster.ack_failed", target=self.target, error=repr(exc))
 
-    def _forwarded(self, pending: Pending, ack: PubAck) -> None:
+    def _forwarded(self, pending: Pending, seq: int, duplicate: bool) -> None:
         route = pending.route
-        outcome = "duplicate" if ack.duplicate else _OUTCOMES[route.kind]
+        outcome = "duplicate" if duplicate else _OUTCOMES[route.kind]
         self._count(route, outcome)
         log.debug(
             "broadcaster.forwarded",
@@ -394,7 +454,7 @@ class Forwarder:
             service=route.service,
             trace_id=route.trace_id,
             outcome=outcome,
-            seq=ack.seq,
+            seq=seq,
         )
 
     def _count(self, route: Route, outcome: str) -> None:
@@ -404,7 +464,12 @@ class Forwarder:
             self._counters[(route.origin, outcome)] = counter
         counter.inc()
 
-    # ------------------------------------------------------------------ keep-alive
+    def _crashed(self, where: str, exc: Exception) -> None:
+        log.error("broadcaster.callback_failed", target=self.target, where=where, error=repr(exc))
+        if self._on_failure is not None:
+            self._on_failure()
+
+    # ------------------------------------------------------------------ background
 
     async def _keepalive(self) -> None:
         """Reset ack_wait of events held longer than ack_wait/3, so none is redelivered."""
@@ -418,14 +483,33 @@ class Forwarder:
                     with contextlib.suppress(nats.errors.Error):
                         await held.item.msg.in_progress()
 
-
-class _FetchStalledError(Exception):
-    """A fetch outlived its own timeout (NATS_NOTES §3.1.5)."""
+    async def _tick(self) -> None:
+        """Time out publishes that got no PubAck; refresh the held gauge."""
+        while True:
+            await asyncio.sleep(min(_TICK_S, self._s.publish_timeout_s / 4))
+            self._publisher.expire()
+            self._held.set(len(self._window))
 
 
 _OUTCOMES = {"event": "forwarded", "canary": "canary", "malformed": "malformed"}
 
 
-def _size(msg: Msg) -> int:
-    headers = msg.headers or {}
-    return len(msg.data) + sum(len(k) + len(v) + 4 for k, v in headers.items())
+def _stream_seq(msg: Msg) -> int:
+    """The stream sequence of a delivered message, read from its ack subject:
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>`
+    (the longer form with a domain goes through nats-py's parser)."""
+    tokens = msg.reply.split(".")
+    if len(tokens) == 9:
+        return int(tokens[5])
+    return int(msg.metadata.sequence.stream)
+
+
+def _seq_of(held: Held[Pending]) -> int:
+    return held.seq
+
+
+def _ignore_arg(callback: Callable[[], None]) -> Callable[[object], None]:
+    def call(_: object) -> None:
+        callback()
+
+    return call

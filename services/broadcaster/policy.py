@@ -20,17 +20,22 @@ label it. The rules, in order:
    that the target's replayer dead-letters it with the reason instead of it vanishing here.
 
 Per-key order: the forwarder serialises publishes per `Route.lane` = (service, Xr-Key).
+
+`RouteCache` lets the forwarders of every target share one `route()` per stored message
+(decoding and validating an event is the biggest part of the broadcaster's own per-event
+work).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared.envelope import MalformedEventError, canary_target, decode
 from shared.settings import ServiceSettings, Settings
 
-__all__ = ["Lane", "Policy", "Route", "ServicePolicy"]
+__all__ = ["Lane", "Policy", "Route", "RouteCache", "ServicePolicy"]
 
 # (service, key): events of one lane are published one after the other, in stream order.
 Lane = tuple[str, str]
@@ -149,3 +154,45 @@ def _subject_parts(subject: str, *, default_origin: str) -> tuple[str, str]:
     if len(parts) == 4 and parts[:2] == ["xr", "events"]:
         return parts[2], parts[3]
     return default_origin, "unknown"
+
+
+@dataclass(slots=True)
+class _Cached:
+    route: Route
+    readers_left: int
+
+
+class RouteCache:
+    """Routes of the events stream's messages by stream sequence, for `readers` forwarders.
+
+    Every forwarder reads the same stored messages, so the first to see sequence N computes
+    its route and the others take it from here; an entry goes when every other reader took
+    it, or, oldest first, when more than `max_entries` wait (a paused or slower target then
+    computes its own).
+    """
+
+    def __init__(self, policy: Policy, *, readers: int, max_entries: int) -> None:
+        self.policy = policy
+        self._readers = readers
+        self._max_entries = max_entries
+        self._entries: OrderedDict[int, _Cached] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def route(
+        self, seq: int, subject: str, headers: Mapping[str, str] | None, payload: bytes
+    ) -> Route:
+        """`Policy.route()` of the message stored at `seq` (with these contents)."""
+        cached = self._entries.get(seq)
+        if cached is not None:
+            cached.readers_left -= 1
+            if cached.readers_left <= 0:
+                del self._entries[seq]
+            return cached.route
+        route = self.policy.route(subject, headers, payload)
+        if self._readers > 1:
+            self._entries[seq] = _Cached(route, self._readers - 1)
+            if len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        return route

@@ -33,7 +33,7 @@ from services.broadcaster.canary import CanarySender
 from services.broadcaster.forwarder import ConsumerMissingError, Forwarder
 from services.broadcaster.gate import State
 from services.broadcaster.pause import PauseWatcher
-from services.broadcaster.policy import Policy
+from services.broadcaster.policy import Policy, RouteCache
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
 from shared.lifecycle import ServiceError
@@ -146,14 +146,18 @@ class Broadcaster:
 
     async def _make_forwarders(self) -> None:
         s = self._settings
-        for target in s.peer_regions():
+        targets = s.peer_regions()
+        routes = RouteCache(
+            self._policy, readers=len(targets), max_entries=4 * s.broadcaster.window_events
+        )
+        for target in targets:
             forwarder = Forwarder(
                 self._conn,
                 region=s.region,
                 target=target,
-                policy=self._policy,
+                routes=routes,
                 settings=s.broadcaster,
-                on_failure=self._task_failed,
+                on_failure=self.failed.set,
             )
             try:
                 await forwarder.check_consumer(s.nats.request_timeout_s)

@@ -7,9 +7,11 @@ Modules, pure core first:
 * `classify`   — HTTP status / transport error → applied | stale | retry | poison
 * `outcomes`   — `Done`, `Retry(delay_s)`, `Poison(reason)`
 * `dlq`        — dead-letter and replay message shapes
-* `versions`   — last-writer-wins records and per-key claims in KV `xr-versions-<region>`
+* `versions`   — last-writer-wins records and per-key claims in KV `xr-versions-<region>`,
+                 with the records this instance last saw remembered (why that is safe: there)
+* `kvcas`      — the compare-and-set KV updates of the hot path, cheaper than nats-py's
 * `partitions` — per-key order within and across instances (see its docstring)
-* `upstream`   — pooled httpx client with bounded, jittered retries
+* `upstream`   — pooled aiohttp client with bounded, jittered retries (why not httpx: there)
 * `apply`      — one delivery → one decision (`Applier.handle`)
 * `consumer`   — fetch loop, bounded concurrency, heartbeats, outcome → ack/nak/DLQ
 * `service`, `main` — wiring, admin port, `xr-replayer` registration, graceful shutdown

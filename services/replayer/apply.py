@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from prometheus_client import Histogram
+
 from services.replayer.classify import Verdict, classify_status
 from services.replayer.metrics import CANARY_AGE, LAG
 from services.replayer.outcomes import Done, Poison, Retry
@@ -69,23 +71,24 @@ class Applier:
         self._signer = signer
         self._clock = clock
         self._canaries: dict[str, float] = {}
+        self._lags: dict[str, Histogram] = {}
 
-    async def handle(self, delivery: Delivery) -> tuple[Event | None, Done]:
-        """(the event if it decoded, the ack label); raises Retry or Poison."""
+    async def handle(self, delivery: Delivery) -> Done:
+        """The ack label; raises Retry or Poison."""
         if canary_target(delivery.headers) is not None:
             self._canary(delivery)
-            return None, Done.CANARY
+            return Done.CANARY
         event = self._decode(delivery)
         request = self._request(event)
         result = await self._versions.claim(event)
         if result.verdict is ClaimVerdict.STALE:
-            return event, Done.STALE
+            return Done.STALE
         if result.verdict is ClaimVerdict.DUPLICATE:
-            return event, Done.DUPLICATE
+            return Done.DUPLICATE
         if result.claim is None:  # BUSY: another event of this key is being applied
             self._check_age(event, delivery, "key claimed by another event")
             raise Retry(self._settings.claim_busy_delay_s, "key_busy")
-        return event, await self._call(event, delivery, request, result.claim)
+        return await self._call(event, delivery, request, result.claim)
 
     def _decode(self, delivery: Delivery) -> Event:
         try:
@@ -130,8 +133,14 @@ class Applier:
             await claim.release()
             raise Poison(f"http_{status}", f"the service answered {status}", status)
         await claim.applied()
-        LAG.labels(event.origin).observe(max(0.0, self._clock() - event.hlc.wall_time_s))
+        self._lag(event.origin).observe(max(0.0, self._clock() - event.hlc.wall_time_s))
         return Done.APPLIED if verdict is Verdict.APPLIED else Done.STALE
+
+    def _lag(self, origin: str) -> Histogram:
+        child = self._lags.get(origin)
+        if child is None:
+            child = self._lags[origin] = LAG.labels(origin)
+        return child
 
     def _retry_or_poison(
         self, event: Event, delivery: Delivery, error: str, status: int | None

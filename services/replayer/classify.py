@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import enum
 
-import httpx
+import aiohttp
 
-__all__ = ["Verdict", "classify_error", "classify_status"]
+__all__ = ["TRANSPORT_ERRORS", "Verdict", "classify_error", "classify_status"]
+
+# What one HTTP attempt raises when it got no response: connect, read, write, protocol
+# errors and timeouts (aiohttp's own, the total-time limit, and OS-level socket errors).
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (aiohttp.ClientError, TimeoutError, OSError)
 
 
 class Verdict(enum.StrEnum):
@@ -38,6 +42,6 @@ def classify_status(status: int) -> Verdict:
 
 def classify_error(exc: BaseException) -> Verdict:
     """Transport errors (connect, read, timeouts, protocol) are retried; nothing else is."""
-    if isinstance(exc, httpx.TransportError):
+    if isinstance(exc, TRANSPORT_ERRORS):
         return Verdict.RETRY
     return Verdict.POISON

@@ -4,10 +4,15 @@ each outcome to exactly one NATS action, one metric label and one log line.
 * Binds to the pre-created durable (`pull_subscribe_bind`: no JetStream API call, so no meta
   leader needed) and fetches in a loop with a short timeout (NATS_NOTES §3.1.5).
 * At most `concurrency` messages are held at once (applying, or queued behind an earlier
-  message of the same key); a fetch asks for no more than the free slots.
+  message of the same key); a fetch asks for no more than the free slots, and waits until a
+  quarter of them are free (one pull request per freed slot cost as much as the event).
 * Held messages get `in_progress()` every third of `ack_wait_s`, so queued ones never time out.
 * `Done` → ack; `Retry` → nak(delay); `Poison` → publish the dead letter, then ack (if the
-  dead-letter publish fails: nak, so it is tried again).
+  dead-letter publish fails: nak, so it is tried again). The `Done` acks go out through the
+  `Coalescer` (a burst per millisecond; queued synchronously, so a cancellation cannot lose
+  one; the service sends the queue before it closes NATS).
+* Each event is handled inside `bound_contextvars(event_id, origin, service, trace_id)`, so
+  every line logged about it carries them (DESIGN §8), also the upstream's retry lines.
 * `stop()`: no new fetches; `drain(timeout)`: in-flight work finishes, then the rest is
   cancelled and nak'ed, so it is redelivered at once (its claim is its own, still valid).
 """
@@ -23,13 +28,16 @@ from typing import Any
 import nats.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from prometheus_client import Counter
+from structlog.contextvars import bound_contextvars
 
 from services.replayer.apply import Applier, Delivery
+from services.replayer.coalesce import Coalescer
 from services.replayer.dlq import dead_letter, fit, path_of
 from services.replayer.metrics import EVENTS, INFLIGHT, REPLAY_BACKLOG
 from services.replayer.outcomes import Done, Poison, Retry
 from services.replayer.partitions import KeyedRunner, order_key
-from shared.envelope import HDR_EVENT_ID, HDR_TRACE, Event
+from shared.envelope import HDR_EVENT_ID, HDR_TRACE
 from shared.logs import get_logger
 from shared.settings import ReplayerSettings
 
@@ -52,8 +60,10 @@ class ReplayConsumer:
         stream: str,
         durable: str,
         max_payload: Callable[[], int],
+        coalescer: Coalescer | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
+        self._coalescer = coalescer
         self._js = js
         self._applier = applier
         self._settings = settings
@@ -67,6 +77,9 @@ class ReplayConsumer:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._sub: Any = None
+        self._counters: dict[tuple[str, str, str], Counter] = {}
+        # Refill when a quarter of the window is free (or nothing is held).
+        self._refill = max(1, min(settings.fetch_batch, settings.concurrency // 4))
         self.bound = False
 
     @property
@@ -112,7 +125,8 @@ class ReplayConsumer:
 
     async def _fetch_once(self) -> int:
         free = self._settings.concurrency - len(self._held)
-        if free <= 0:
+        if free <= 0 or (self._held and free < self._refill):
+            # Fetch in batches, not one pull request per freed slot.
             self._slot_freed.clear()
             await self._wait_for_slot()
             return 1
@@ -148,43 +162,45 @@ class ReplayConsumer:
         self._runner.submit(order_key(msg.headers), lambda: self._process(msg))
 
     async def _process(self, msg: Msg) -> None:
-        try:
-            await self._decide(msg)
-        except asyncio.CancelledError:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await asyncio.shield(msg.nak())
-            raise
-        finally:
-            self._held.pop(id(msg), None)
-            INFLIGHT.set(len(self._held))
-            self._slot_freed.set()
-
-    async def _decide(self, msg: Msg) -> None:
-        delivery = _delivery(msg)
+        headers = msg.headers or {}
         origin, service = path_of(msg.subject)
+        # Every line logged while handling this event carries these (DESIGN §8).
+        with bound_contextvars(
+            event_id=headers.get(HDR_EVENT_ID, ""),
+            origin=origin,
+            service=service,
+            trace_id=headers.get(HDR_TRACE, "")[3:35],
+        ):
+            try:
+                await self._decide(msg, origin, service)
+            except asyncio.CancelledError:
+                with contextlib.suppress(*_NATS_ERRORS):
+                    await asyncio.shield(msg.nak())
+                raise
+            finally:
+                self._held.pop(id(msg), None)
+                INFLIGHT.set(len(self._held))
+                self._slot_freed.set()
+
+    async def _decide(self, msg: Msg, origin: str, service: str) -> None:
+        delivery = _delivery(msg)
         try:
-            event, done = await self._applier.handle(delivery)
+            done = await self._applier.handle(delivery)
         except Retry as retry:
             await _settle(msg.nak(delay=retry.delay_s))
             self._count(origin, service, "retried")
-            log.info("replayer.retried", **_fields(msg), reason=retry.reason, delay_s=retry.delay_s)
+            log.info("replayer.retried", reason=retry.reason, delay_s=retry.delay_s)
         except Poison as poison:
             await self._dead_letter(msg, delivery, poison, origin, service)
         except _NATS_ERRORS as exc:  # the versions bucket or NATS hiccuped: try again soon
             await _settle(msg.nak(delay=self._settings.nak_base_s))
             self._count(origin, service, "retried")
-            log.warning("replayer.nats_error", **_fields(msg), error=repr(exc))
+            log.warning("replayer.nats_error", error=repr(exc))
         else:
-            await _settle(msg.ack())
-            self._log_done(msg, event, done, origin, service)
-
-    def _log_done(
-        self, msg: Msg, event: Event | None, done: Done, origin: str, service: str
-    ) -> None:
-        if done is Done.CANARY:
-            return
-        self._count(origin, service, done.value)
-        log.info(f"replayer.{done.value}", **_fields(msg))
+            await self._ack(msg)
+            if done is not Done.CANARY:
+                self._count(origin, service, done.value)
+                log.info(f"replayer.{done.value}")  # the event's one canonical line
 
     async def _dead_letter(
         self, msg: Msg, delivery: Delivery, poison: Poison, origin: str, service: str
@@ -199,17 +215,27 @@ class ReplayConsumer:
             await self._js.publish(subject, payload, headers=headers)
         except _NATS_ERRORS as exc:
             await _settle(msg.nak(delay=self._settings.nak_base_s))
-            log.warning("replayer.dead_letter_failed", **_fields(msg), error=repr(exc))
+            log.warning("replayer.dead_letter_failed", error=repr(exc))
             return
         await _settle(msg.ack())
         self._count(origin, service, "dead_lettered")
         log.warning(
-            "replayer.dead_lettered", **_fields(msg), reason=poison.reason, status=poison.status,
+            "replayer.dead_lettered", reason=poison.reason, status=poison.status,
             error=poison.error,
         )  # fmt: skip
 
+    async def _ack(self, msg: Msg) -> None:
+        if self._coalescer is None or not msg.reply:
+            await _settle(msg.ack())
+        else:  # an ack is an empty message to the reply subject (what msg.ack() sends)
+            self._coalescer.publish(msg.reply)
+
     def _count(self, origin: str, service: str, outcome: str) -> None:
-        EVENTS.labels(origin, service, outcome).inc()
+        labels = (origin, service, outcome)
+        counter = self._counters.get(labels)
+        if counter is None:
+            counter = self._counters[labels] = EVENTS.labels(*labels)
+        counter.inc()
 
     async def _heartbeat(self) -> None:
         period = self._settings.ack_wait_s / 3
@@ -239,15 +265,3 @@ def _delivery(msg: Msg) -> Delivery:
         stream_seq=int(meta.sequence.stream),
         stored_at=meta.timestamp,
     )
-
-
-def _fields(msg: Msg) -> dict[str, str]:
-    headers = msg.headers or {}
-    origin, service = path_of(msg.subject)
-    trace = headers.get(HDR_TRACE, "")
-    return {
-        "event_id": headers.get(HDR_EVENT_ID, ""),
-        "origin": origin,
-        "service": service,
-        "trace_id": trace[3:35],
-    }

@@ -16,6 +16,7 @@ the same event replayed by an operator (a new replay sequence) can be dead-lette
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Mapping
 
 from shared.envelope import (
@@ -44,6 +45,7 @@ class DeadLetter(tuple[str, dict[str, str], bytes]):
     """(subject, headers, payload) ready to publish."""
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of subjects, one lookup per event
 def path_of(subject: str) -> tuple[str, str]:
     """(origin, service) from `xr.replay.<target>.<origin>.<service>` or `xr.dlq.…`."""
     parts = subject.split(".")

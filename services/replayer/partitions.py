@@ -17,6 +17,8 @@ consumer, and order is enforced at two levels:
    lease plus a high-water mark: two instances can never call the service for one key at the
    same time, and a call is never made for a version older than one already claimed or
    applied. Calls for a key are therefore made in strictly increasing HLC order, everywhere.
+   (An instance may skip reading the record before its compare-and-set when it remembers
+   the record it wrote last; a refused compare-and-set falls back to reading: versions.py.)
 
 An event that loses (an older version arriving after a newer one, whichever instance or
 stream position it came from) is acked as `stale`: last writer wins, so it is superseded,

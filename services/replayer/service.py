@@ -1,12 +1,14 @@
 """The replayer process: every part wired together, started in order, stopped in reverse.
 
-Start: NATS → versions bucket (bind) → HTTP client → consumer (bind to the durable, no meta
-leader needed) → admin port → fetch loop and metrics poller → NATS services API
-registration (`xr-replayer`, region in the metadata).
+Start: NATS → versions bucket (bind) → burst sender for acks and record writes (`coalesce`)
+→ reply subscription for compare-and-set record updates (`kvcas`) → HTTP client → consumer
+(bind to the durable, no meta leader needed) → admin port → fetch loop and metrics poller →
+NATS services API registration (`xr-replayer`, region in the metadata).
 
 Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
 fetching → in-flight events finish and are acked (`shutdown_timeout_s`), the rest are
-cancelled and nak'ed → metrics poller → admin port → HTTP client → drain and close NATS.
+cancelled and nak'ed → metrics poller → admin port → HTTP client → record updates → queued
+acks sent → drain and close NATS.
 
 Errors::
 
@@ -31,7 +33,9 @@ from nats.js.kv import KeyValue
 from nats.micro import add_service
 
 from services.replayer.apply import Applier
+from services.replayer.coalesce import Coalescer
 from services.replayer.consumer import ReplayConsumer
+from services.replayer.kvcas import KvCas
 from services.replayer.metrics import DLQ_MESSAGES
 from services.replayer.upstream import Upstream
 from services.replayer.versions import VersionStore
@@ -143,9 +147,22 @@ class Replayer:
         except NatsConnectError as exc:
             raise ReplayerStartError(str(exc)) from None
         js = self._conn.jetstream()
+        kv = await self._bucket()
+        out = None
+        if s.replayer.coalesce_s > 0:
+            out = await self._stack.enter_async_context(
+                Coalescer(self._conn.nc, delay_s=s.replayer.coalesce_s)
+            )
+        cas = await self._stack.enter_async_context(
+            KvCas(
+                self._conn.nc, versions_bucket(s.region), timeout_s=s.nats.request_timeout_s,
+                coalescer=out,
+            )
+        )  # fmt: skip
         versions = self._versions = VersionStore(
-            await self._bucket(), owner=self.instance_id, claim_s=s.replayer.ack_wait_s
-        )
+            kv, owner=self.instance_id, claim_s=s.replayer.ack_wait_s,
+            remember=s.replayer.version_cache_keys, cas=cas,
+        )  # fmt: skip
         upstream = await self._stack.enter_async_context(
             Upstream(s.replayer, wait=self._retry_waits)
         )
@@ -156,7 +173,7 @@ class Replayer:
         self._consumer = ReplayConsumer(
             js, self._applier, s.replayer, region=s.region,
             stream=replay_stream(s.region), durable=replay_consumer(),
-            max_payload=lambda: self._conn.max_payload,
+            max_payload=lambda: self._conn.max_payload, coalescer=out,
         )  # fmt: skip
         await self._bind()
         await self._start_admin()

@@ -24,6 +24,37 @@ order. Every write is a compare-and-set on the revision that was read (`update(l
 
 A lost compare-and-set (another instance wrote in between) re-reads and decides again.
 Records live as long as the stream's age limit (the bucket's TTL), so they survive restarts.
+
+What this instance remembers (`known`), and why it is safe
+-----------------------------------------------------------
+Each instance keeps, for the keys it touched most recently (bounded, oldest dropped first),
+the last record it read or wrote there and that record's revision. Nothing makes an instance
+the only writer of a key: every replayer instance shares one consumer (keys are not in the
+subject), and the bridge raises records for local writes (`shared.versions.
+record_local_write`). So a remembered record may be out of date, and it is used in exactly
+two ways, each safe for its own reason:
+
+1. **"The record is newer than this event" — trusted only for an `applied` record.** Let H be
+   the highest version ever written to a key in state `applied`. H never goes down, and the
+   record's version is always >= H: a claim is only granted to a version >= the record's;
+   `applied` is written over that same claim; `release` restores exactly the record the claim
+   replaced, by compare-and-set on the claim's revision (so nothing was written in between);
+   the bridge's local write only ever raises the version. Having seen `applied` at version V
+   proves H >= V for ever, so an event older than V would be found `STALE` by any later read
+   (and the same event `DUPLICATE`, or `STALE` once a newer version exists: either way no
+   call). A remembered `claimed` record proves nothing of the kind: a claim can be released
+   back to an older version, so it never yields a verdict.
+2. **"This event is newer than the record" — never trusted as a verdict.** Another instance
+   or the bridge may have written since. It is only used to skip the read: the claim is
+   written with a compare-and-set on the remembered revision, which the server refuses if
+   anyone wrote in between; then the record is read and judged as usual. When the
+   compare-and-set succeeds, the remembered record *was* the current one, so the decision is
+   the one a fresh read would have given.
+
+With one instance (or keys that stay with one instance) an event costs two KV writes (claim,
+applied) instead of a read and two writes; when another writer moved the record it costs one
+refused write more. Purging the bucket by hand needs the replayers restarted (they would keep
+finding events older than a remembered `applied` version stale).
 """
 
 from __future__ import annotations
@@ -36,10 +67,13 @@ from dataclasses import dataclass
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.replayer.kvcas import KvCas
 from shared.envelope import Event
 from shared.versions import CAS_ATTEMPTS, Record, cas_write, read_record, record_key
 
 __all__ = ["Claim", "ClaimResult", "Verdict", "VersionStore"]
+
+_Version = tuple[str, str]
 
 
 class Verdict(enum.StrEnum):
@@ -56,7 +90,9 @@ class ClaimResult:
 
 
 class VersionStore:
-    """Reads and writes version records; `owner` names this instance in its claims."""
+    """Reads and writes version records; `owner` names this instance in its claims;
+    `remember` bounds how many keys' last records are kept (0: none, every claim reads);
+    `cas`, when given, makes the updates of existing records (`kvcas`)."""
 
     def __init__(
         self,
@@ -64,41 +100,54 @@ class VersionStore:
         *,
         owner: str,
         claim_s: float,
+        remember: int = 100_000,
+        cas: KvCas | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._kv = kv
+        self._fast = cas
         self._owner = owner
         self._claim_s = claim_s
         self._clock = clock
+        self._limit = remember
+        self._known: dict[str, tuple[Record, int]] = {}  # insertion order = age
 
     @property
     def kv(self) -> KeyValue:
         return self._kv
 
     async def get(self, service: str, key: str) -> Record | None:
-        record, _ = await self._read(record_key(service, key))
+        record, _ = await read_record(self._kv, record_key(service, key))
         return record
 
     async def claim(self, event: Event) -> ClaimResult:
         kv_key = record_key(event.service, event.key)
+        version = (str(event.hlc), event.event_id)
+        known = self._known.get(kv_key)
+        if known is not None:
+            record, revision = known
+            settled = _settled(version, record)
+            if settled is not None:
+                return ClaimResult(settled)
+            if self._judge(version, record) is Verdict.CLAIMED:
+                claimed = await self._try_claim(kv_key, event, record, revision)
+                if claimed is not None:
+                    return claimed
         for _ in range(CAS_ATTEMPTS):
-            current, revision = await self._read(kv_key)
-            verdict = self._judge(event, current)
+            current, read_revision = await read_record(self._kv, kv_key)
+            if current is not None and read_revision is not None:
+                self._remember(kv_key, current, read_revision)
+            verdict = self._judge(version, current)
             if verdict is not Verdict.CLAIMED:
                 return ClaimResult(verdict)
-            mine = Record(
-                str(event.hlc), event.event_id, "claimed", self._owner,
-                self._clock() + self._claim_s,
-            )  # fmt: skip
-            new_revision = await self._cas(kv_key, mine, revision)
-            if new_revision is not None:
-                return ClaimResult(verdict, Claim(self, kv_key, mine, new_revision, current))
+            claimed = await self._try_claim(kv_key, event, current, read_revision)
+            if claimed is not None:
+                return claimed
         return ClaimResult(Verdict.BUSY)
 
-    def _judge(self, event: Event, current: Record | None) -> Verdict:
+    def _judge(self, version: _Version, current: Record | None) -> Verdict:
         if current is None:
             return Verdict.CLAIMED
-        version = (str(event.hlc), event.event_id)
         if version < current.version:
             return Verdict.STALE
         if version == current.version:
@@ -107,11 +156,51 @@ class VersionStore:
             return Verdict.BUSY
         return Verdict.CLAIMED
 
-    async def _read(self, kv_key: str) -> tuple[Record | None, int | None]:
-        return await read_record(self._kv, kv_key)
+    async def _try_claim(
+        self, kv_key: str, event: Event, current: Record | None, revision: int | None
+    ) -> ClaimResult | None:
+        """Claim over `current` at `revision`; None if someone wrote since."""
+        mine = Record(
+            str(event.hlc), event.event_id, "claimed", self._owner, self._clock() + self._claim_s
+        )
+        new_revision = await self._cas(kv_key, mine, revision)
+        if new_revision is None:
+            return None
+        return ClaimResult(Verdict.CLAIMED, Claim(self, kv_key, mine, new_revision, current))
 
     async def _cas(self, kv_key: str, record: Record, revision: int | None) -> int | None:
-        return await cas_write(self._kv, kv_key, record, revision)
+        """Compare-and-set; remembers the outcome (the new record, or nothing)."""
+        if revision is not None and self._fast is not None:
+            new_revision = await self._fast.update(kv_key, record.encode(), last=revision)
+        else:
+            new_revision = await cas_write(self._kv, kv_key, record, revision)
+        if new_revision is None:
+            self.forget(kv_key)
+        else:
+            self._remember(kv_key, record, new_revision)
+        return new_revision
+
+    def _remember(self, kv_key: str, record: Record, revision: int) -> None:
+        if self._limit <= 0:
+            return
+        self._known.pop(kv_key, None)  # re-inserted as the newest
+        self._known[kv_key] = (record, revision)
+        if len(self._known) > self._limit:
+            del self._known[next(iter(self._known))]
+
+    def forget(self, kv_key: str) -> None:
+        self._known.pop(kv_key, None)
+
+
+def _settled(version: _Version, known: Record) -> Verdict | None:
+    """The verdict a remembered record proves on its own (module docstring, point 1)."""
+    if known.state != "applied":
+        return None
+    if version < known.version:
+        return Verdict.STALE
+    if version == known.version:
+        return Verdict.DUPLICATE
+    return None
 
 
 class Claim:
@@ -138,11 +227,12 @@ class Claim:
 
     async def release(self) -> None:
         """The call will not happen now: put back what was there (nothing, or the previous)."""
-        kv = self._store._kv
-        try:
-            if self._previous is None:
-                await kv.delete(self._kv_key, last=self._revision)
-            else:
-                await kv.update(self._kv_key, self._previous.encode(), last=self._revision)
-        except KeyWrongLastSequenceError:
-            pass  # someone moved on since (a newer version, or took over an expired claim)
+        store = self._store
+        if self._previous is None:
+            store.forget(self._kv_key)
+            try:
+                await store.kv.delete(self._kv_key, last=self._revision)
+            except KeyWrongLastSequenceError:
+                pass  # someone moved on since (a newer version, or took over an expired claim)
+            return
+        await store._cas(self._kv_key, self._previous, self._revision)

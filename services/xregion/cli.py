@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_parsers(sub)
     _pause_parsers(sub)
     _dlq_parser(sub)
+    _demo_service_parser(sub)
     top_cmd.register(sub, _OPS["top"])
     status_cmd.register(sub, _OPS["status"])
     for name, summary in _LATER.items():
@@ -173,16 +174,35 @@ def _dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     parser.set_defaults(handler=commands.dlq)
 
 
+def _demo_service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = (
+        "run the demo service: a configuration store (SQLite) that keeps each write's Xr-Hlc "
+        "as its version and answers 409 to older writes"
+    )
+    parser = sub.add_parser("demo-service", help=summary, description=summary)
+    parser.add_argument(
+        "--listen", default="127.0.0.1:7101", metavar="HOST:PORT", help="default: %(default)s"
+    )
+    parser.add_argument(
+        "--db", type=Path, default=Path("configs.sqlite"), metavar="FILE", help="SQLite file"
+    )
+    parser.set_defaults(handler=commands.demo_service, quiet_log_level="info")
+
+
 def _cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, summary, handler in (
         (
             "up",
-            "run a local multi-region NATS super-cluster, provisioned, until Ctrl-C",
+            "run a whole multi-region deployment on this machine until Ctrl-C: a NATS "
+            "super-cluster, provisioned, and every region's bridge, broadcaster, replayer and "
+            "demo service, supervised (crashed processes restart); logs in WORKDIR/logs",
             commands.up,
         ),
         (
             "demo",
-            "boot the local super-cluster, provision it, print its health and stop",
+            "`up`, then concurrent (and conflicting) writes through every region's bridge; "
+            "waits for convergence, prints records, lag and conflicts per region, and exits 0 "
+            "only if every region holds identical data",
             commands.demo,
         ),
     ):
@@ -193,15 +213,35 @@ def _cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             help="comma-separated region names (default: %(default)s)",
         )
         parser.add_argument(
-            "--servers-per-region", type=int, default=1, choices=[1, 3], metavar="{1,3}"
+            "--servers-per-region",
+            type=int,
+            default=1,
+            choices=[1, 3],
+            metavar="{1,3}",
+            help="NATS servers per region; 3 replicates every stream (default: %(default)s)",
         )
         parser.add_argument(
             "--base-port",
             type=int,
             default=14000,
             metavar="N",
-            help="first port of the port plan (default: %(default)s; 0 = any free ports)",
+            help="first port of the port plan: NATS from N+11, region stacks from N+410 "
+            "(default: %(default)s; 0 = any free ports)",
         )
-        parser.add_argument("--workdir", type=Path, default=Path(".xregion"), metavar="DIR")
-        parser.add_argument("--state-file", type=Path, default=None, metavar="FILE")
+        parser.add_argument(
+            "--workdir",
+            type=Path,
+            default=Path(".xregion"),
+            metavar="DIR",
+            help="server configs, JetStream data, region files, keys and logs "
+            "(default: %(default)s)",
+        )
+        parser.add_argument(
+            "--state-file",
+            type=Path,
+            default=None,
+            metavar="FILE",
+            help="where to write every URL, port and PID as JSON (default: WORKDIR/state.json; "
+            "`xregion top` and `status` read it)",
+        )
         parser.set_defaults(handler=handler)

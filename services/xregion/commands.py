@@ -19,6 +19,7 @@ from shared.settings import Settings, load_settings, redacted_dump
 __all__ = [
     "CommandError",
     "demo",
+    "demo_service",
     "dlq",
     "natsconf_render",
     "not_yet_available",
@@ -141,3 +142,13 @@ def demo(args: argparse.Namespace) -> int:
     from services.xregion.local import run_up
 
     return run(run_up(args, stay=False))
+
+
+def demo_service(args: argparse.Namespace) -> int:
+    from services.configstore.main import run_configstore
+    from shared.lifecycle import ServiceError
+
+    try:
+        return run(run_configstore(args.listen, args.db))
+    except ServiceError as exc:
+        raise CommandError(str(exc), exit_code=exc.exit_code) from None

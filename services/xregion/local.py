@@ -1,15 +1,22 @@
 """`xregion up` and `xregion demo`: a whole multi-region deployment on this machine.
 
-Today that is the NATS super-cluster, provisioned for every region; the region stacks
-(bridge, broadcaster, replayer, demo service) join it as their issues land. `up` keeps it
-running until Ctrl-C or SIGTERM; `demo` prints its health and stops it.
+`up` renders the dev topology, boots the NATS super-cluster, provisions every region, starts
+every region's stack (bridge, broadcaster, replayer and the demo service, as separate
+supervised processes; `services/xregion/stack.py`), waits until all are ready, prints where
+everything is and writes the same as JSON to the state file, then runs until Ctrl-C or
+SIGTERM and stops everything in order. `demo` does the same, sends traffic through the
+bridges and prints a convergence verdict (`services/xregion/demo.py`), then stops.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +26,14 @@ from rich.table import Table
 
 from services.xregion.commands import CommandError
 from services.xregion.natsconf import TopologyError, build_topology
+from services.xregion.stack import RegionStack, plan_stacks, write_stack_files
 from services.xregion.supercluster import (
     ServerHealth,
     SuperCluster,
     SuperClusterError,
     with_free_ports,
 )
+from services.xregion.supervisor import Supervisor, SupervisorError
 from shared import provision
 from shared.lifecycle import until_signalled
 from shared.natsconn import NatsConnectError, NatsConnection
@@ -34,13 +43,17 @@ from shared.settings import NatsSettings, Settings, SigningSettings
 __all__ = ["run_up"]
 
 console = Console(stderr=True)
+if not console.is_terminal:
+    console.width = max(console.width, 150)  # logs and CI: keep URLs whole in the tables
+_READY_TIMEOUT_S = 60.0
 
 
 async def run_up(args: argparse.Namespace, *, stay: bool) -> int:
     regions = _regions(args.regions)
     workdir: Path = args.workdir.resolve()
-    if not stay:
-        shutil.rmtree(workdir / "data", ignore_errors=True)  # a demo starts from nothing
+    if not stay:  # a demo starts from nothing
+        for part in ("data", "stacks", "logs"):
+            shutil.rmtree(workdir / part, ignore_errors=True)
     try:
         topology = build_topology(
             regions,
@@ -53,8 +66,8 @@ async def run_up(args: argparse.Namespace, *, stay: bool) -> int:
         topology = with_free_ports(topology)
     cluster = SuperCluster(topology, workdir)
     try:
-        return await _run(cluster, regions, args, stay=stay)
-    except (SuperClusterError, NatsConnectError) as exc:
+        return await _run(cluster, regions, args, workdir, stay=stay)
+    except (SuperClusterError, NatsConnectError, SupervisorError) as exc:
         raise CommandError(str(exc)) from None
     finally:
         with console.status("stopping the super-cluster"):
@@ -62,23 +75,76 @@ async def run_up(args: argparse.Namespace, *, stay: bool) -> int:
 
 
 async def _run(
-    cluster: SuperCluster, regions: list[str], args: argparse.Namespace, *, stay: bool
+    cluster: SuperCluster,
+    regions: list[str],
+    args: argparse.Namespace,
+    workdir: Path,
+    *,
+    stay: bool,
 ) -> int:
-    with console.status(f"starting {len(cluster.servers)} nats-server processes"):
+    with step("starting NATS", f"{len(cluster.servers)} nats-server processes up, gateways joined"):
         await cluster.start(timeout_s=90)
-    for region in regions:
-        with console.status(f"provisioning {region}"):
-            await _provision(cluster, region, regions, args.workdir)
+    with step("provisioning", f"{len(regions)} regions provisioned (streams, KV, consumers)"):
+        for region in regions:
+            await _provision(cluster, region, regions, workdir)
     rows = await cluster.health()
-    console.print(_health_table(rows))
     healthy, verdict = _verdict(rows, regions)
-    console.print(verdict, style="green" if healthy else "bold red")
-    if args.state_file is not None:
-        _write_state(args.state_file, cluster, regions)
-    if stay:
-        console.print("super-cluster up; Ctrl-C or SIGTERM stops it")
-        await until_signalled(lambda stop: stop())
-    return 0 if healthy else 1
+    if not healthy:
+        console.print(_health_table(rows))
+        console.print(verdict, style="bold red")
+        return 1
+    console.print(verdict, style="green")
+    stacks = plan_stacks(
+        regions,
+        base_port=args.base_port,
+        workdir=workdir,
+        nats={r: cluster.client_urls(r) for r in regions},
+        nats_monitor={r: cluster.monitor_urls(r) for r in regions},
+    )
+    write_stack_files(stacks, workdir)
+    specs = [spec for s in stacks for spec in s.processes(workdir / "logs", _child_env())]
+    state_file: Path = args.state_file or workdir / "state.json"
+    supervisor = Supervisor(
+        specs,
+        cwd=workdir,
+        on_restart=lambda _: _write_state(state_file, workdir, stacks, supervisor),
+    )
+    async with supervisor:
+        with step("starting the region stacks", f"{len(specs)} service processes ready"):
+            await supervisor.start()
+            await supervisor.wait_ready(_READY_TIMEOUT_S)
+        console.print(_stacks_table(stacks))
+        _write_state(state_file, workdir, stacks, supervisor)
+        if stay:
+            console.print(
+                f"up: {len(regions)} regions, {len(specs)} processes; state in {state_file}, "
+                f"logs in {workdir / 'logs'}; Ctrl-C or SIGTERM stops everything"
+            )
+            await until_signalled(lambda stop: stop())
+            code = 0
+        else:
+            from services.xregion.demo import run_demo_traffic
+
+            code = await run_demo_traffic(stacks, console)
+        with console.status("stopping the region stacks"):
+            await supervisor.stop()
+    return code
+
+
+@contextlib.contextmanager
+def step(doing: str, done: str) -> Iterator[None]:
+    """A spinner while the step runs (on a terminal), then one line saying it is done."""
+    started = time.monotonic()
+    with console.status(f"{doing} …"):
+        yield
+    console.print(f"[green]✓[/] {done} [dim]({time.monotonic() - started:.1f} s)[/]")
+
+
+def _child_env() -> dict[str, str]:
+    """The services' environment: ours, minus a region file that would not be theirs."""
+    env = {k: v for k, v in os.environ.items() if k != "XR_CONFIG"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
 
 
 def _regions(text: str) -> list[str]:
@@ -96,11 +162,11 @@ def _regions(text: str) -> list[str]:
 def region_settings(
     cluster: SuperCluster, region: str, regions: list[str], workdir: Path
 ) -> Settings:
-    """The region file a stack of this local deployment would use."""
+    """Enough of a region file to provision the region."""
     return Settings(
         region=region,
         regions=regions,
-        data_dir=workdir / "stacks" / region,
+        data_dir=workdir / "stacks" / region / "data",
         nats=NatsSettings(servers=cluster.client_urls(region)),
         signing=SigningSettings(mode="off"),
     )
@@ -147,22 +213,37 @@ def _verdict(rows: list[ServerHealth], regions: list[str]) -> tuple[bool, str]:
         and None not in leaders
     )
     if not healthy:
-        return False, "NOT healthy: see the table above and the logs under the workdir"
+        return False, "NATS NOT healthy: see the table above and the logs under the workdir"
     return True, (
-        f"healthy: {len(regions)} regions provisioned, {len(rows)} servers, "
+        f"NATS healthy: {len(regions)} regions provisioned, {len(rows)} servers, "
         f"every gateway up, meta leader {leaders.pop()}"
     )
 
 
-def _write_state(path: Path, cluster: SuperCluster, regions: list[str]) -> None:
+def _stacks_table(stacks: list[RegionStack]) -> Table:
+    table = Table(title="region stacks (all ready)")
+    for column in ("region", "bridge", "admin: bridge / broadcaster / replayer", "NATS monitor"):
+        table.add_column(column, no_wrap=True)
+    for stack in stacks:
+        admin = stack.admin_urls()
+        table.add_row(
+            stack.region,
+            stack.bridge_url,
+            " ".join(admin[s].removeprefix("http://") for s in admin),
+            " ".join(stack.nats_monitor),
+        )
+    return table
+
+
+def _write_state(
+    path: Path, workdir: Path, stacks: list[RegionStack], supervisor: Supervisor
+) -> None:
     state: dict[str, Any] = {
-        "regions": {
-            region: {
-                "nats": cluster.client_urls(region),
-                "nats_monitor": cluster.monitor_urls(region),
-            }
-            for region in regions
-        },
-        "workdir": str(cluster.workdir),
+        "workdir": str(workdir),
+        "regions": {stack.region: stack.state() for stack in stacks},
+        "pids": supervisor.pids(),
     }
-    path.write_text(json.dumps(state, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    tmp.replace(path)  # readers never see half a file

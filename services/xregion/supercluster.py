@@ -66,6 +66,7 @@ __all__ = [
     "ServerProbe",
     "SuperCluster",
     "SuperClusterError",
+    "die_with_parent",
     "find_nats_server",
     "free_ports",
     "liveness_problem",
@@ -206,9 +207,11 @@ def readiness_problem(
     return None
 
 
-def _die_with_parent() -> None:
-    """Child-side: ask Linux to SIGKILL this process when the spawning thread dies."""
-    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
+def die_with_parent() -> None:
+    """Child-side (`preexec_fn`): ask Linux to SIGKILL this process when the spawning thread
+    dies, so a crashed parent leaves no orphans. Does nothing on other systems."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 _PR_SET_PDEATHSIG = 1
@@ -255,7 +258,7 @@ class _Server:
                 stderr=asyncio.subprocess.STDOUT,
                 env=dict(env),
                 cwd=cwd,
-                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+                preexec_fn=die_with_parent,
             )
         finally:
             log.close()

@@ -104,3 +104,65 @@ def test_event_headers_allow_list_and_list_joining() -> None:
     )
     assert event_headers(pairs, DEFAULT_FORWARDED | {"x-tenant"})[-1] == ("x-tenant", "a, b")
     assert "connection" in HOP_BY_HOP
+
+
+def _reference_upstream_headers(
+    pairs: list[tuple[str, str]], hop: Forwarded, keep_xregion: bool, add: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
+    """The rules spelled out one at a time (the single-pass version must agree)."""
+    replaced = {name.lower() for name, _ in add}
+    kept = [
+        (name, value)
+        for name, value in without_hop_by_hop(pairs)
+        if name.lower() not in {"host", "expect"} | replaced
+        and (keep_xregion or not name.lower().startswith("xr-"))
+    ]
+    for name, value in (
+        ("X-Forwarded-For", hop.client),
+        ("X-Forwarded-Proto", hop.proto),
+        ("X-Forwarded-Host", hop.host),
+    ):
+        if value is None:
+            continue
+        earlier = [v.strip() for n, v in kept if n.lower() == name.lower() and v.strip()]
+        kept = [(n, v) for n, v in kept if n.lower() != name.lower()]
+        kept.append((name, ", ".join([*earlier, value])))
+    return [*kept, *add]
+
+
+_NAMES = st.sampled_from(
+    [
+        "Host",
+        "Expect",
+        "Connection",
+        "X-Forwarded-For",
+        "x-forwarded-host",
+        "X-Forwarded-Proto",
+        "Xr-Hlc",
+        "xr-key",
+        "Keep-Alive",
+        "X-A",
+        "x-a",
+        "Cookie",
+    ]
+)
+_VALUES = st.sampled_from(["", " ", "1", " 2 ", "x-a", "X-Forwarded-For, x-a", "close"])
+
+
+@given(
+    pairs=st.lists(st.tuples(_NAMES, _VALUES), max_size=12),
+    client=st.sampled_from([None, "10.0.0.1"]),
+    host=st.sampled_from([None, "shop.example.com"]),
+    keep_xregion=st.booleans(),
+    add=st.sampled_from([[], [("Xr-Hlc", "h"), ("Xr-Event-Id", "e")], [("X-A", "ours")]]),
+)
+def test_upstream_headers_follow_the_rules(
+    pairs: list[tuple[str, str]],
+    client: str | None,
+    host: str | None,
+    keep_xregion: bool,
+    add: list[tuple[str, str]],
+) -> None:
+    hop = Forwarded(client=client, proto="https", host=host)
+    out = upstream_headers(pairs, hop, keep_xregion=keep_xregion, add=add)
+    assert list(out.items()) == _reference_upstream_headers(pairs, hop, keep_xregion, add)

@@ -4,6 +4,7 @@ running in this process (the same code `xregion broadcaster` runs, minus signals
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -156,3 +157,13 @@ def _service(name: str, **options: object) -> dict[str, object]:
 
 def _services(*names: str) -> dict[str, dict[str, object]]:
     return {name: _service(name) for name in names}
+
+
+async def test_shutdown_with_nothing_to_do_is_prompt(cluster: SuperCluster) -> None:
+    # Every part notices the stop at once: nothing waits out shutdown_timeout_s (5 s here).
+    async with Broadcaster(bc_settings(cluster)) as broadcaster:
+        await wait_until(
+            lambda: all(f.bound for f in broadcaster.forwarders.values()), 10, message="bound"
+        )
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.5

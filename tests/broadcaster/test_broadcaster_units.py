@@ -13,12 +13,21 @@ from pydantic import ValidationError
 
 from services.broadcaster.canary import canary_event, canary_event_id, canary_message
 from services.broadcaster.gate import Gate, State
+from services.broadcaster.policy import Policy, RouteCache
 from services.broadcaster.window import Held, Window
 from services.xregion.commands import CommandError
 from services.xregion.pause_cmd import paths_into
-from shared.envelope import CANARY_SERVICE, HDR_CANARY, canary_target, decode
+from shared.envelope import (
+    CANARY_SERVICE,
+    HDR_CANARY,
+    Event,
+    canary_target,
+    decode,
+    encode,
+    new_traceparent,
+)
 from shared.hlc import Hlc
-from shared.ids import is_uuid7, uuid7_time_ms
+from shared.ids import is_uuid7, uuid7_str, uuid7_time_ms
 from shared.natsconn import Backoff
 from shared.settings import BroadcasterSettings
 from tests.broadcaster.helpers import XREGION
@@ -26,6 +35,47 @@ from tests.broadcaster.helpers import XREGION
 
 def held(seq: int, lane: str, size: int = 10) -> Held[str]:
     return Held(seq, lane, size, f"event-{seq}")
+
+
+# ---------------------------------------------------------------- route cache
+
+
+POLICY = Policy.build("us-east", ["us-east", "eu-west", "ap-south"], {})
+
+
+def _event_message(n: int) -> tuple[str, dict[str, str], bytes]:
+    event = Event(
+        event_id=uuid7_str(),
+        origin="us-east",
+        service="svc",
+        method="PUT",
+        path=f"/svc/{n}",
+        hlc=Hlc().now(),
+        key=f"/svc/{n}",
+        body=b"{}",
+        trace=new_traceparent(),
+    )
+    headers, payload = encode(event)
+    return "xr.events.us-east.svc", headers, payload
+
+
+def test_route_cache_computes_once_for_every_reader_then_forgets() -> None:
+    cache = RouteCache(POLICY, readers=2, max_entries=10)
+    message = _event_message(1)
+    first = cache.route(7, *message)
+    assert first == POLICY.route(*message)
+    assert cache.route(7, *message) is first  # the second reader takes it
+    assert len(cache) == 0
+    assert cache.route(7, *message) is not first  # a later redelivery is computed again
+
+
+def test_route_cache_is_bounded_oldest_first() -> None:
+    cache = RouteCache(POLICY, readers=2, max_entries=3)
+    messages = {seq: _event_message(seq) for seq in range(5)}
+    routes = {seq: cache.route(seq, *m) for seq, m in messages.items()}  # the other reader lags
+    assert len(cache) == 3
+    assert cache.route(0, *messages[0]) is not routes[0]  # evicted: computed again
+    assert cache.route(4, *messages[4]) is routes[4]
 
 
 # ---------------------------------------------------------------- window

@@ -26,6 +26,7 @@ class Call:
     headers: dict[str, str]
     body: bytes
     status: int
+    raw_path: str = ""  # as sent on the request line
 
     @property
     def event_id(self) -> str:
@@ -87,7 +88,7 @@ class Recorder:
             if key_path in self.delays:
                 await asyncio.sleep(self.delays[key_path])
             status = self._status(key_path)
-            call = Call(request.method, path, dict(request.headers), body, status)
+            call = Call(request.method, path, dict(request.headers), body, status, request.raw_path)
             self.calls.append(call)
             if 200 <= status < 300:
                 self._apply(call, key_path)

@@ -9,13 +9,19 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 from prometheus_client import REGISTRY
+from structlog.contextvars import merge_contextvars
+from structlog.testing import capture_logs
 
+from services.replayer.coalesce import Coalescer
+from services.replayer.kvcas import KvCas
 from services.replayer.service import Replayer
 from shared.envelope import HDR_CANARY
 from shared.natsconn import NatsConnection
+from shared.provision import versions_bucket
 from shared.regions import dlq_stream
 from shared.settings import Settings
 from shared.versions import record_local_write
@@ -163,6 +169,88 @@ async def test_a_newer_local_write_makes_an_older_replay_stale(
     assert recorder.calls == []
     assert record is not None
     assert record.event_id == local.event_id
+
+
+async def test_a_local_write_after_a_remembered_replay_still_makes_older_replays_stale(
+    js: JetStreamContext, settings: Settings, recorder: Recorder
+) -> None:
+    """The replayer remembers the record it wrote for v1; the bridge then records a local
+    write v3. v2 must not be called (the remembered v1 only ever proves "older than v1"),
+    and v4 is applied on top of the local write."""
+    v1, v2, local, v4 = (make_event("/catalog/mixed", hlc_ms=i) for i in (1, 2, 3, 4))
+    async with Replayer(settings, retry_waits=False) as replayer:
+        await publish(js, v1)
+        await replayer.run_until_idle()
+        assert await record_local_write(
+            replayer.versions.kv, SERVICE, local.key, str(local.hlc), local.event_id,
+            owner="bridge",
+        )  # fmt: skip
+        await publish(js, v2)
+        await replayer.run_until_idle()
+        assert [c.event_id for c in recorder.calls] == [v1.event_id]
+        await publish(js, v4)
+        await publish(js, v1, msg_id=False)  # and v1 again: older than what is remembered
+        await replayer.run_until_idle()
+        record = await replayer.versions.get(SERVICE, v4.key)
+    assert [c.event_id for c in recorder.calls] == [v1.event_id, v4.event_id]
+    assert record is not None
+    assert (record.event_id, record.state) == (v4.event_id, "applied")
+
+
+async def test_every_line_about_an_event_carries_its_context(
+    js: JetStreamContext, settings: Settings, recorder: Recorder
+) -> None:
+    recorder.script["/catalog/ctx"] = [503]  # one in-process retry, logged by the upstream
+    event = make_event("/catalog/ctx")
+    await publish(js, event)
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        async with Replayer(settings, retry_waits=False) as replayer:
+            await replayer.run_until_idle()
+    about = [e for e in logs if e["event"] in ("replayer.upstream_retry", "replayer.applied")]
+    assert [e["event"] for e in about] == ["replayer.upstream_retry", "replayer.applied"]
+    for entry in about:
+        assert entry["event_id"] == event.event_id
+        assert (entry["origin"], entry["service"]) == (ORIGIN, SERVICE)
+        assert entry["trace_id"] == event.trace[3:35]
+    [started] = [e for e in logs if e["event"] == "replayer.started"]
+    assert "event_id" not in started
+
+
+async def test_coalesced_publishes_arrive_in_order_and_close_sends_the_rest(
+    settings: Settings,
+) -> None:
+    async with NatsConnection(settings.nats, service="test-coalesce") as conn:
+        got: list[bytes] = []
+
+        async def received(msg: Msg) -> None:
+            got.append(msg.data)
+
+        sub = await conn.nc.subscribe("test.coalesce", cb=received)
+        async with Coalescer(conn.nc, delay_s=0.05) as out:
+            for n in range(200):
+                out.publish("test.coalesce", b"%d" % n)
+        # aclose sent everything still queued (well before the 50 ms delay)
+        await conn.nc.flush()
+        await wait_until(lambda: len(got) == 200, 5, message="200 frames")
+        await sub.unsubscribe()
+    assert got == [b"%d" % n for n in range(200)]
+
+
+async def test_kv_compare_and_set_answers_like_the_client_library(
+    js: JetStreamContext, settings: Settings
+) -> None:
+    async with NatsConnection(settings.nats, service="test-cas") as conn:
+        kv = await conn.jetstream().key_value(versions_bucket(REGION))
+        first = await kv.put("catalog.cas-test", b"1")
+        async with KvCas(conn.nc, versions_bucket(REGION), timeout_s=2) as cas:
+            second = await cas.update("catalog.cas-test", b"2", last=first)
+            assert second is not None
+            assert second > first
+            assert await cas.update("catalog.cas-test", b"3", last=first) is None  # moved on
+            assert (await kv.get("catalog.cas-test")).value == b"2"
+        async with KvCas(conn.nc, "no-such-bucket", timeout_s=2) as nowhere:
+            with pytest.raises(NoStreamResponseError):
+                await nowhere.update("k", b"x", last=1)
 
 
 async def test_events_queued_behind_a_slow_key_are_kept_alive(

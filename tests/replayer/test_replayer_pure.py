@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 from urllib.parse import quote
 
+import aiohttp
 import httpx
 import pytest
 from hypothesis import given
@@ -22,6 +23,8 @@ from shared.envelope import encode, req_headers_from
 from shared.settings import ReplayerSettings, ServiceSettings
 from tests.harness.wait import wait_until
 from tests.replayer.helpers import make_event
+from tests.replayer.recorder import Recorder
+from tests.replayer.test_replayer_dead_letters import Trap
 
 SERVICES = {"catalog": ServiceSettings(upstream="http://10.0.0.1:7001", routes=["/catalog"])}
 
@@ -113,8 +116,10 @@ def test_classify_status(status: int, verdict: Verdict) -> None:
 
 
 def test_classify_error() -> None:
-    assert classify_error(httpx.ConnectError("x")) is Verdict.RETRY
-    assert classify_error(httpx.ReadTimeout("x")) is Verdict.RETRY
+    assert classify_error(aiohttp.ClientConnectionError("x")) is Verdict.RETRY
+    assert classify_error(aiohttp.ServerDisconnectedError()) is Verdict.RETRY
+    assert classify_error(TimeoutError()) is Verdict.RETRY
+    assert classify_error(ConnectionResetError()) is Verdict.RETRY
     assert classify_error(ValueError("x")) is Verdict.POISON
 
 
@@ -169,27 +174,49 @@ def _settings(**changes: float) -> ReplayerSettings:
 
 
 async def test_upstream_retries_5xx_then_returns_the_last_status() -> None:
-    statuses = iter([503, 502, 200])
-    seen: list[int] = []
+    async with Recorder(script={"/catalog/1": [503, 502]}) as service:
+        services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
+        request = build_request(make_event("/catalog/1"), services)
+        async with Upstream(_settings(), wait=False) as up:
+            assert await up.call(request, "catalog") == 200
+    assert [c.status for c in service.calls] == [503, 502, 200]
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(1)
-        return httpx.Response(next(statuses))
 
-    request = build_request(make_event("/catalog/1"), SERVICES)
-    async with Upstream(_settings(), wait=False, transport=httpx.MockTransport(handler)) as up:
-        assert await up.call(request, "catalog") == 200
-    assert len(seen) == 3
+async def test_upstream_returns_the_last_retryable_status_when_attempts_run_out() -> None:
+    async with Recorder(script={"/catalog/1": [503] * 5}) as service:
+        services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
+        request = build_request(make_event("/catalog/1"), services)
+        async with Upstream(_settings(), wait=False) as up:
+            assert await up.call(request, "catalog") == 503
+    assert len(service.calls) == 3
 
 
 async def test_upstream_gives_up_after_the_attempts() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
+    async with Trap() as trap:  # accepts, then closes every connection at once
+        services = {
+            "catalog": ServiceSettings(upstream=f"http://127.0.0.1:{trap.port}", routes=["/c"])
+        }
+        request = build_request(make_event("/catalog/1"), services)
+        async with Upstream(_settings(), wait=False) as up:
+            with pytest.raises(UpstreamError):
+                await up.call(request, "catalog")
+    # 3 attempts; aiohttp itself re-sends an idempotent method once on a dropped connection
+    assert 3 <= trap.hits <= 6
 
-    request = build_request(make_event("/catalog/1"), SERVICES)
-    async with Upstream(_settings(), wait=False, transport=httpx.MockTransport(handler)) as up:
-        with pytest.raises(UpstreamError):
-            await up.call(request, "catalog")
+
+async def test_upstream_sends_the_checked_path_verbatim_and_no_invented_headers() -> None:
+    async with Recorder() as service:
+        services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
+        event = dataclasses.replace(
+            make_event("/catalog/a%41b/%7Ex?y=%2F&z=a+b", body=b"raw"), req_headers=()
+        )
+        async with Upstream(_settings(), wait=False) as up:
+            assert await up.call(build_request(event, services), "catalog") == 200
+    [call] = service.calls
+    assert call.raw_path == "/catalog/a%41b/%7Ex?y=%2F&z=a+b"
+    assert call.body == b"raw"
+    assert "Content-Type" not in call.headers
+    assert "Cookie" not in call.headers
 
 
 def test_a_dead_letter_too_big_for_max_payload_drops_its_body() -> None:

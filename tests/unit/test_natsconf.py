@@ -248,6 +248,52 @@ def test_provisioner_gets_the_jetstream_api() -> None:
     assert role_permissions("provisioner", None, REGIONS)["publish"]["allow"] == ["$JS.API.>"]
 
 
+def kv_subjects(publish: list[str]) -> list[str]:
+    """The publish subjects that touch a KV bucket (its stream, its keys)."""
+    return sorted(s for s in publish if "KV_" in s or s.startswith("$KV."))
+
+
+def versions_rw(region: str) -> list[str]:
+    bucket = f"xr-versions-{region}"
+    return sorted(
+        [
+            f"$JS.API.STREAM.INFO.KV_{bucket}",  # js.key_value(bucket)
+            f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}.>",  # kv.get(key)
+            f"$KV.{bucket}.>",  # kv.create/update/delete(key)
+        ]
+    )
+
+
+@pytest.mark.parametrize("role", ["bridge", "replayer"])
+def test_bridge_and_replayer_read_and_write_only_their_regions_version_bucket(role: str) -> None:
+    perms = role_permissions(role, "eu-west", REGIONS)
+    assert kv_subjects(perms["publish"]["allow"]) == versions_rw("eu-west")
+    assert not [s for s in perms["subscribe"]["allow"] if "KV" in s]
+
+
+def test_broadcaster_reads_its_pause_switches_and_nothing_else_of_the_control_bucket() -> None:
+    publish = role_permissions("broadcaster", "us-east", REGIONS)["publish"]["allow"]
+    get = "$JS.API.DIRECT.GET.KV_xr-control-us-east.$KV.xr-control-us-east.pause."
+    assert kv_subjects(publish) == [get + "ap-south", get + "eu-west"]  # no write, no watch
+    assert "xr.events.us-east.xr-canary" in publish  # its canaries, into its own events
+    assert "$JS.API.DIRECT.GET.XR_EVENTS_US_EAST" in publish  # the backlog's oldest event
+    assert not [s for s in publish if s.startswith("xr.events.") and not s.endswith("xr-canary")]
+    assert not [s for s in publish if s.startswith("$JS.API.CONSUMER.CREATE")]
+
+
+def test_admin_writes_every_regions_control_bucket_but_no_version_bucket() -> None:
+    publish = role_permissions("admin", None, REGIONS)["publish"]["allow"]
+    assert kv_subjects(publish) == sorted(f"$KV.xr-control-{r}.>" for r in REGIONS)
+    assert "$JS.API.>" in publish  # reading a switch is a direct get
+
+
+def test_rendered_prod_users_carry_the_kv_permissions() -> None:
+    text = render_server(load_topology(CONF_DIR / "prod.toml"), "eu-west-1")
+    assert '"$KV.xr-versions-ap-south.>"' in text
+    assert '"$KV.xr-control-us-east.>"' in text
+    assert '"$JS.API.DIRECT.GET.KV_xr-control-eu-west.$KV.xr-control-eu-west.pause.us-east"' in text
+
+
 # ------------------------------------------------------------------ validation errors
 
 

@@ -1,0 +1,144 @@
+"""JetStream publishes whose PubAcks come back to callbacks: the forwarder's output.
+
+`js.publish_async` costs a future, a semaphore wait wrapped in `wait_for` and, since its
+futures never resolve on server errors (NATS_NOTES §3.1.1), one more `wait_for` per message.
+This adapter publishes with a reply subject `<inbox>.<n>` of its own and reads every PubAck
+on one callback subscription of `<inbox>.*`: `on_acked(item, seq, duplicate)` or
+`on_failed(item, reason)` is called exactly once per `publish()`, in the order the answers
+arrive. A publish with no answer within `timeout_s` fails (one sweeper task, no timer per
+message); an answer that comes later is ignored, so the caller's retry (same `Nats-Msg-Id`)
+is the only outcome it sees.
+
+The caller bounds what is in flight (the forwarder's window).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+__all__ = ["Publisher"]
+
+T = TypeVar("T")
+
+_NO_RESPONDERS = "503"
+
+
+@dataclass(slots=True)
+class _InFlight(Generic[T]):
+    item: T
+    deadline: float  # time.monotonic()
+
+
+class Publisher(Generic[T]):
+    """See the module docstring. Not thread-safe: one event loop."""
+
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        timeout_s: float,
+        on_acked: Callable[[T, int, bool], Awaitable[None]],
+        on_failed: Callable[[T, str], None],
+    ) -> None:
+        self._nc = nc
+        self._timeout_s = timeout_s
+        self._on_acked = on_acked
+        self._on_failed = on_failed
+        self._in_flight: dict[str, _InFlight[T]] = {}  # insertion order = deadline order
+        self._counter = 0
+        self._prefix = ""
+        self._sub: Subscription | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._in_flight)
+
+    async def start(self) -> None:
+        self._prefix = self._nc.new_inbox() + "."
+        self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._answer)
+
+    async def aclose(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(nats.errors.Error):
+                await sub.unsubscribe()
+
+    async def publish(
+        self, item: T, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> None:
+        """Send one message; its outcome comes to `on_acked` or `on_failed`."""
+        self._counter += 1
+        token = str(self._counter)
+        self._in_flight[token] = _InFlight(item, time.monotonic() + self._timeout_s)
+        self._idle.clear()
+        try:
+            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+        except (nats.errors.Error, OSError) as exc:
+            if self._in_flight.pop(token, None) is not None:
+                self._settled()
+                self._on_failed(item, repr(exc))
+
+    def expire(self) -> int:
+        """Fail every publish older than `timeout_s`; how many there were."""
+        now = time.monotonic()
+        expired = []
+        for token, entry in self._in_flight.items():
+            if entry.deadline > now:
+                break
+            expired.append(token)
+        for token in expired:
+            entry = self._in_flight.pop(token)
+            self._on_failed(entry.item, f"no ack from the target within {self._timeout_s:g} s")
+        if expired:
+            self._settled()
+        return len(expired)
+
+    async def run_expiry(self, interval_s: float) -> None:
+        """`expire()` every `interval_s`, forever (the caller owns and cancels the task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            self.expire()
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Wait until nothing is in flight; True if that happened within `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._idle.wait()
+        return self._idle.is_set()
+
+    async def _answer(self, msg: Msg) -> None:
+        entry = self._in_flight.pop(msg.subject[len(self._prefix) :], None)
+        if entry is None:
+            return  # timed out already (or not ours): the retry decides
+        self._settled()
+        headers = msg.headers
+        if headers is not None and headers.get("Status") == _NO_RESPONDERS:
+            self._on_failed(entry.item, "no stream answered (503 no responders)")
+            return
+        try:
+            reply = json.loads(msg.data)
+            error = reply.get("error")
+            seq = int(reply["seq"]) if error is None else 0
+        except (ValueError, TypeError, KeyError, AttributeError):
+            self._on_failed(entry.item, f"unreadable PubAck {msg.data[:200]!r}")
+            return
+        if error is not None:
+            self._on_failed(entry.item, f"target stream refused: {error}")
+            return
+        await self._on_acked(entry.item, seq, bool(reply.get("duplicate", False)))
+
+    def _settled(self) -> None:
+        if not self._in_flight:
+            self._idle.set()

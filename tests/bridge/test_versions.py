@@ -1,0 +1,121 @@
+"""Local writes through the bridge raise the region's version records (issue 5 item 4).
+
+A successful replicated write leaves an `applied` record with its HLC and event id in
+`xr-versions-us-east`; a failed write and a read leave none; a bucket that cannot be bound
+costs no write, only a `failed` count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
+from prometheus_client import REGISTRY
+
+from services.xregion.supercluster import SuperCluster
+from shared.provision import versions_bucket
+from shared.settings import Settings
+from shared.versions import Record, read_record, record_key
+from tests.bridge.helpers import (
+    REGION,
+    http_client,
+    provision_region,
+    running_bridge,
+    send,
+    stored_events,
+    write_region_file,
+)
+from tests.bridge.upstream_app import TestUpstream
+from tests.harness.wait import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+
+def _settings(
+    tmp_path: Path, cluster: SuperCluster, upstream: TestUpstream, service: str
+) -> Settings:
+    return write_region_file(
+        tmp_path / "region.toml",
+        nats_urls=cluster.client_urls(REGION),
+        data_dir=tmp_path / "data",
+        services={service: {"upstream": upstream.url, "routes": [f"/{service}"]}},
+    )
+
+
+def _count(service: str, outcome: str) -> float:
+    labels = {"service": service, "outcome": outcome}
+    return REGISTRY.get_sample_value("xr_bridge_version_records_total", labels) or 0.0
+
+
+async def _record(kv: KeyValue, service: str, key: str) -> Record | None:
+    record, _ = await read_record(kv, record_key(service, key))
+    return record
+
+
+async def test_a_write_leaves_an_applied_record_a_failed_write_none(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, js: JetStreamContext, tmp_path: Path
+) -> None:
+    service = "ledger"
+    kv = await js.key_value(versions_bucket(REGION))
+    settings = _settings(tmp_path, bridge_cluster, upstream, service)
+    async with running_bridge(settings) as bridge, http_client() as http:
+        failed = await send(http, "PUT", bridge.url, f"/{service}/a/echo?status=500", data=b"x")
+        read = await send(http, "GET", bridge.url, f"/{service}/b/echo")
+        first = await send(http, "PUT", bridge.url, f"/{service}/c/echo", data=b"1")
+        second = await send(http, "PUT", bridge.url, f"/{service}/c/echo?v=2", data=b"2")
+    assert (failed.status, read.status, first.status, second.status) == (500, 200, 200, 200)
+
+    events = {e.event.event_id: e.event for e in await stored_events(js, service)}
+    newest = events[second.headers["Xr-Event-Id"]]
+    # The bridge has stopped, so every record it started has been written (or counted failed).
+    record = await _record(kv, service, f"/{service}/c/echo")
+    assert record is not None
+    assert (record.hlc, record.event_id, record.state) == (
+        str(newest.hlc),
+        newest.event_id,
+        "applied",
+    )
+    assert newest.hlc > events[first.headers["Xr-Event-Id"]].hlc
+    assert await _record(kv, service, f"/{service}/a/echo") is None
+    assert await _record(kv, service, f"/{service}/b/echo") is None
+    # The two records of key c may land in either order: the older one then finds the newer.
+    assert _count(service, "recorded") + _count(service, "superseded") == 2
+    assert _count(service, "recorded") >= 1
+    assert _count(service, "failed") == 0
+
+
+async def test_the_record_is_written_while_the_bridge_runs(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, js: JetStreamContext, tmp_path: Path
+) -> None:
+    service = "journal"
+    kv = await js.key_value(versions_bucket(REGION))
+    async with running_bridge(_settings(tmp_path, bridge_cluster, upstream, service)) as bridge:
+        async with http_client() as http:
+            reply = await send(http, "POST", bridge.url, f"/{service}/7/echo", data=b"{}")
+        assert reply.status == 200
+        record = await wait_until(
+            lambda: _record(kv, service, f"/{service}/7/echo"), 10, message="version record"
+        )
+    assert record is not None
+    assert record.event_id == reply.headers["Xr-Event-Id"]
+    assert record.state == "applied"
+
+
+async def test_writes_go_on_when_the_version_bucket_is_missing(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, js: JetStreamContext, tmp_path: Path
+) -> None:
+    service = "unversioned"
+    settings = _settings(tmp_path, bridge_cluster, upstream, service)
+    stream = f"KV_{versions_bucket(REGION)}"
+    await js.delete_stream(stream)
+    try:
+        async with running_bridge(settings) as bridge, http_client() as http:
+            reply = await send(http, "PUT", bridge.url, f"/{service}/1/echo", data=b"x")
+        assert reply.status == 200
+        assert len(await stored_events(js, service)) == 1
+        assert _count(service, "failed") == 1
+        assert _count(service, "recorded") == 0
+    finally:
+        await provision_region(settings)  # the session's other tests need the bucket back

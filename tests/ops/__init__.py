@@ -1,0 +1,1 @@
+"""Tests of the operator commands `xregion top` and `xregion status`."""
