@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,12 @@ __all__ = [
     "DeploymentError",
     "add_source_arguments",
     "admin_url",
+    "deployment_from_args",
     "from_settings",
     "from_state",
     "load_deployment",
     "read_state_file",
+    "seconds_type",
 ]
 
 SERVICES = ("bridge", "broadcaster", "replayer")
@@ -172,3 +174,28 @@ def add_source_arguments(parser: argparse.ArgumentParser, *, config_help: str) -
     source.add_argument(
         "--config", type=Path, action="append", default=[], metavar="FILE", help=config_help
     )
+
+
+def seconds_type(maximum: float) -> Callable[[str], float]:
+    """An argparse `type=` for a duration in seconds, 0 < value <= `maximum`."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+        if not 0 < value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected 0 < seconds <= {maximum:g}, got {text}")
+        return value
+
+    return parse
+
+
+def deployment_from_args(args: argparse.Namespace) -> Deployment:
+    """The deployment that `--state-file` / `--config` name; a usage error (exit 2) if not."""
+    from services.xregion.commands import CommandError
+
+    try:
+        return load_deployment(args.state_file, args.config)
+    except DeploymentError as exc:
+        raise CommandError(str(exc), exit_code=2) from None

@@ -26,9 +26,9 @@ from services.xregion import commands
 from services.xregion.dashboard_view import fmt_duration
 from services.xregion.deployment import (
     Deployment,
-    DeploymentError,
     add_source_arguments,
-    load_deployment,
+    deployment_from_args,
+    seconds_type,
 )
 from services.xregion.discovery import Instance, discover
 from services.xregion.scrape import admin_client, read_ready
@@ -62,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], summary: 
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds_type(60),
         default=1.0,
         metavar="S",
         help="how long to collect answers, in seconds (default: %(default)s)",
@@ -71,21 +71,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], summary: 
     parser.set_defaults(handler=_handle)
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value <= 60:
-        raise argparse.ArgumentTypeError(f"expected 0 < seconds <= 60, got {text}")
-    return value
-
-
 def _handle(args: argparse.Namespace) -> int:
-    try:
-        deployment = load_deployment(args.state_file, args.config)
-    except DeploymentError as exc:
-        raise commands.CommandError(str(exc), exit_code=2) from None
+    deployment = deployment_from_args(args)
     if not deployment.nats:
         raise commands.CommandError("the deployment names no NATS servers", exit_code=2)
     return commands.run(run_status(deployment, timeout_s=args.timeout, as_json=args.json))

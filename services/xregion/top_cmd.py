@@ -21,9 +21,9 @@ from services.xregion.dashboard import build_frame
 from services.xregion.dashboard_view import render
 from services.xregion.deployment import (
     Deployment,
-    DeploymentError,
     add_source_arguments,
-    load_deployment,
+    deployment_from_args,
+    seconds_type,
 )
 from services.xregion.scrape import Scrape, admin_client, scrape_all
 from shared.lifecycle import until_signalled
@@ -55,14 +55,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], summary: 
     )
     parser.add_argument(
         "--interval",
-        type=_positive,
+        type=seconds_type(3600),
         default=1.0,
         metavar="S",
         help="seconds between refreshes (default: %(default)s)",
     )
     parser.add_argument(
         "--timeout",
-        type=_positive,
+        type=seconds_type(3600),
         default=0.8,
         metavar="S",
         help="per-endpoint scrape timeout in seconds (default: %(default)s)",
@@ -75,21 +75,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], summary: 
     parser.set_defaults(handler=_handle)
 
 
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
-    if not 0 < value <= 3600:
-        raise argparse.ArgumentTypeError(f"expected 0 < seconds <= 3600, got {text}")
-    return value
-
-
 def _handle(args: argparse.Namespace) -> int:
-    try:
-        deployment = load_deployment(args.state_file, args.config)
-    except DeploymentError as exc:
-        raise commands.CommandError(str(exc), exit_code=2) from None
+    deployment = deployment_from_args(args)
     if not deployment.admin:
         raise commands.CommandError(
             "no admin endpoints to scrape (the state file lists none: is the region stack up?)",

@@ -26,8 +26,6 @@ import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import httpx
 import nats.errors
@@ -41,6 +39,7 @@ from shared import provision
 from shared.natsconn import NatsConnection
 from shared.settings import Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
+from tests.harness.http import LoopbackApp
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -64,43 +63,23 @@ def password_var(user: str) -> str:
     return "XR_NATS_" + user.upper().replace("-", "_") + "_PASSWORD"
 
 
-class Upstream:
+class Upstream(LoopbackApp):
     """A region's service: records every call; answers 400 to `poison` paths if told to."""
 
     def __init__(self, *, refuse_poison: bool = False) -> None:
+        super().__init__()
         self.calls: list[tuple[str, str]] = []
-        self.url = ""
         self._refuse_poison = refuse_poison
-        self._runner: web.AppRunner | None = None
 
     def saw(self, path: str) -> bool:
         return any(p == path for _, p in self.calls)
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         self.calls.append((request.method, request.path))
         if self._refuse_poison and "poison" in request.path:
             return web.json_response({"error": "refused"}, status=400)
         return web.json_response({"ok": True, "path": request.path})
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def region_toml(cluster: SuperCluster, region: str, upstream: str, workdir: Path) -> Path:

@@ -15,8 +15,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 from aiohttp import web
@@ -26,6 +25,7 @@ from shared import provision
 from shared.natsconn import NatsConnection
 from shared.settings import Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS
+from tests.harness.http import LoopbackApp
 from tests.harness.wait import wait_until
 
 __all__ = [
@@ -71,38 +71,17 @@ _REPLAYER: dict[str, Any] = {
 }
 
 
-class Upstream:
+class Upstream(LoopbackApp):
     """A region's demo service: answers every request 200 with JSON, counts the calls."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls = 0
-        self.url = ""
-        self._runner: web.AppRunner | None = None
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         self.calls += 1
         return web.json_response({"ok": True, "path": request.path})
-
-    async def __aenter__(self) -> Self:
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}"
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
 
 
 def region_settings(cluster: SuperCluster, region: str, upstream: str, workdir: Path) -> Settings:
