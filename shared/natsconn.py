@@ -183,6 +183,9 @@ class NatsConnection:
 
     async def _on_error(self, exc: Exception) -> None:
         NATS_ERRORS.labels(self._service, type(exc).__name__).inc()
+        if self._nc is None:  # still the first connect: its failure is raised once, in full
+            log.debug("nats.error", error=repr(exc))
+            return
         log.warning("nats.error", error=repr(exc))
 
     async def _on_disconnected(self) -> None:

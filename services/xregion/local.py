@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -40,7 +41,7 @@ from shared.natsconn import NatsConnectError, NatsConnection
 from shared.regions import InvalidNameError, validate_region
 from shared.settings import NatsSettings, Settings, SigningSettings
 
-__all__ = ["run_up"]
+__all__ = ["hold_workdir", "run_up"]
 
 console = Console(stderr=True)
 if not console.is_terminal:
@@ -51,6 +52,32 @@ _READY_TIMEOUT_S = 60.0
 async def run_up(args: argparse.Namespace, *, stay: bool) -> int:
     regions = _regions(args.regions)
     workdir: Path = args.workdir.resolve()
+    with hold_workdir(workdir):
+        return await _up_in(workdir, regions, args, stay=stay)
+
+
+@contextlib.contextmanager
+def hold_workdir(workdir: Path) -> Iterator[None]:
+    """Hold `<workdir>/lock` so a second `up` or `demo` cannot wipe or reuse a live workdir."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / "lock").open("a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            raise CommandError(
+                f"{workdir} is in use by another `xregion up` or `demo` (pid {holder}); "
+                "stop it or pass --workdir",
+                exit_code=2,
+            ) from None
+        lock.truncate(0)
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        yield  # the lock goes with the file's close (or the process)
+
+
+async def _up_in(workdir: Path, regions: list[str], args: argparse.Namespace, *, stay: bool) -> int:
     if not stay:  # a demo starts from nothing
         for part in ("data", "stacks", "logs"):
             shutil.rmtree(workdir / part, ignore_errors=True)

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+from services.xregion.local import hold_workdir
 from services.xregion.natsconf import build_topology, server_specs
 from services.xregion.stack import (
     StackPorts,
@@ -65,3 +70,16 @@ def test_written_region_files_load_and_their_keys_sign_and_verify(tmp_path: Path
         assert signer is not None
         assert verifier is not None
         assert signer.key_id == f"{stack.region}-1"
+
+
+def test_a_workdir_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    exe = shutil.which("xregion", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    with hold_workdir(tmp_path):
+        result = subprocess.run(
+            [exe, "demo", "--base-port", "0", "--workdir", str(tmp_path)],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert f"is in use by another `xregion up` or `demo` (pid {os.getpid()})" in result.stderr
+    assert not (tmp_path / "data").exists()
