@@ -365,15 +365,13 @@ class Proxy:
         record.outcome = outcome.value
         if self._versions is not None:
             wait_for_version = self._versions.saturated
-            versioned = self._tasks.spawn(
-                self._versions.record(
-                    event.service,
-                    event.key,
-                    str(event.hlc),
-                    event.event_id,
-                    trace_id=event.trace_id,
-                ),
-                name=f"version-{event.event_id}",
+            versioned = self._versions.start(
+                self._tasks,
+                event.service,
+                event.key,
+                str(event.hlc),
+                event.event_id,
+                trace_id=event.trace_id,
             )
             if wait_for_version:
                 await asyncio.shield(versioned)  # never raises: failures are counted and logged

@@ -95,7 +95,8 @@ class Publisher:
         self._sub = await self._conn.nc.subscribe(self._inbox + "*", cb=self._on_ack)
 
     async def aclose(self) -> None:
-        """Stop listening for acks; publishes still waiting fail as unknown. Idempotent."""
+        """Stop listening for acks; publishes still waiting (for their ack, for a slot, or
+        between attempts) fail as unknown, and none is sent any more. Idempotent."""
         sub, self._sub = self._sub, None
         for waiting in self._acks.values():
             waiting.cancel("publisher closed")
@@ -155,6 +156,8 @@ class Publisher:
                 await asyncio.sleep(_NO_STREAM_RETRY_S)
 
     async def _attempt(self, subject: str, headers: dict[str, str], payload: bytes) -> PubAck:
+        if self._is_closed():  # closed while this waited for a slot or between attempts
+            raise PublishUnknownError("the publisher closed before the event was sent")
         reply = f"{self._inbox}{next(self._ids)}"
         waiting: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._acks[reply] = waiting
@@ -162,11 +165,18 @@ class Publisher:
             await self._conn.nc.publish(subject, payload, reply=reply, headers=headers)
             return _pub_ack(await waiting)
         except asyncio.CancelledError:
-            if self._sub is None:  # closed under us, not our caller's cancellation
+            # aclose() cancelled the ack we waited for; a cancellation of this task itself
+            # (its caller's, or the deadline's) is never swallowed.
+            task = asyncio.current_task()
+            if self._is_closed() and task is not None and not task.cancelling():
                 raise PublishUnknownError("the publisher closed before the ack came") from None
             raise
         finally:
             del self._acks[reply]
+
+    def _is_closed(self) -> bool:
+        # A method, not `self._sub is None` inline: the answer changes across an await.
+        return self._sub is None
 
     async def _on_ack(self, msg: Msg) -> None:
         waiting = self._acks.get(msg.subject)

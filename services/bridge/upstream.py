@@ -78,9 +78,11 @@ class Upstream:
             connector=connector,
             timeout=aiohttp.ClientTimeout(
                 total=None,
-                # Only the TCP connect itself: waiting for a free pooled connection is not
-                # the upstream failing (in-flight requests are bounded, each by sock_read).
+                # The TCP connect itself is bounded by the connect timeout; waiting for a free
+                # pooled connection (a burst, not the upstream failing) may also take as long
+                # as one upstream read, then the request fails as a timeout (504).
                 sock_connect=s.upstream_connect_timeout_s,
+                connect=s.upstream_connect_timeout_s + s.upstream_read_timeout_s,
                 sock_read=s.upstream_read_timeout_s,
             ),
             auto_decompress=False,

@@ -5,13 +5,15 @@ key) version record in KV bucket `xr-versions-<region>` to the write's HLC and e
 (`shared.versions.record_local_write`), so that older events replayed here from other regions
 are acked as `stale` instead of overwriting the newer local write.
 
-It starts once the event is durable (acked or spooled), as the response goes out, and the
-response does not wait for it: a record takes two KV round trips (read, then compare-and-set),
-and the window in which a replayed older event could slip in opens when the service applies
-the write, not when the client hears of it. (Started alongside the publish instead, its KV
+It starts once the event's delivery is settled (acked, spooled, or failed: the service has
+applied the write either way), as the response goes out, and the response does not wait for
+it: a record takes two KV round trips (read, then compare-and-set), and the window in which a
+replayed older event could slip in opens when the service applies the write, not when the
+client hears of it. (Started alongside the publish instead, its KV
 traffic on the same connection and server delayed the publish's ack by a quarter of a ms.)
 Each record is bounded by `timeout_s`; at most `max_inflight` run without a request waiting
-for them, beyond that the request waits for its own record (backpressure).
+for them (counted from `start`, not from their first step), beyond that the request waits for
+its own record (backpressure).
 
 A record never fails the client's write: when NATS is down, the bucket cannot be bound or the
 record cannot be written in time, the write goes on, the failure is counted
@@ -34,6 +36,7 @@ from services.bridge.metrics import VERSION_RECORDS
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
+from shared.tasks import TaskSet
 from shared.versions import record_local_write
 
 __all__ = ["LocalVersions"]
@@ -101,13 +104,30 @@ class LocalVersions:
             return False
         return True
 
+    def start(
+        self, tasks: TaskSet, service: str, key: str, hlc: str, event_id: str, *, trace_id: str
+    ) -> asyncio.Task[None]:
+        """`record` as a task owned by `tasks`. It counts against `max_inflight` from this
+        call on, not from its first step: records started in one burst see each other."""
+        self._inflight += 1
+        task = tasks.spawn(
+            self.record(service, key, hlc, event_id, trace_id=trace_id),
+            name=f"version-{event_id}",
+        )
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, _: asyncio.Task[None]) -> None:
+        self._inflight -= 1
+
     async def record(
         self, service: str, key: str, hlc: str, event_id: str, *, trace_id: str
     ) -> None:
-        """Raise the record of (service, key) to this write; never raises for KV trouble."""
-        self._inflight += 1
+        """Raise the record of (service, key) to this write; never raises for KV trouble.
+        Awaited directly, it does not count against `max_inflight` (`start` does)."""
         try:
-            outcome = await self._record(service, key, hlc, event_id)
+            async with asyncio.timeout(self._timeout_s):  # the whole record, a rebind included
+                outcome = await self._record(service, key, hlc, event_id)
         except _KV_ERRORS as exc:
             outcome = "failed"
             log.warning(
@@ -118,8 +138,6 @@ class LocalVersions:
                 bucket=self._bucket,
                 error=_describe(exc),
             )
-        finally:
-            self._inflight -= 1
         VERSION_RECORDS.labels(service, outcome).inc()
 
     async def _record(self, service: str, key: str, hlc: str, event_id: str) -> str:
@@ -131,8 +149,7 @@ class LocalVersions:
                 raise _Unavailable(f"bucket {self._bucket} is not bound")
             kv = self._kv
             assert kv is not None
-        async with asyncio.timeout(self._timeout_s):
-            raised = await record_local_write(kv, service, key, hlc, event_id, owner=self._owner)
+        raised = await record_local_write(kv, service, key, hlc, event_id, owner=self._owner)
         return "recorded" if raised else "superseded"
 
 

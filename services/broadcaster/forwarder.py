@@ -6,9 +6,10 @@ the region shares. For every event it asks the policy whether the target needs i
 
 * not needed: acked at once (outcome `skipped`);
 * needed: held in the window (`window.py`) and published, payload and headers unchanged
-  (the headers dict is forwarded as received), `Nats-Msg-Id` = event id. The source message
-  is acked only after the target stream's PubAck. Every publish is bounded by
-  `publish_timeout_s` (NATS_NOTES §3.1.1).
+  (the headers dict is forwarded as received) but for `Nats-Expected-*` (conditions on the
+  origin stream), which are dropped, and `Nats-Msg-Id` = event id, added when missing and
+  the frame stays within `max_payload`. The source message is acked only after the target
+  stream's PubAck. Every publish is bounded by `publish_timeout_s` (NATS_NOTES §3.1.1).
 
 Throughput: up to `window_events` events are held at once and publishes of different keys
 are in flight together, so one cross-region round trip is paid per window, not per event.
@@ -58,7 +59,7 @@ from nats.js.errors import NotFoundError
 from services.broadcaster.gate import Gate, State
 from services.broadcaster.metrics import FORWARDED, HELD, UNREACHABLE
 from services.broadcaster.policy import Route, RouteCache
-from services.broadcaster.publisher import Publisher
+from services.broadcaster.publisher import Publisher, frame_size
 from services.broadcaster.puller import Puller, PullFailedError, PullStalledError
 from services.broadcaster.window import Held, Window
 from shared.envelope import HDR_MSG_ID
@@ -324,9 +325,12 @@ class Forwarder:
             if not name.lower().startswith(_DROPPED_HEADER_PREFIX)
         }
         if HDR_MSG_ID not in headers:
-            # A valid event's msg id is its event id; a malformed one gets a stable id.
+            # A valid event's msg id is its event id; a malformed one gets a stable id,
+            # unless that would take its frame past max_payload (it is then sent as stored).
             seq = msg.metadata.sequence.stream
-            headers[HDR_MSG_ID] = route.event_id or f"{self._stream}:{seq}"
+            with_id = {**headers, HDR_MSG_ID: route.event_id or f"{self._stream}:{seq}"}
+            if frame_size(msg.data, with_id) <= self._conn.nc.max_payload:
+                headers = with_id
         return headers, size
 
     def _note(self, route: Route) -> None:

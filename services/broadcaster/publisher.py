@@ -9,7 +9,10 @@ arrive. A publish with no answer within `timeout_s` fails (one sweeper task, no 
 message); an answer that comes later is ignored, so the caller's retry (same `Nats-Msg-Id`)
 is the only outcome it sees.
 
-The caller bounds what is in flight (the forwarder's window).
+The caller bounds what is in flight (the forwarder's window). A message whose frame (payload
+plus headers, `frame_size()`) exceeds the server's `max_payload` is never sent: the server
+would close the connection for good (DESIGN §5a), for every target at once. It fails like any
+publish instead.
 """
 
 from __future__ import annotations
@@ -27,11 +30,25 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["Publisher"]
+__all__ = ["Publisher", "frame_size"]
 
 T = TypeVar("T")
 
 _NO_RESPONDERS = "503"
+# "NATS/1.0\r\n" ... "\r\n": the header block around the header lines.
+_HEADER_BLOCK_BYTES = 12
+
+
+def frame_size(payload: bytes, headers: dict[str, str] | None) -> int:
+    """The bytes the server counts against `max_payload`: payload plus the header block as
+    nats-py writes it (`Name: value\r\n`, names and values stripped)."""
+    if headers is None:
+        return len(payload)
+    lines = sum(
+        len(name.strip().encode()) + len(value.strip().encode()) + 4
+        for name, value in headers.items()
+    )
+    return len(payload) + _HEADER_BLOCK_BYTES + lines
 
 
 @dataclass(slots=True)
@@ -79,6 +96,10 @@ class Publisher(Generic[T]):
         self, item: T, subject: str, payload: bytes, headers: dict[str, str] | None
     ) -> None:
         """Send one message; its outcome comes to `on_acked` or `on_failed`."""
+        size = frame_size(payload, headers)
+        if size > self._nc.max_payload:
+            self._on_failed(item, f"{size} bytes exceed the server's max_payload")
+            return
         self._counter += 1
         token = str(self._counter)
         self._in_flight[token] = _InFlight(item, time.monotonic() + self._timeout_s)

@@ -14,6 +14,12 @@ any other status (409 leadership change, consumer deleted, 503 no responders...)
 a failure the caller backs off from. `wait_closed()` bounds the wait: a request that is
 neither filled nor ended within its expiry plus a grace (NATS_NOTES §3.1.5: orphaned pull
 requests) counts as stalled and is forgotten; messages it still brings are delivered anyway.
+
+Each request has a reply subject of its own (`<inbox>.<n>`, one wildcard subscription), so a
+status that answers a request already given up on (its 408 came late) is ignored instead of
+ending the request that replaced it. Stored messages carry their own subject, not the reply
+subject, so they cannot be told apart: every one is delivered and counted against the open
+request.
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class Puller:
         self._pending_bytes_limit = pending_bytes_limit
         self._sub: Subscription | None = None
         self._inbox = ""
+        self._requests = 0
+        self._reply = ""  # reply subject of the open (or last) request
         self._expected = 0  # messages the open request may still bring
         self._closed = asyncio.Event()
         self._closed.set()
@@ -76,7 +84,7 @@ class Puller:
     async def start(self) -> None:
         self._inbox = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(
-            self._inbox, cb=self._deliver, pending_bytes_limit=self._pending_bytes_limit
+            self._inbox + ".*", cb=self._deliver, pending_bytes_limit=self._pending_bytes_limit
         )
 
     async def aclose(self) -> None:
@@ -89,11 +97,13 @@ class Puller:
     async def request(self, batch: int, expires_s: float) -> None:
         """Open a request for up to `batch` messages, waiting at most `expires_s` for them."""
         body = json.dumps({"batch": batch, "expires": int(expires_s * 1e9)}).encode()
+        self._requests += 1
+        self._reply = f"{self._inbox}.{self._requests}"
         self._expected = batch
         self._error = None
         self._closed.clear()
         try:
-            await self._nc.publish(self._next_subject, body, reply=self._inbox)
+            await self._nc.publish(self._next_subject, body, reply=self._reply)
         except (nats.errors.Error, OSError) as exc:
             self._end(repr(exc))
 
@@ -104,6 +114,7 @@ class Puller:
             async with asyncio.timeout(expires_s + _GRACE_S):
                 await self._closed.wait()
         except TimeoutError:
+            self._reply = ""  # forgotten: whatever still answers it is ignored
             self._end(None)
             raise PullStalledError from None
         if self._error is not None:
@@ -116,6 +127,8 @@ class Puller:
                 self._end(None)
             await self._on_msg(msg)
             return
+        if msg.subject != self._reply:
+            return  # the answer to a request given up on (stalled): the open one goes on
         status = (msg.headers or {}).get("Status", "")
         if status == _HEARTBEAT:
             return

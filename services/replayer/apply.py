@@ -13,10 +13,11 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import nats.errors
 from prometheus_client import Histogram
 
 from services.replayer.classify import Verdict, classify_status
-from services.replayer.metrics import CANARY_AGE, LAG
+from services.replayer.metrics import CANARY_AGE, LAG, VERSION_RECORD_FAILURES
 from services.replayer.outcomes import Done, Poison, Retry
 from services.replayer.request import ReplayRequest, RequestError, build_request
 from services.replayer.upstream import Upstream, UpstreamError
@@ -29,10 +30,13 @@ from shared.envelope import (
     canary_target,
     decode,
 )
+from shared.logs import get_logger
 from shared.settings import ReplayerSettings, ServiceSettings
 from shared.signing import SignatureError, Signer, Verifier, replay_signing_input
 
 __all__ = ["Applier", "Delivery"]
+
+log = get_logger("xr.replayer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,9 +136,20 @@ class Applier:
         if verdict is Verdict.POISON:
             await claim.release()
             raise Poison(f"http_{status}", f"the service answered {status}", status)
-        await claim.applied()
+        await self._mark_applied(event, claim)
         self._lag(event.origin).observe(max(0.0, self._clock() - event.hlc.wall_time_s))
         return Done.APPLIED if verdict is Verdict.APPLIED else Done.STALE
+
+    async def _mark_applied(self, event: Event, claim: Claim) -> None:
+        """Record the applied version. The call has happened: if the record cannot be
+        written, the event is still acked (a nak would call the service a second time). The
+        claim then stays until it expires: newer events of the key wait for it, older ones
+        are still stale."""
+        try:
+            await claim.applied()
+        except (TimeoutError, nats.errors.Error) as exc:
+            VERSION_RECORD_FAILURES.inc()
+            log.warning("replayer.version_record_failed", event_id=event.event_id, error=repr(exc))
 
     def _lag(self, origin: str) -> Histogram:
         child = self._lags.get(origin)

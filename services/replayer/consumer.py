@@ -6,7 +6,8 @@ each outcome to exactly one NATS action, one metric label and one log line.
 * At most `concurrency` messages are held at once (applying, or queued behind an earlier
   message of the same key); a fetch asks for no more than the free slots, and waits until a
   quarter of them are free (one pull request per freed slot cost as much as the event).
-* Held messages get `in_progress()` every third of `ack_wait_s`, so queued ones never time out.
+* Held messages get `in_progress()` every third of `ack_wait_s`, so queued ones never time out;
+  also after `stop()`, until `drain()` has settled every held message.
 * `Done` → ack; `Retry` → nak(delay); `Poison` → publish the dead letter, then ack (if the
   dead-letter publish fails: nak, so it is tried again). The `Done` acks go out through the
   `Coalescer` (a burst per millisecond; queued synchronously, so a cancellation cannot lose
@@ -14,7 +15,8 @@ each outcome to exactly one NATS action, one metric label and one log line.
 * Each event is handled inside `bound_contextvars(event_id, origin, service, trace_id)`, so
   every line logged about it carries them (DESIGN §8), also the upstream's retry lines.
 * `stop()`: no new fetches; `drain(timeout)`: in-flight work finishes, then the rest is
-  cancelled and nak'ed, so it is redelivered at once (its claim is its own, still valid).
+  cancelled and nak'ed, so it is redelivered at once (its claim is its own, still valid);
+  messages cancelled while still queued behind their key never started, so `drain` naks them.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class ReplayConsumer:
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._sub: Any = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, str, str], Counter] = {}
         # Refill when a quarter of the window is free (or nothing is held).
         self._refill = max(1, min(settings.fetch_batch, settings.concurrency // 4))
@@ -97,26 +100,43 @@ class ReplayConsumer:
         """Fetch and dispatch until `stop()` (or, with `until_idle`, until nothing is left)."""
         if self._sub is None:
             await self.bind()
-        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        if self._heartbeat_task is None:
+            self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
         try:
             while not self._stopping.is_set():
                 got = await self._fetch_once()
                 if until_idle and not got and not self._held:
                     return
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            if not self._held:  # else held messages stay alive until drain() settles them
+                await self._stop_heartbeat()
 
     async def drain(self, timeout_s: float) -> bool:
-        """Let held messages finish within `timeout_s`; cancel and nak the rest."""
-        finished = await self._runner.wait(timeout_s)
-        if not finished:
-            log.warning("replayer.shutdown_cancelling", held=len(self._held))
-            await self._runner.cancel("replayer shutdown deadline")
+        """Let held messages finish within `timeout_s` (kept alive meanwhile); cancel and nak
+        the rest."""
+        try:
+            finished = await self._runner.wait(timeout_s)
+            if not finished:
+                log.warning("replayer.shutdown_cancelling", held=len(self._held))
+                await self._runner.cancel("replayer shutdown deadline")
+            # Cancelled while queued behind their key: `_process` never ran for them.
+            for msg in list(self._held.values()):
+                await _settle(msg.nak())
+            self._held.clear()
+            INFLIGHT.set(0)
+        finally:
+            await self._stop_heartbeat()
         return finished
 
+    async def _stop_heartbeat(self) -> None:
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
     async def aclose(self) -> None:
+        await self._stop_heartbeat()
         sub, self._sub = self._sub, None
         self.bound = False
         if sub is not None:

@@ -13,6 +13,7 @@ __all__ = [
     "REPLAY_BACKLOG",
     "UPSTREAM_DURATION",
     "UPSTREAM_RETRIES",
+    "VERSION_RECORD_FAILURES",
 ]
 
 EVENTS = Counter(
@@ -45,4 +46,9 @@ CANARY_AGE = Gauge(
     "xr_replication_canary_age_seconds",
     "Age of the newest canary from each origin applied in this region",
     ["origin", "target"],
+)
+VERSION_RECORD_FAILURES = Counter(
+    "xr_replayer_version_record_failures_total",
+    "Applied events whose version record could not be written (acked anyway: the service "
+    "has the write; the key's claim expires on its own)",
 )

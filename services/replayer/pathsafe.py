@@ -3,7 +3,9 @@
 Pure. `check_path(path)` returns the path unchanged when it is safe to append to a configured
 base URL, else raises `UnsafePathError`. A path is safe when it, and every percent-decoding of
 it (repeated until it no longer changes, so double-encoding is caught), starts with exactly one
-`/`, holds no backslash, no control or whitespace character, and no `.` or `..` segment.
+`/`, holds no backslash, no control or whitespace character, and no `.` or `..` segment; and
+the path itself holds no `#` (a fragment is never sent: the URL parser would cut it off, so
+the service would get another path than the one checked; `%23` is a literal and fine).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class UnsafePathError(ValueError):
 
 def check_path(path: str) -> str:
     """`path` if safe to append to a base URL (see the module docstring), else raise."""
+    if "#" in path:
+        raise UnsafePathError(f"path {path[:80]!r}: holds a fragment ('#')")
     text = path
     for _ in range(_MAX_DECODES):
         _check_once(text, path)

@@ -3,14 +3,17 @@ subjects no stream listens on (NATS_NOTES §3.1.1, §3.1.4)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
+from nats.aio.msg import Msg
 
 from services.bridge.publisher import Publisher, PublishUnknownError
 from shared.natsconn import NatsConnection
 from shared.regions import events_stream, events_subject
 from tests.bridge.helpers import REGION
+from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -48,3 +51,49 @@ async def test_a_closed_publisher_refuses(reader: NatsConnection) -> None:
     publisher = Publisher(reader, max_inflight=1)
     with pytest.raises(PublishUnknownError, match="not open"):
         await publisher.publish("xr.nowhere.pubtest", {}, b"x", timeout_s=1)
+
+
+async def _silent_subject(conn: NatsConnection, name: str) -> tuple[str, list[bytes]]:
+    """A subject someone listens on but nobody acks: no 503, no PubAck, ever."""
+    subject = f"xr.silent.{name}"
+    seen: list[bytes] = []
+
+    async def note(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    await conn.nc.subscribe(subject, cb=note)
+    await conn.nc.flush()
+    return subject, seen
+
+
+async def test_a_cancelled_publish_stays_cancelled_when_the_publisher_closes(
+    reader: NatsConnection,
+) -> None:
+    subject, seen = await _silent_subject(reader, "cancel")
+    publisher = Publisher(reader, max_inflight=4)
+    await publisher.open()
+    task = asyncio.create_task(publisher.publish(subject, {}, b"x", timeout_s=30))
+    await wait_until(lambda: seen, 5, message="the publish reached the subject")
+    task.cancel()  # the caller gives up, and the publisher closes in the same moment
+    await publisher.aclose()
+    with pytest.raises(asyncio.CancelledError):
+        await task  # a caller's cancellation is never turned into a PublishUnknownError
+
+
+async def test_closing_fails_every_waiting_publish_at_once_and_sends_nothing_more(
+    reader: NatsConnection,
+) -> None:
+    subject, seen = await _silent_subject(reader, "close")
+    publisher = Publisher(reader, max_inflight=1)
+    await publisher.open()
+    first = asyncio.create_task(publisher.publish(subject, {}, b"first", timeout_s=30))
+    await wait_until(lambda: seen, 5, message="the first publish reached the subject")
+    second = asyncio.create_task(publisher.publish(subject, {}, b"second", timeout_s=30))
+    await asyncio.sleep(0)  # the second one now waits for the only slot
+    started = time.monotonic()
+    await publisher.aclose()
+    results = await asyncio.wait_for(asyncio.gather(first, second, return_exceptions=True), 5)
+    assert all(isinstance(r, PublishUnknownError) for r in results), results
+    assert time.monotonic() - started < 2
+    await reader.nc.flush()
+    assert seen == [b"first"]  # nothing is published by a closed publisher

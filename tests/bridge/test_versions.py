@@ -7,6 +7,7 @@ costs no write, only a `failed` count.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -14,9 +15,13 @@ from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY
 
+from services.bridge.versions import LocalVersions
 from services.xregion.supercluster import SuperCluster
+from shared.hlc import HlcStamp
+from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.settings import Settings
+from shared.tasks import TaskSet
 from shared.versions import Record, read_record, record_key
 from tests.bridge.helpers import (
     REGION,
@@ -119,3 +124,22 @@ async def test_writes_go_on_when_the_version_bucket_is_missing(
         assert _count(service, "recorded") == 0
     finally:
         await provision_region(settings)  # the session's other tests need the bucket back
+
+
+async def test_a_started_record_counts_against_the_bound_at_once(
+    bridge_cluster: SuperCluster, reader: NatsConnection
+) -> None:
+    """Records started in one burst (many responses going out in the same loop iteration)
+    must see each other: otherwise none waits and the bound is no bound."""
+    versions = LocalVersions(reader, region=REGION, owner="test", timeout_s=5, max_inflight=2)
+    assert await versions.bind()
+    tasks = TaskSet("test-versions")
+    hlc = str(HlcStamp(1, 0))
+    started = [
+        versions.start(tasks, "bounded", f"/bounded/{n}", hlc, f"e{n}", trace_id="t")
+        for n in range(3)
+    ]
+    saturated_at_once = versions.saturated
+    await asyncio.wait(started)
+    assert saturated_at_once
+    assert not versions.saturated

@@ -13,13 +13,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from services.replayer.apply import Applier, Delivery
 from services.replayer.classify import Verdict, classify_error, classify_status
 from services.replayer.dlq import dead_letter, fit, path_of, replay_message
+from services.replayer.outcomes import Done
 from services.replayer.partitions import KeyedRunner, order_key
 from services.replayer.pathsafe import UnsafePathError, check_path
 from services.replayer.request import RequestError, build_request
 from services.replayer.upstream import Upstream, UpstreamError
-from shared.envelope import encode, req_headers_from
+from services.replayer.versions import Claim, ClaimResult, VersionStore
+from services.replayer.versions import Verdict as ClaimVerdict
+from shared.envelope import Event, encode, req_headers_from
 from shared.settings import ReplayerSettings, ServiceSettings
 from tests.harness.wait import wait_until
 from tests.replayer.helpers import make_event
@@ -33,8 +37,11 @@ UNSAFE = [
     "/%2e%2e/admin", "/%2E%2E/admin", "/%252e%252e/admin", "/%25252e%25252e/x", "/a/%2e/b",
     "/x%0d%0aHost:%20evil", "/x%00", "/%2f%2fevil", "/%5cevil", "/a b", "", "relative",
     "/ok/%ff", "/a/..?q=1", "/%2Fevil.example",
+    "/catalog/x#frag", "/catalog/x?q=1#f",  # a fragment would be cut off, not sent as checked
 ]  # fmt: skip
-SAFE = ["/", "/catalog/items/1", "/catalog/items?x=1&y=%2F", "/a/..b/c", "/a/b.c/...", "/%41"]
+SAFE = [
+    "/", "/catalog/items/1", "/catalog/items?x=1&y=%2F", "/a/..b/c", "/a/b.c/...", "/%41", "/a%23b",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", UNSAFE)
@@ -231,3 +238,42 @@ def test_a_dead_letter_too_big_for_max_payload_drops_its_body() -> None:
     assert body == b""
     assert out["Xr-Dlq-Body"] == "dropped 1000 bytes: over max_payload"
     assert len(out["Xr-Dlq-Error"]) == 515  # clipped to 512 + "..."
+
+
+class _RecordFails(Claim):
+    """A claim whose `applied` record write times out (NATS unreachable after the call)."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def applied(self) -> None:
+        raise TimeoutError
+
+    async def release(self) -> None:
+        raise AssertionError("a claim is never released after the service applied the event")
+
+
+class _AlwaysClaimed(VersionStore):
+    def __init__(self) -> None:
+        pass
+
+    async def claim(self, event: Event) -> ClaimResult:
+        return ClaimResult(ClaimVerdict.CLAIMED, _RecordFails())
+
+
+async def test_an_applied_event_is_acked_even_if_its_record_cannot_be_written() -> None:
+    """A nak here would redeliver the event and call the service a second time."""
+    event = make_event("/catalog/once")
+    headers, data = encode(event)
+    delivery = Delivery(
+        subject="xr.replay.eu-west.us-east.catalog", headers=headers, data=data,
+        num_delivered=1, stream_seq=1, stored_at=dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    async with Recorder() as service:
+        services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
+        async with Upstream(_settings(), wait=False) as up:
+            applier = Applier(
+                _settings(), services, region="eu-west", versions=_AlwaysClaimed(), upstream=up
+            )
+            assert await applier.handle(delivery) is Done.APPLIED
+    assert len(service.calls) == 1
