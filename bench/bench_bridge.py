@@ -32,9 +32,7 @@ import asyncio
 import contextlib
 import functools
 import json
-import os
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -46,11 +44,11 @@ from pathlib import Path
 import aiohttp
 import uvloop
 from aiohttp import web
+from procs import cpu_seconds, pids_using, process, wait_http
 
 REGION = "us-east"
 REGIONS = ("us-east", "eu-west", "ap-south")
 BODY = bytes(range(256))
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- upstream
@@ -73,62 +71,12 @@ async def _serve_upstream(port: int) -> None:
 # --------------------------------------------------------------------------- processes
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            socks.append(sock)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for sock in socks:
-            sock.close()
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-
-
-def _pids_using(marker: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if marker.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-    return found
-
-
 @contextlib.asynccontextmanager
-async def _process(*argv: str, log: Path, env: dict[str, str] | None = None) -> AsyncIterator[int]:
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, env=env)
-    try:
+async def _process_pid(
+    *argv: str, log: Path, env: dict[str, str] | None = None
+) -> AsyncIterator[int]:
+    async with process(*argv, log=log, env=env, stop_timeout_s=20) as proc:
         yield proc.pid
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 20)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def _wait_http(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(url) as reply:
-                    if reply.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-            await asyncio.sleep(0.1)
 
 
 def _region_file(
@@ -264,10 +212,10 @@ async def _phase(
     pids: dict[str, list[int]],
     run: Callable[[Request], Awaitable[tuple[list[float], int, float]]],
 ) -> Phase:
-    before = {name: sum(_cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+    before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
     self_before = time.process_time()
     latencies, errors, seconds = await run(_request(base, kind))
-    cpu = {name: sum(_cpu_seconds(p) for p in ps) - before[name] for name, ps in pids.items()}
+    cpu = {name: sum(cpu_seconds(p) for p in ps) - before[name] for name, ps in pids.items()}
     cpu["loadgen"] = time.process_time() - self_before
     count = len(latencies)
     ordered = sorted(latencies)
@@ -290,9 +238,9 @@ async def _bench(
     seconds: float, concurrency: int, rounds: int, workdir: Path, log_level: str = "info"
 ) -> list[Phase]:
     from services.xregion.natsconf import build_topology
-    from services.xregion.supercluster import SuperCluster, with_free_ports
+    from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
 
-    up_port, *ports = _free_ports(5)
+    up_port, *ports = free_ports(5)
     upstream = f"http://127.0.0.1:{up_port}"
     async with SuperCluster(with_free_ports(build_topology(REGIONS)), workdir / "nats") as nats:
         configs = {}
@@ -313,7 +261,7 @@ async def _bench(
         xregion = str(Path(sys.executable).parent / "xregion")
 
         def bridge(name: str) -> contextlib.AbstractAsyncContextManager[int]:
-            return _process(
+            return _process_pid(
                 xregion,
                 "--log-level",
                 log_level,
@@ -326,7 +274,7 @@ async def _bench(
             )
 
         async with (
-            _process(
+            _process_pid(
                 sys.executable,
                 __file__,
                 "--serve-upstream",
@@ -336,10 +284,10 @@ async def _bench(
             bridge("bridge") as bridge_pid,
             bridge("bridge-nov") as nov_pid,
         ):
-            await _wait_http(upstream + "/")
+            await wait_http(upstream + "/")
             for _, _, admin in configs.values():
-                await _wait_http(f"http://127.0.0.1:{admin}/readyz")
-            nats_pids = _pids_using(str(workdir / "nats"))
+                await wait_http(f"http://127.0.0.1:{admin}/readyz")
+            nats_pids = pids_using(str(workdir / "nats"))
             targets = {
                 "direct": (upstream, up_pid),
                 "bridge": (f"http://127.0.0.1:{configs['bridge'][1]}", bridge_pid),

@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
@@ -67,6 +66,8 @@ from nats.js.api import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from procs import cpu_seconds
 
 from services.broadcaster.pause import set_pause
 from services.xregion.natsconf import build_topology
@@ -96,7 +97,6 @@ REGIONS = ("us-east", "eu-west", "ap-south")
 TARGETS = ("eu-west", "ap-south")
 BODY = bytes(range(256))
 XREGION = Path(sys.executable).parent / "xregion"
-_TICKS = os.sysconf("SC_CLK_TCK")
 # Native- and floor-phase events are written into the same events stream; the broadcaster is
 # told (service targets = the origin only) to skip them, so they do not compete with its phases.
 NATIVE_SERVICE = "bench-native"
@@ -157,11 +157,6 @@ def _region_file(path: Path, settings: Settings) -> Path:
         lines += [f"{k} = {json.dumps(v)}" for k, v in service.items()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 async def _preload(js: JetStreamContext, service: str, count: int, keys: int | None) -> None:
@@ -487,7 +482,7 @@ class Bench:
                 replay_stream(t),
                 replay_subject(t, ORIGIN, service),
                 count,
-                lambda: _cpu_seconds(self.pid),
+                lambda: cpu_seconds(self.pid),
             )
             for t in targets
         ]

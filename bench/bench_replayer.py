@@ -41,7 +41,6 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from typing import Any
 import aiohttp
 import uvloop
 from aiohttp import web
+from procs import cpu_seconds, pids_using, process, wait_http
 
 REGION = "eu-west"
 ORIGIN = "us-east"
@@ -56,7 +56,6 @@ REGIONS = ("us-east", "eu-west", "ap-south")
 BODY = bytes(range(256))
 TARGET_PER_PROCESS = 3000.0
 XREGION = Path(sys.executable).parent / "xregion"
-_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # --------------------------------------------------------------------------- the service
@@ -118,51 +117,6 @@ async def _serve(port: int) -> None:
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def _pids_using(marker: str) -> list[int]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if marker.encode() in cmdline.read_bytes():
-                found.append(int(cmdline.parent.name))
-    return found
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime + stime
-
-
-@contextlib.asynccontextmanager
-async def _process(
-    *argv: str, log: Path, env: dict[str, str] | None = None
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=out, env=env)
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 30)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
-
-async def _wait_http(url: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as http:
-        while True:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with http.get(url) as reply:
-                    if reply.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not answer within {timeout_s} s")
-            await asyncio.sleep(0.1)
 
 
 def _region_file(path: Path, nats_urls: list[str], upstream: str, services: list[str]) -> Path:
@@ -259,18 +213,18 @@ class Bench:
         topology = with_free_ports(build_topology(REGIONS))
         async with (
             SuperCluster(topology, self.workdir / "nats") as cluster,
-            _process(sys.executable, __file__, "--serve", str(port),
+            process(sys.executable, __file__, "--serve", str(port),
                      log=self.workdir / "service.log") as service_proc,
         ):  # fmt: skip
             self.others = {
-                "nats": _pids_using(str(self.workdir / "nats")),
+                "nats": pids_using(str(self.workdir / "nats")),
                 "service": [service_proc.pid],
             }
             config = _region_file(
                 self.workdir / "eu-west.toml", cluster.client_urls(REGION), upstream, services
             )
             settings = load_settings(config)
-            await _wait_http(f"{upstream}/_stats")
+            await wait_http(f"{upstream}/_stats")
             async with NatsConnection(settings.nats, service="bench") as conn:
                 js = conn.jetstream()
                 await self._provision(js, settings)
@@ -305,7 +259,7 @@ class Bench:
                 [admin_port] = free_ports(1)
                 admin = f"127.0.0.1:{admin_port}"
                 env = {**os.environ, "XR_REPLAYER__ADMIN_LISTEN": admin}
-                proc = await stack.enter_async_context(_process(*argv, log=log, env=env))
+                proc = await stack.enter_async_context(process(*argv, log=log, env=env))
                 procs.append((proc, f"http://{admin}"))
             for proc, admin_url in procs:
                 await _started(admin_url, proc)
@@ -373,8 +327,8 @@ class Bench:
             info = await js.consumer_info(replay_stream(REGION), replay_consumer())
             # Settled = acked (this run's backlog is all the consumer has left).
             settled = self.events - int(info.num_pending) - int(info.num_ack_pending)
-            now, cpu = time.perf_counter(), [_cpu_seconds(p) for p in pids]
-            other = {k: sum(_cpu_seconds(p) for p in ps) for k, ps in self.others.items()}
+            now, cpu = time.perf_counter(), [cpu_seconds(p) for p in pids]
+            other = {k: sum(cpu_seconds(p) for p in ps) for k, ps in self.others.items()}
             if mark is None and settled >= low:
                 mark = (settled, now, cpu, other)
             elif mark is not None and settled >= high:
