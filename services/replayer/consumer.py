@@ -216,11 +216,27 @@ class ReplayConsumer:
             await _settle(msg.nak(delay=self._settings.nak_base_s))
             self._count(origin, service, "retried")
             log.warning("replayer.nats_error", error=repr(exc))
+        except Exception as exc:  # noqa: BLE001 - the per-event boundary: a bug loses no event
+            await self._internal_error(msg, delivery, exc, origin, service)
         else:
             await self._ack(msg)
             if done is not Done.CANARY:
                 self._count(origin, service, done.value)
                 log.info(f"replayer.{done.value}")  # the event's one canonical line
+
+    async def _internal_error(
+        self, msg: Msg, delivery: Delivery, exc: Exception, origin: str, service: str
+    ) -> None:
+        """An error nobody translated (a bug, or a library's surprise): logged with its
+        traceback, retried like a transient failure, dead-lettered as `internal_error` once
+        the deliveries are used up, so an operator can `dlq replay` it after the fix. Without
+        this the server would drop the event after `max_deliver`, silently."""
+        log.exception("replayer.internal_error")
+        if delivery.num_delivered < self._settings.max_deliveries:
+            await _settle(msg.nak(delay=self._settings.nak_base_s))
+            self._count(origin, service, "retried")
+            return
+        await self._dead_letter(msg, delivery, Poison("internal_error", repr(exc)), origin, service)
 
     async def _dead_letter(
         self, msg: Msg, delivery: Delivery, poison: Poison, origin: str, service: str

@@ -306,3 +306,35 @@ async def test_a_503_burst_then_recovery_applies_every_key_newest(
     assert all(e.event_id in recorder.succeeded for e in events[-10:])
     assert recorder.repeats == []
     assert await dead_letters(js) == []
+
+
+class _Broken:
+    """An applier with a bug: every event raises an error nobody translates."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, delivery: object) -> object:
+        self.calls += 1
+        raise ValueError("a bug")
+
+
+async def test_an_untranslated_error_is_retried_then_dead_lettered_not_lost(
+    js: JetStreamContext, settings: Settings, recorder: Recorder
+) -> None:
+    event = make_event("/catalog/bug")
+    await publish(js, event)
+    broken = _Broken()
+    async with Replayer(settings, retry_waits=False) as replayer:
+        replayer.consumer._applier = broken  # type: ignore[assignment]  # our own seam
+
+        async def dead_lettered() -> list[dict[str, str]]:
+            await replayer.run_until_idle()  # returns while a nak'ed event waits its delay
+            return await dead_letters(js)
+
+        letters = await wait_until(dead_lettered, 60, message="a dead letter")
+    assert broken.calls == settings.replayer.max_deliveries
+    [letter] = letters
+    assert letter["Xr-Dlq-Reason"] == "internal_error"
+    assert letter["Xr-Event-Id"] == event.event_id
+    assert "a bug" in letter["Xr-Dlq-Error"]
