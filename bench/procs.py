@@ -13,6 +13,8 @@ from pathlib import Path
 
 import aiohttp
 
+from services.xregion.supercluster import stop_process
+
 __all__ = ["cpu_seconds", "pids_using", "process", "wait_http"]
 
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -44,13 +46,7 @@ async def process(
     try:
         yield proc
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), stop_timeout_s)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, stop_timeout_s)
 
 
 async def wait_http(url: str, timeout_s: float = 30) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "gauge",
     "histogram_buckets",
     "quantile",
+    "total",
 ]
 
 LagSource = Literal["window", "cumulative"]
@@ -164,7 +165,7 @@ def _path_row(view: _View, origin: str, target: str) -> PathRow:
         target=target,
         forwarded_per_s=counter_rate(view.pairs(origin, "broadcaster"), FORWARDED, fwd),
         applied_per_s=counter_rate(view.pairs(target, "replayer"), REPLAYED, applied),
-        applied_total=_total(view.now(target, "replayer"), REPLAYED, applied),
+        applied_total=total(view.now(target, "replayer"), REPLAYED, applied),
         lag_p50_s=p50,
         lag_p99_s=p99,
         lag_source=source,
@@ -229,7 +230,7 @@ def _window(previous: Sequence[Scrape] | None, current: Sequence[Scrape]) -> flo
 # -- numbers out of samples -------------------------------------------------------------------
 
 
-def _total(scrapes: Sequence[Scrape], name: str, labels: Mapping[str, str]) -> float | None:
+def total(scrapes: Sequence[Scrape], name: str, labels: Mapping[str, str]) -> float | None:
     """Sum of the matching samples over `scrapes`; None when no endpoint is up."""
     if not scrapes:
         return None

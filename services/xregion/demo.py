@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from services.xregion.dashboard import build_frame
+from services.xregion.dashboard import build_frame, total
 from services.xregion.deployment import AdminEndpoint
 from services.xregion.scrape import Scrape, admin_client, scrape_all
 from services.xregion.stack import RegionStack
@@ -214,12 +214,7 @@ def _endpoints(stacks: Sequence[RegionStack]) -> list[AdminEndpoint]:
 
 
 def _metric(scrapes: Sequence[Scrape], region: str, name: str, **labels: str) -> float:
-    return sum(
-        sample.value
-        for scrape in scrapes
-        if scrape.endpoint.region == region
-        for sample in scrape.samples(name, labels)
-    )
+    return total([s for s in scrapes if s.endpoint.region == region], name, labels) or 0.0
 
 
 def _regions_table(

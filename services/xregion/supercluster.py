@@ -71,6 +71,7 @@ __all__ = [
     "free_ports",
     "liveness_problem",
     "readiness_problem",
+    "stop_process",
     "with_free_ports",
 ]
 
@@ -207,6 +208,23 @@ def readiness_problem(
     return None
 
 
+async def stop_process(proc: asyncio.subprocess.Process, timeout_s: float) -> bool:
+    """SIGTERM, wait up to `timeout_s`, then SIGKILL; always reaps. True if it was killed."""
+    try:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), timeout_s)
+    finally:
+        killed = proc.returncode is None
+        if killed:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return killed
+
+
 def die_with_parent() -> None:
     """Child-side (`preexec_fn`): ask Linux to SIGKILL this process when the spawning thread
     dies, so a crashed parent leaves no orphans. Does nothing on other systems."""
@@ -266,21 +284,8 @@ class _Server:
     async def terminate(self, timeout_s: float = _STOP_TIMEOUT_S) -> None:
         """SIGTERM, wait up to `timeout_s`, then SIGKILL; always reaps."""
         proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        try:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), timeout_s)
-                except TimeoutError:
-                    pass  # a straggler: killed below
-        finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        if proc is not None:
+            await stop_process(proc, timeout_s)
 
     def check_exited(self) -> None:
         if self.proc is not None and self.proc.returncode is not None:

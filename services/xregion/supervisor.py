@@ -14,7 +14,6 @@ fails to become ready.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from services.xregion.supercluster import die_with_parent
+from services.xregion.supercluster import die_with_parent, stop_process
 from shared.logs import get_logger
 from shared.tasks import TaskSet
 
@@ -80,19 +79,8 @@ class _Slot:
 
     async def terminate(self, timeout_s: float) -> None:
         """SIGTERM, wait up to `timeout_s`, then SIGKILL; always reaps."""
-        proc = self.proc
-        if proc is None:
-            return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), timeout_s)
-        if proc.returncode is None:
+        if self.proc is not None and await stop_process(self.proc, timeout_s):
             log.warning("up.kill", process=self.spec.name, after_s=timeout_s)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
 
     def log_tail(self) -> str:
         try:
