@@ -145,6 +145,9 @@ class BridgeSettings(_Section):
     # Record local writes in the version bucket (replayers here then ack older events as
     # stale). Turn off only in a region no replayer applies events to, or to measure its cost.
     record_local_versions: bool = True
+    # Keys whose last version record this process remembers, to skip a KV read per write
+    # (services/bridge/versions.py explains why that is safe); 0 reads every time.
+    version_cache_keys: int = Field(default=100_000, ge=0, le=10_000_000)
     upstream_connect_timeout_s: float = Field(default=5.0, gt=0)
     # Longest silence from the upstream (waiting for the status line, or between body bytes).
     upstream_read_timeout_s: float = Field(default=60.0, gt=0)

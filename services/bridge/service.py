@@ -173,9 +173,10 @@ class Bridge:
             owner=f"bridge-{self.instance_id}",
             timeout_s=s.version_record_timeout_s,
             max_inflight=s.max_inflight_publishes,
+            cache_keys=s.version_cache_keys,
         )
         if s.record_local_versions:
-            await versions.bind()
+            await self._stack.enter_async_context(versions)
         drainer = Drainer(
             self._outbox,
             publisher,

@@ -15,6 +15,16 @@ Each record is bounded by `timeout_s`; at most `max_inflight` run without a requ
 for them (counted from `start`, not from their first step), beyond that the request waits for
 its own record (backpressure).
 
+What the bridge remembers: for the keys it wrote most recently (`version_cache_keys`, oldest
+dropped first) the record it last read or wrote and its revision, so that a key written again
+costs one compare-and-set instead of a read and a compare-and-set (the same reasoning as the
+replayer's, `services/replayer/versions.py`): a remembered version older than the write only
+supplies the revision, and the server refuses the compare-and-set if anyone (a replayer,
+another bridge) wrote in between, after which the record is read afresh; a remembered
+`applied` version at least as new as the write proves the record will never be older again,
+so the write is `superseded` without a round trip. A remembered claim proves nothing (a
+replayer may release it to an older version): the record is read.
+
 A record never fails the client's write: when NATS is down, the bucket cannot be bound or the
 record cannot be written in time, the write goes on, the failure is counted
 (`xr_bridge_version_records_total{outcome="failed"}`) and logged once.
@@ -28,16 +38,19 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import TracebackType
+from typing import Self
 
 import nats.errors
 from nats.js.kv import KeyValue
 
 from services.bridge.metrics import VERSION_RECORDS
+from shared.kvcas import KvCas
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.tasks import TaskSet
-from shared.versions import record_local_write
+from shared.versions import CAS_ATTEMPTS, Record, cas_write, read_record, record_key
 
 __all__ = ["LocalVersions"]
 
@@ -65,6 +78,7 @@ class LocalVersions:
         owner: str,
         timeout_s: float,
         max_inflight: int,
+        cache_keys: int = 100_000,
     ) -> None:
         self._conn = conn
         self._bucket = versions_bucket(region)
@@ -73,7 +87,31 @@ class LocalVersions:
         self._max_inflight = max_inflight
         self._inflight = 0
         self._kv: KeyValue | None = None
+        self._cas = KvCas(conn.nc, self._bucket, timeout_s=timeout_s)
         self._next_bind = 0.0
+        self._cache_keys = cache_keys
+        self._known: dict[str, tuple[Record, int]] = {}  # insertion order = age
+
+    async def __aenter__(self) -> Self:
+        """Open the compare-and-set reply subscription and bind the bucket (`bind`)."""
+        await self._cas.__aenter__()
+        await self.bind()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening for compare-and-set answers (records under way time out)."""
+        try:
+            await self._cas.aclose()
+        except nats.errors.Error:
+            pass  # the connection is going away: so is the subscription
 
     @property
     def bucket(self) -> str:
@@ -149,8 +187,47 @@ class LocalVersions:
                 raise _Unavailable(f"bucket {self._bucket} is not bound")
             kv = self._kv
             assert kv is not None
-        raised = await record_local_write(kv, service, key, hlc, event_id, owner=self._owner)
-        return "recorded" if raised else "superseded"
+        return await self._raise(
+            kv, record_key(service, key), Record(hlc, event_id, "applied", self._owner, 0.0)
+        )
+
+    async def _raise(self, kv: KeyValue, kv_key: str, record: Record) -> str:
+        """Compare-and-set `record` over an older one (module docstring: what is remembered)."""
+        for _ in range(CAS_ATTEMPTS):
+            current, revision = self._recall(kv_key, record)
+            if revision is None and current is None:
+                current, revision = await read_record(kv, kv_key)
+                if current is not None and revision is not None:
+                    self._remember(kv_key, current, revision)
+            if current is not None and current.version >= record.version:
+                return "superseded"
+            if revision is None:
+                written = await cas_write(kv, kv_key, record, None)
+            else:
+                written = await self._cas.update(kv_key, record.encode(), last=revision)
+            if written is not None:
+                self._remember(kv_key, record, written)
+                return "recorded"
+            self._known.pop(kv_key, None)  # someone wrote in between: read it
+        return "superseded"
+
+    def _recall(self, kv_key: str, record: Record) -> tuple[Record | None, int | None]:
+        """The remembered record and revision where they may be used, else (None, None)."""
+        known = self._known.get(kv_key)
+        if known is None:
+            return None, None
+        current, revision = known
+        if current.version < record.version or current.state == "applied":
+            return current, revision
+        return None, None  # a newer claim: only a fresh read tells
+
+    def _remember(self, kv_key: str, record: Record, revision: int) -> None:
+        if not self._cache_keys:
+            return
+        self._known.pop(kv_key, None)  # re-inserted as the newest
+        self._known[kv_key] = (record, revision)
+        if len(self._known) > self._cache_keys:
+            del self._known[next(iter(self._known))]
 
 
 def _describe(exc: BaseException) -> str:

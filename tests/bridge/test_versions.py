@@ -22,7 +22,7 @@ from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.settings import Settings
 from shared.tasks import TaskSet
-from shared.versions import Record, read_record, record_key
+from shared.versions import Record, cas_write, read_record, record_key
 from tests.bridge.helpers import (
     REGION,
     http_client,
@@ -132,14 +132,51 @@ async def test_a_started_record_counts_against_the_bound_at_once(
     """Records started in one burst (many responses going out in the same loop iteration)
     must see each other: otherwise none waits and the bound is no bound."""
     versions = LocalVersions(reader, region=REGION, owner="test", timeout_s=5, max_inflight=2)
-    assert await versions.bind()
     tasks = TaskSet("test-versions")
     hlc = str(HlcStamp(1, 0))
-    started = [
-        versions.start(tasks, "bounded", f"/bounded/{n}", hlc, f"e{n}", trace_id="t")
-        for n in range(3)
-    ]
-    saturated_at_once = versions.saturated
-    await asyncio.wait(started)
+    async with versions:
+        assert versions.bound
+        started = [
+            versions.start(tasks, "bounded", f"/bounded/{n}", hlc, f"e{n}", trace_id="t")
+            for n in range(3)
+        ]
+        saturated_at_once = versions.saturated
+        await asyncio.wait(started)
     assert saturated_at_once
     assert not versions.saturated
+
+
+async def test_a_remembered_record_never_moves_a_record_backwards(
+    bridge_cluster: SuperCluster, reader: NatsConnection, js: JetStreamContext
+) -> None:
+    """The bridge remembers the records it wrote; another writer (a replayer applying a newer
+    event) moving one behind its back must make it read again, not write over it."""
+    service, key = "remembered", "/remembered/1"
+    kv = await js.key_value(versions_bucket(REGION))
+
+    def stamp(n: int) -> str:
+        return str(HlcStamp(n, 0))
+
+    async def record(n: int) -> None:
+        await versions.record(service, key, stamp(n), f"e{n}", trace_id="t")
+
+    async def newest() -> str | None:
+        found = await _record(kv, service, key)
+        return None if found is None else found.event_id
+
+    recorded, superseded = _count(service, "recorded"), _count(service, "superseded")
+    versions = LocalVersions(reader, region=REGION, owner="test", timeout_s=5, max_inflight=8)
+    async with versions:
+        await record(10)
+        _, revision = await read_record(kv, record_key(service, key))
+        replayed = Record(stamp(30), "e30", "applied", "replayer-x", 0.0)
+        assert await cas_write(kv, record_key(service, key), replayed, revision) is not None
+        await record(20)  # older than the replayed write it has not seen
+        assert await newest() == "e30"
+        await record(40)
+        assert await newest() == "e40"
+        await record(35)  # older than its own last write
+        assert await newest() == "e40"
+    assert _count(service, "recorded") - recorded == 2
+    assert _count(service, "superseded") - superseded == 2
+    assert _count(service, "failed") == 0
