@@ -9,7 +9,7 @@ Modules, pure core first:
 * `dlq`        — dead-letter and replay message shapes
 * `versions`   — last-writer-wins records and per-key claims in KV `xr-versions-<region>`,
                  with the records this instance last saw remembered (why that is safe: there)
-* `kvcas`      — the compare-and-set KV updates of the hot path, cheaper than nats-py's
+                 (compare-and-set updates through `shared.kvcas`, cheaper than nats-py's)
 * `partitions` — per-key order within and across instances (see its docstring)
 * `upstream`   — pooled aiohttp client with bounded, jittered retries (why not httpx: there)
 * `apply`      — one delivery → one decision (`Applier.handle`)

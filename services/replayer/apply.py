@@ -19,6 +19,7 @@ from prometheus_client import Histogram
 from services.replayer.classify import Verdict, classify_status
 from services.replayer.metrics import CANARY_AGE, LAG, VERSION_RECORD_FAILURES
 from services.replayer.outcomes import Done, Poison, Retry
+from services.replayer.pathsafe import percent_encode_non_ascii
 from services.replayer.request import ReplayRequest, RequestError, build_request
 from services.replayer.upstream import Upstream, UpstreamError
 from services.replayer.versions import Claim, VersionStore
@@ -115,9 +116,11 @@ class Applier:
     def _marker(self, event: Event) -> dict[str, str]:
         if self._signer is None:
             return {}
+        # Signed over the request target as sent (what a bridge checks it against); a decoded
+        # event holds no lone surrogate, so the encoding cannot fail.
         data = replay_signing_input(
             origin=event.origin, event_id=event.event_id, method=event.method,
-            path=event.path, body=event.body,
+            path=percent_encode_non_ascii(event.path), body=event.body,
         )  # fmt: skip
         return {HDR_REPLAYED_SIG: self._signer.sign_bytes(data)}
 

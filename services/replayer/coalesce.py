@@ -11,7 +11,7 @@ nats-py writes them together. The price is that much latency per NATS round trip
 The queue is sent in order by one owned task; `aclose()` sends what is queued and waits for
 it (shutdown: before the connection is drained). A frame that cannot be sent is logged and
 dropped: an ack then times out and the message is redelivered (its version record makes it
-`duplicate`), a record write times out at its caller (`kvcas`).
+`duplicate`), a record write times out at its caller (`shared.kvcas`).
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The HTTP call a replayed event becomes (DESIGN §5, §9). Pure.
 
 The service name picks this region's configured base URL; the event only ever contributes a
-checked path (`pathsafe`), a method from the service's allow-list, a body and forwarded
-headers. Hop-by-hop headers and `Host` are never forwarded, nor are forwarded headers allowed
-to override the ones the replayer sets.
+checked path (`pathsafe.request_target`: non-ASCII percent-encoded, escapes kept as they
+are), a method from the service's allow-list, a body and forwarded headers. Hop-by-hop
+headers and `Host` are never forwarded, nor are forwarded headers allowed to override the
+ones the replayer sets.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from services.replayer.pathsafe import UnsafePathError, check_path
+from services.replayer.pathsafe import UnsafePathError, request_target
 from shared.envelope import (
     HDR_EVENT_ID,
     HDR_HLC,
@@ -90,7 +91,7 @@ def build_request(
             f"method {event.method} is not replicated for service {event.service!r}"
         )
     try:
-        path = check_path(event.path)
+        path = request_target(event.path)
     except UnsafePathError as exc:
         raise UnsafeRequestPathError(str(exc)) from exc
     return ReplayRequest(

@@ -1,8 +1,8 @@
 """The replayer process: every part wired together, started in order, stopped in reverse.
 
 Start: NATS → versions bucket (bind) → burst sender for acks and record writes (`coalesce`)
-→ reply subscription for compare-and-set record updates (`kvcas`) → HTTP client → consumer
-(bind to the durable, no meta leader needed) → admin port → fetch loop and metrics poller →
+→ reply subscription for compare-and-set record updates (`shared.kvcas`) → HTTP client →
+consumer (bind to the durable, no meta leader needed) → admin port → fetch loop and metrics poller →
 NATS services API registration (`xr-replayer`, region in the metadata).
 
 Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
@@ -35,11 +35,11 @@ from nats.micro import add_service
 from services.replayer.apply import Applier
 from services.replayer.coalesce import Coalescer
 from services.replayer.consumer import ReplayConsumer
-from services.replayer.kvcas import KvCas
 from services.replayer.metrics import DLQ_MESSAGES
 from services.replayer.upstream import Upstream
 from services.replayer.versions import VersionStore
 from shared.admin import AdminServer, CheckResult, Health
+from shared.kvcas import KvCas
 from shared.lifecycle import ServiceError
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION

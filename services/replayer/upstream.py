@@ -2,9 +2,15 @@
 
 `Upstream.call(request, service)` returns the final HTTP status (never a body: a replayed
 write's response is of no use) or raises `UpstreamError` when every attempt failed at the
-transport level. Retries are bounded twice (attempts and total time), use jittered
-exponential backoff, and log and count each scheduled retry. Retryable statuses (429, 5xx…)
-are retried the same way; `wait=False` removes the waits (tests).
+transport level. An attempt has an outcome as soon as the status line is in: at most 64 KiB of
+the body are then drained (so a kept-alive connection goes back to the pool), a longer or
+endless body is cut off by closing the connection, and a body that breaks off or times out
+after the status does not turn the answer into a transport failure. `upstream_timeout_s`
+bounds the whole attempt (connect, send, status, drain).
+
+Retries are bounded twice (attempts and total time), use jittered exponential backoff, and
+log and count each scheduled retry. Retryable statuses (429, 5xx…) are retried the same way;
+`wait=False` removes the waits (tests).
 
 The common case is one attempt that answers: it runs without building any retry machinery.
 Only a retryable first outcome enters the tenacity loop, which takes that outcome as its
@@ -56,6 +62,10 @@ from shared.settings import ReplayerSettings
 __all__ = ["Upstream", "UpstreamError"]
 
 log = get_logger("xr.replayer")
+
+# How much of a response body is read (and dropped) to keep its connection for reuse; a body
+# longer than this is not read on, its connection is closed instead.
+_DRAIN_BYTES = 64 * 1024
 
 
 class UpstreamError(Exception):
@@ -166,7 +176,7 @@ class Upstream:
                 data=request.body,
                 allow_redirects=False,
             ) as response:
-                await response.read()  # the connection goes back to the pool
+                await _drain(response)
                 return response.status
         except TRANSPORT_ERRORS as exc:
             raise _AttemptError(f"{type(exc).__name__}: {exc}") from exc
@@ -178,6 +188,29 @@ class Upstream:
         if child is None:
             child = self._durations[service] = UPSTREAM_DURATION.labels(service)
         return child
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    """Read and drop at most `_DRAIN_BYTES` of the body; close the connection if more is left.
+
+    The status is the outcome, so the body is read only to hand a kept-alive connection back
+    to the pool: a typical short body is drained, a large or endless one is cut off by
+    closing the connection (memory per call stays one read buffer, whatever the service
+    sends). A body that stalls is still bounded by the attempt's total timeout. An error
+    while draining does not undo the status already received: the service has answered, and
+    treating it as a transport failure would call it a second time.
+    """
+    budget = _DRAIN_BYTES
+    try:
+        while budget > 0 and not response.content.at_eof():
+            chunk = await response.content.read(budget)
+            if not chunk:
+                break
+            budget -= len(chunk)
+    except TRANSPORT_ERRORS:
+        pass  # the body broke off or timed out after the status: the status stands
+    if not response.content.at_eof():
+        response.close()
 
 
 def _scheduled(state: RetryCallState, service: str) -> None:

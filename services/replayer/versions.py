@@ -67,8 +67,8 @@ from dataclasses import dataclass
 from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-from services.replayer.kvcas import KvCas
 from shared.envelope import Event
+from shared.kvcas import KvCas
 from shared.versions import CAS_ATTEMPTS, Record, cas_write, read_record, record_key
 
 __all__ = ["Claim", "ClaimResult", "Verdict", "VersionStore"]
@@ -92,7 +92,7 @@ class ClaimResult:
 class VersionStore:
     """Reads and writes version records; `owner` names this instance in its claims;
     `remember` bounds how many keys' last records are kept (0: none, every claim reads);
-    `cas`, when given, makes the updates of existing records (`kvcas`)."""
+    `cas`, when given, makes the updates of existing records (`shared.kvcas`)."""
 
     def __init__(
         self,

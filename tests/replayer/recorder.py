@@ -3,7 +3,11 @@
 Each key path keeps the value with the newest `Xr-Hlc` (as the demo service would). A repeated
 `Idempotency-Key` that already succeeded is answered 200 and counted in `repeats`, never
 applied twice. `script[path]` is a list of statuses to answer first (then 2xx); `delay_s`
-(or `delays[path]`) slows answers down.
+(or `delays[path]`) slows answers down. `streams[path]` answers with a streamed body of that
+many bytes (`None`: endless); `streamed[path]` then holds how many bytes the service managed
+to write before the body ended or the client hung up (set once the handler has finished).
+A path in `stalls` gets its status and one chunk of body, then nothing until the recorder
+closes.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Self
 from aiohttp import web
 
 __all__ = ["Call", "Recorder"]
+
+_CHUNK = b"x" * (64 * 1024)
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,11 @@ class Recorder:
     max_delay_s: float = 0.0
     delays: dict[str, float] = field(default_factory=dict)
     down: bool = False  # answer 503 to everything
+    streams: dict[str, int | None] = field(default_factory=dict)
+    streamed: dict[str, int] = field(default_factory=dict)
+    peers: list[int] = field(default_factory=list)  # client port of every call
+    stalls: set[str] = field(default_factory=set)
+    _closing: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[Call] = field(default_factory=list)
     succeeded: dict[str, Call] = field(default_factory=dict)
     repeats: list[Call] = field(default_factory=list)
@@ -69,13 +80,14 @@ class Recorder:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing.set()  # stalled answers end
         if self._runner is not None:
             await self._runner.cleanup()
 
     def calls_for(self, path: str) -> list[Call]:
         return [c for c in self.calls if c.path == path]
 
-    async def _handle(self, request: web.Request) -> web.Response:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.path_qs
         key_path = request.path
         if key_path in self.in_flight_keys:
@@ -90,11 +102,44 @@ class Recorder:
             status = self._status(key_path)
             call = Call(request.method, path, dict(request.headers), body, status, request.raw_path)
             self.calls.append(call)
+            self.peers.append(_peer_port(request))
             if 200 <= status < 300:
                 self._apply(call, key_path)
+            if key_path in self.stalls:
+                return await self._stall(request, status)
+            if key_path in self.streams:
+                return await self._stream(request, status, self.streams[key_path])
             return web.Response(status=status)
         finally:
             self.in_flight_keys.discard(key_path)
+
+    async def _stream(
+        self, request: web.Request, status: int, size: int | None
+    ) -> web.StreamResponse:
+        """A body of `size` bytes (None: endless) in 64 KiB chunks, counting what got out."""
+        response = web.StreamResponse(status=status)
+        if size is not None:
+            response.content_length = size
+        await response.prepare(request)
+        sent = 0
+        try:
+            while size is None or sent < size:
+                chunk = _CHUNK if size is None else _CHUNK[: size - sent]
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+        except ConnectionError:  # the client hung up: what was sent is the measurement
+            pass
+        finally:
+            self.streamed[request.path] = sent
+        return response
+
+    async def _stall(self, request: web.Request, status: int) -> web.StreamResponse:
+        response = web.StreamResponse(status=status)
+        await response.prepare(request)
+        await response.write(_CHUNK)
+        await self._closing.wait()
+        return response
 
     def _status(self, path: str) -> int:
         if self.down:
@@ -110,3 +155,8 @@ class Recorder:
         current = self.values.get(key_path)
         if current is None or call.hlc > current[0]:
             self.values[key_path] = (call.hlc, call.body)
+
+
+def _peer_port(request: web.Request) -> int:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
+    return int(peer[1]) if peer else 0

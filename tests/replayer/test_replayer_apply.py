@@ -17,9 +17,9 @@ from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
 from services.replayer.coalesce import Coalescer
-from services.replayer.kvcas import KvCas
 from services.replayer.service import Replayer
 from shared.envelope import HDR_CANARY
+from shared.kvcas import KvCas
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.regions import dlq_stream

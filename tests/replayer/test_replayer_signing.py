@@ -48,3 +48,27 @@ async def test_signatures_are_verified_before_any_call(
     assert marked == signing.key_id
     letters = await dead_letters(js)
     assert [letter["Xr-Dlq-Reason"] for letter in letters] == ["bad_signature"] * 2
+
+
+async def test_the_replay_marker_covers_the_request_target_as_sent(
+    js: JetStreamContext, settings: Settings, recorder: Recorder, tmp_path: Path
+) -> None:
+    """A bridge checks the marker against the path it received: for a raw non-ASCII event
+    path that is the percent-encoded target, not the event's text."""
+    signing = SigningSettings(**make_keys(tmp_path))
+    signer, verifier = load_signer(signing), load_verifier(signing)
+    assert signer is not None
+    assert verifier is not None
+    event = signer.sign(make_event("/catalog/café?x=ü", body=b"ok"))
+    await publish(js, event)
+    async with Replayer(settings.model_copy(update={"signing": signing}),
+                        retry_waits=False) as replayer:  # fmt: skip
+        await replayer.run_until_idle()
+    [call] = recorder.calls
+    assert call.raw_path == "/catalog/caf%C3%A9?x=%C3%BC"
+    marker = replay_signing_input(
+        origin=event.origin, event_id=event.event_id, method=event.method,
+        path=call.raw_path, body=event.body,
+    )  # fmt: skip
+    marked = verifier.verify_bytes(call.headers["Xr-Replayed-Sig"], marker, region="us-east")
+    assert marked == signing.key_id
