@@ -106,7 +106,7 @@ HDR_REPLAYED_SIG = "Xr-Replayed-Sig"
 # decode() ignores HDR_CANARY (PASSTHROUGH_PREFIXES), so a canary is otherwise a valid event.
 HDR_CANARY = "Xr-Canary"
 CANARY_SERVICE = "xr-canary"
-# Dead letters (services/replayer/dlq.py): the original message plus these headers.
+# Dead letters (shared/dlq.py): the original message plus these headers.
 HDR_DLQ_REASON = "Xr-Dlq-Reason"
 HDR_DLQ_STATUS = "Xr-Dlq-Status"
 HDR_DLQ_ATTEMPTS = "Xr-Dlq-Attempts"

@@ -23,13 +23,36 @@ publish is retried (same headers, so the same `Nats-Msg-Id`) before anything lat
 key is sent, so a retried event never lands after a later event of its key. The price: one
 key alone moves at most one event per round trip to a given target.
 
-Failures: any publish failure opens the target's breaker (`gate.py`): publishes stop,
-fetching stops, one probe per jittered, growing backoff; the first success resumes all.
-Failed lane heads wait, in stream order, for the retry task to send them again. Other targets
-have their own consumer, window, breaker and subscriptions, so a slow, paused or unreachable
-target never holds them back. Held events are kept alive with `in_progress()` every
-ack_wait/3, so they are not redelivered to another instance while this one retries or is
-paused.
+Failures: the publisher (`publisher.py`) says whether a failure is permanent or transient.
+
+* Transient (no answer in time, no responders, storage trouble...): the target's breaker
+  opens (`gate.py`): publishes stop, fetching stops, one probe per jittered, growing backoff;
+  the first success resumes all. Failed lane heads wait, in stream order, for the retry task
+  to send them again.
+* Permanent (the frame exceeds `max_payload`, or the target stream refuses the message
+  itself, e.g. over its `max_msg_size`): retrying would block the event's lane, and with it
+  every later event of its key, forever. The breaker does not open (the failure is the
+  event's, not the target's; it ends a probe like a success, so a half-open breaker cannot
+  stall). The event is dead-lettered in this region's own DLQ, `xr.dlq.<region>.<origin>.
+  <service>` (the format of `shared/dlq.py`, reason `forward_refused`, the error
+  naming the target, `Nats-Msg-Id` = `fwd:<target>:<stream seq>` so a redelivery is not
+  stored twice). Only once the DLQ stream acked it is the source acked for this target
+  (outcome `dead_lettered`, one error line); then the lane goes on. Dead letters are local
+  publishes, so they bypass the target's gate; one that fails is retried by the dead-letter
+  task after a backoff of its own, and the source is never acked without it.
+
+Other targets have their own consumer, window, breaker and subscriptions, so a slow, paused
+or unreachable target never holds them back. Held events are kept alive with `in_progress()`
+every ack_wait/3, so they are not redelivered to another instance while this one retries or
+is paused.
+
+A consumer that disappears while running (deleted by mistake, or its stream re-created):
+pull requests then end with 409 "Consumer Deleted", later ones with 503 no responders, which
+a leader election also causes for a moment; a 503 is therefore confirmed with a consumer info
+request, at most every `_CONSUMER_CHECK_S` (no answer, e.g. no meta leader: nothing is
+concluded). While the consumer is missing, `consumer_problem` says so (readiness turns red,
+naming the consumer and `xregion provision`) and fetching goes on with its backoff; the first
+pull request that ends well (the consumer was provisioned again) clears it.
 
 Shutdown (`stop`): stop fetching (an open pull request is let finish) and starting
 publishes; publishes under way finish and are acked (bounded); everything still held is
@@ -39,13 +62,18 @@ Known limits: with several instances, two events of one key may be fetched by di
 instances and race, and after an instance dies its held events come back only after
 ack_wait, possibly after later events of their key. Then the older event lands second and
 the target's replayer acks it as `stale` (last-writer-wins, DESIGN §5a). Retries inside one
-instance never reorder.
+instance never reorder. A dead letter that would exceed `max_payload` is filed without its
+body (`Xr-Dlq-Body`; always so for a frame refused as over `max_payload`): the event itself
+stays in the events stream until its age limit. A consumer provisioned again starts from the
+beginning of the stream (deliver all): what the target already has is dropped by its
+duplicate window, older events reach its replayer again (duplicate or stale there).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,9 +87,10 @@ from nats.js.errors import NotFoundError
 from services.broadcaster.gate import Gate, State
 from services.broadcaster.metrics import FORWARDED, HELD, UNREACHABLE
 from services.broadcaster.policy import Route, RouteCache
-from services.broadcaster.publisher import Publisher, frame_size
+from services.broadcaster.publisher import Failure, Publisher, frame_size
 from services.broadcaster.puller import Puller, PullFailedError, PullStalledError
 from services.broadcaster.window import Held, Window
+from shared.dlq import DeadLetter, dead_letter, fit
 from shared.envelope import HDR_MSG_ID
 from shared.logs import get_logger
 from shared.natsconn import Backoff, NatsConnection
@@ -69,7 +98,7 @@ from shared.regions import broadcast_consumer, events_stream, replay_subject
 from shared.settings import BroadcasterSettings
 from shared.tasks import TaskSet
 
-__all__ = ["ConsumerMissingError", "Forwarder"]
+__all__ = ["FORWARD_REFUSED", "ConsumerMissingError", "Forwarder"]
 
 log = get_logger("xr.broadcaster")
 
@@ -82,6 +111,10 @@ _TICK_S = 0.1
 # Replay subjects remembered per (origin, service); cleared when a flood of odd services
 # would grow it without bound.
 _SUBJECTS_MAX = 4096
+# `Xr-Dlq-Reason` of an event a target refused for good.
+FORWARD_REFUSED = "forward_refused"
+# Least time between two consumer info requests that check a failing consumer still exists.
+_CONSUMER_CHECK_S = 5.0
 
 
 class ConsumerMissingError(Exception):
@@ -96,6 +129,9 @@ class Pending:
     route: Route
     subject: str
     headers: dict[str, str]
+    # Set once the target refused the event for good (the dead letter's error): from then on
+    # the event is dead-lettered instead of forwarded.
+    refused: str | None = None
 
 
 class Forwarder:
@@ -138,6 +174,10 @@ class Forwarder:
         self._wake_event = asyncio.Event()
         self._blocked: list[Held[Pending]] = []  # lane heads waiting for the gate
         self._blocked_event = asyncio.Event()
+        self._refused: list[Held[Pending]] = []  # lane heads waiting for their dead letter
+        self._refused_event = asyncio.Event()
+        self._dlq_failing = False
+        self._dlq_backoff = Backoff(settings.retry_base_s, settings.retry_max_s)
         self.gate = Gate(Backoff(settings.retry_base_s, settings.retry_max_s), on_change=self._wake)
         # Paused until the control bucket has been read: an operator's pause must hold
         # from the first event on.
@@ -154,12 +194,19 @@ class Forwarder:
         self._unknown_services: set[str] = set()
         self._fetch_failing = False
         self._fetch_backoff = Backoff(settings.retry_base_s, settings.retry_max_s)
+        self._consumer_missing = False
+        self._consumer_check_at = 0.0  # monotonic time before which no check is made
         self._stopping = asyncio.Event()
         self.bound = False
 
     @property
     def held(self) -> int:
         return len(self._window)
+
+    @property
+    def consumer_problem(self) -> str | None:
+        """Why the consumer cannot be read from (for readiness), or None while it can."""
+        return self._missing_text() if self._consumer_missing else None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,14 +219,17 @@ class Forwarder:
         try:
             info = await self._js.consumer_info(self._stream, self._consumer, timeout=timeout_s)
         except NotFoundError as exc:
-            raise ConsumerMissingError(
-                f"consumer {self._stream}/{self._consumer} does not exist "
-                "(run `xregion provision` for this region)"
-            ) from exc
+            raise ConsumerMissingError(self._missing_text()) from exc
         except (TimeoutError, nats.errors.Error) as exc:
             log.warning("broadcaster.consumer_unchecked", target=self.target, error=repr(exc))
             return
         self._check_config(info.config.ack_wait, info.config.max_ack_pending)
+
+    def _missing_text(self) -> str:
+        return (
+            f"consumer {self._stream}/{self._consumer} does not exist "
+            "(run `xregion provision` for this region)"
+        )
 
     def _check_config(self, ack_wait_s: float | None, max_ack_pending: int | None) -> None:
         if ack_wait_s:
@@ -196,6 +246,7 @@ class Forwarder:
     def start(self) -> None:
         _ = self._tasks.spawn(self._run(), name=f"fetch-{self.target}")
         _ = self._tasks.spawn(self._resend_blocked(), name=f"retry-{self.target}")
+        _ = self._tasks.spawn(self._send_dead_letters(), name=f"dead-letters-{self.target}")
         _ = self._background.spawn(self._keepalive(), name=f"keepalive-{self.target}")
         _ = self._background.spawn(self._tick(), name=f"tick-{self.target}")
 
@@ -205,6 +256,7 @@ class Forwarder:
         self._stopping.set()
         self._wake()
         self._blocked_event.set()  # the retry task sees the stop and returns
+        self._refused_event.set()  # so does the dead-letter task
         deadline = time.monotonic() + timeout_s
         if not await self._tasks.wait(timeout_s):
             await self._tasks.cancel("broadcaster shutdown deadline passed")
@@ -257,17 +309,52 @@ class Forwarder:
         except PullFailedError as exc:
             await self._fetch_failed(exc)
         else:
-            if self._fetch_failing:
-                self._fetch_failing = False
-                self._fetch_backoff.reset()
-                log.info("broadcaster.fetch_recovered", target=self.target)
+            self._fetched()
 
-    async def _fetch_failed(self, exc: Exception) -> None:
+    def _fetched(self) -> None:
+        """A pull request ended well: the consumer exists and answers."""
+        self._consumer_check_at = 0.0
+        if self._consumer_missing:
+            self._consumer_missing = False
+            log.info("broadcaster.consumer_restored", target=self.target, consumer=self._consumer)
+        if self._fetch_failing:
+            self._fetch_failing = False
+            self._fetch_backoff.reset()
+            log.info("broadcaster.fetch_recovered", target=self.target)
+
+    async def _fetch_failed(self, exc: PullFailedError) -> None:
         if not self._fetch_failing:
             log.warning("broadcaster.fetch_failed", target=self.target, error=str(exc))
         self._fetch_failing = True
+        if not self._consumer_missing and await self._consumer_gone(exc):
+            self._consumer_missing = True
+            log.error(
+                "broadcaster.consumer_missing",
+                target=self.target,
+                consumer=self._consumer,
+                error=str(exc),
+                note=self._missing_text(),
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), self._fetch_backoff.next_delay())
+
+    async def _consumer_gone(self, exc: PullFailedError) -> bool:
+        """Does this failed pull request mean the consumer no longer exists? A 503 is checked
+        with a consumer info request (not more often than every `_CONSUMER_CHECK_S`); when
+        that gets no clear answer (no meta leader, a timeout), nothing is concluded."""
+        if exc.consumer_deleted:
+            return True
+        now = time.monotonic()
+        if not exc.no_responders or now < self._consumer_check_at:
+            return False
+        self._consumer_check_at = now + _CONSUMER_CHECK_S
+        try:
+            await self._js.consumer_info(self._stream, self._consumer)
+        except NotFoundError:
+            return True
+        except (TimeoutError, nats.errors.Error) as exc_info:
+            log.debug("broadcaster.consumer_unchecked", target=self.target, error=repr(exc_info))
+        return False
 
     def _wake(self) -> None:
         self._wake_event.set()
@@ -376,20 +463,33 @@ class Forwarder:
             raise
 
     async def _acked(self, held: Held[Pending], seq: int, duplicate: bool) -> None:
-        """The target stored the event: ack the source, go on with the lane."""
-        self._succeeded()
+        """The target stored the event (or the DLQ its dead letter): ack the source, go on
+        with the lane."""
         pending = held.item
+        if pending.refused is not None:
+            await self._dead_lettered(held)
+            return
+        self._succeeded()
         await self._ack(pending.msg)
         self._forwarded(pending, seq, duplicate)
+        await self._next_in_lane(held)
+
+    async def _next_in_lane(self, held: Held[Pending]) -> None:
         following = self._window.done(held)
         self._wake()
         if following is not None:
             await self._start(following)
 
-    def _failed(self, held: Held[Pending], reason: str) -> None:
-        """The publish was not acked: the lane head waits for the gate, then goes again."""
-        self._retry(held.item, reason)
-        self._block(held)
+    def _failed(self, held: Held[Pending], failure: Failure) -> None:
+        """The publish was not acked: a transient failure waits for the gate and goes again;
+        a permanent refusal is dead-lettered; a failed dead letter is sent again later."""
+        if held.item.refused is not None:
+            self._dead_letter_failed(held, failure.reason)
+        elif failure.permanent:
+            self._refuse(held, failure.reason)
+        else:
+            self._retry(held.item, failure.reason)
+            self._block(held)
 
     async def _resend_blocked(self) -> None:
         """Send blocked lane heads again, oldest first, whenever the gate lets them."""
@@ -411,6 +511,90 @@ class Forwarder:
                     self._blocked_event.set()
                     break
                 await self._send(held)
+
+    # ------------------------------------------------------------------ dead letters
+
+    def _refuse(self, held: Held[Pending], reason: str) -> None:
+        """The event can never be stored by the target: dead-letter it, keep the gate as it is
+        (a refused probe counts as answered, so a half-open breaker closes)."""
+        held.item.refused = f"target {self.target} refused the event for good: {reason}"
+        self._succeeded()
+        self._queue_dead_letter(held)
+
+    def _queue_dead_letter(self, held: Held[Pending]) -> None:
+        self._refused.append(held)
+        self._refused_event.set()
+
+    async def _send_dead_letters(self) -> None:
+        """Publish the dead letters of refused events, oldest first; after a failed one, wait a
+        backoff first (the DLQ is local: the target's gate does not apply)."""
+        while True:
+            await self._refused_event.wait()
+            if self._dlq_failing and not self._stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self._dlq_backoff.next_delay())
+            if self._stopping.is_set():
+                return  # what waits here is still held: stop() nak's it
+            ready = sorted(self._refused, key=_seq_of)
+            self._refused.clear()
+            self._refused_event.clear()
+            for held in ready:
+                subject, headers, payload = self._dead_letter(held)
+                await self._publisher.publish(held, subject, payload, headers)
+
+    def _dead_letter(self, held: Held[Pending]) -> DeadLetter:
+        """The dead letter of a refused event, in this region's DLQ (without its body if the
+        whole would exceed max_payload)."""
+        pending = held.item
+        letter = dead_letter(
+            region=self.region, subject=pending.subject, headers=pending.headers,
+            payload=pending.msg.data, stream_seq=held.seq, reason=FORWARD_REFUSED, status=None,
+            attempts=pending.msg.metadata.num_delivered, error=pending.refused or "",
+            now=dt.datetime.now(dt.UTC),
+        )  # fmt: skip
+        subject, headers, payload = letter
+        # One id per (target, source event): each target that refuses files its own letter.
+        headers[HDR_MSG_ID] = f"fwd:{self.target}:{held.seq}"
+        return fit(DeadLetter((subject, headers, payload)), self._conn.nc.max_payload)
+
+    async def _dead_lettered(self, held: Held[Pending]) -> None:
+        """The DLQ stored the dead letter: now the source may be acked for this target."""
+        pending = held.item
+        self._dlq_failing = False
+        self._dlq_backoff.reset()
+        await self._ack(pending.msg)
+        route = pending.route
+        self._count(route, "dead_lettered")
+        log.error(
+            "broadcaster.dead_lettered",
+            target=self.target,
+            event_id=route.event_id,
+            origin=route.origin,
+            service=route.service,
+            trace_id=route.trace_id,
+            reason=FORWARD_REFUSED,
+            error=pending.refused,
+        )
+        await self._next_in_lane(held)
+
+    def _dead_letter_failed(self, held: Held[Pending], reason: str) -> None:
+        """The dead letter was not stored: the source stays unacked, the letter goes again."""
+        route = held.item.route
+        emit = log.debug if self._dlq_failing else log.warning
+        self._dlq_failing = True
+        self._count(route, "retried")
+        emit(
+            "broadcaster.dead_letter_failed",
+            target=self.target,
+            event_id=route.event_id,
+            origin=route.origin,
+            service=route.service,
+            trace_id=route.trace_id,
+            error=reason,
+        )
+        self._queue_dead_letter(held)
+
+    # ------------------------------------------------------------------ transient failures
 
     def _retry(self, pending: Pending, error: str) -> None:
         opening = self.gate.state is State.CLOSED

@@ -11,7 +11,8 @@ FORWARDED = Counter(
     "Events handled per path, by outcome: forwarded (stored in the target stream), duplicate "
     "(the target had it already), canary, malformed (forwarded undecoded, the target's "
     "replayer dead-letters it), skipped (the target does not need it), retried (one failed "
-    "publish attempt that will be retried)",
+    "publish attempt that will be retried), dead_lettered (the target refused it for good: "
+    "filed in this region's DLQ with reason forward_refused)",
     ["origin", "target", "outcome"],
 )
 BACKLOG = Gauge(

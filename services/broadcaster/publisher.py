@@ -4,15 +4,27 @@
 futures never resolve on server errors (NATS_NOTES §3.1.1), one more `wait_for` per message.
 This adapter publishes with a reply subject `<inbox>.<n>` of its own and reads every PubAck
 on one callback subscription of `<inbox>.*`: `on_acked(item, seq, duplicate)` or
-`on_failed(item, reason)` is called exactly once per `publish()`, in the order the answers
+`on_failed(item, failure)` is called exactly once per `publish()`, in the order the answers
 arrive. A publish with no answer within `timeout_s` fails (one sweeper task, no timer per
 message); an answer that comes later is ignored, so the caller's retry (same `Nats-Msg-Id`)
 is the only outcome it sees.
 
 The caller bounds what is in flight (the forwarder's window). A message whose frame (payload
 plus headers, `frame_size()`) exceeds the server's `max_payload` is never sent: the server
-would close the connection for good (DESIGN §5a), for every target at once. It fails like any
-publish instead.
+would close the connection for good (DESIGN §5a), for every target at once.
+
+Every `Failure` says whether sending the same message again can ever succeed. `permanent`,
+decided here where the answer arrives, so the caller need not parse reasons:
+
+* the frame exceeds `max_payload` (refused before sending);
+* the stream answered with an error that describes the message, not the moment
+  (`PERMANENT_ERR_CODES`: message or header too large for the stream, a per-message TTL the
+  stream cannot take).
+
+Everything else is transient: no answer in time, 503 no responders, an unreadable PubAck, a
+failed send, and every other JetStream error (storage or resource limits, leadership changes,
+unknown codes). Unknown codes stay transient on purpose: a wrong "permanent" would dead-letter
+an event that a retry would have delivered, a wrong "transient" only delays a lane.
 """
 
 from __future__ import annotations
@@ -30,13 +42,47 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["Publisher", "frame_size"]
+__all__ = ["PERMANENT_ERR_CODES", "Failure", "Publisher", "frame_size", "is_permanent"]
 
 T = TypeVar("T")
 
 _NO_RESPONDERS = "503"
 # "NATS/1.0\r\n" ... "\r\n": the header block around the header lines.
 _HEADER_BLOCK_BYTES = 12
+
+# JetStream publish errors (nats-server errors.json) that a retry of the same message can never
+# turn into a PubAck: the message itself is what the stream refuses.
+PERMANENT_ERR_CODES = frozenset(
+    {
+        10054,  # JSStreamMessageExceedsMaximumErr: message size exceeds maximum allowed
+        10097,  # JSStreamHeaderExceedsMaximumErr: header size exceeds maximum allowed of 64k
+        10165,  # JSMessageTTLInvalidErr: invalid per-message TTL
+        10166,  # JSMessageTTLDisabledErr: per-message TTL is disabled
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why a publish got no PubAck; `permanent`: sending it again can never succeed."""
+
+    reason: str
+    permanent: bool = False
+
+
+def is_permanent(error: object) -> bool:
+    """True for the `error` object of a PubAck that no retry of the message can change."""
+    if not isinstance(error, dict):
+        return False
+    return error.get("err_code") in PERMANENT_ERR_CODES
+
+
+def _refusal(error: object) -> str:
+    """One line for the `error` object of a PubAck."""
+    if not isinstance(error, dict):
+        return f"target stream refused: {error}"
+    description = error.get("description", "?")
+    return f"target stream refused: {description} (err_code {error.get('err_code', '?')})"
 
 
 def frame_size(payload: bytes, headers: dict[str, str] | None) -> int:
@@ -66,7 +112,7 @@ class Publisher(Generic[T]):
         *,
         timeout_s: float,
         on_acked: Callable[[T, int, bool], Awaitable[None]],
-        on_failed: Callable[[T, str], None],
+        on_failed: Callable[[T, Failure], None],
     ) -> None:
         self._nc = nc
         self._timeout_s = timeout_s
@@ -98,7 +144,8 @@ class Publisher(Generic[T]):
         """Send one message; its outcome comes to `on_acked` or `on_failed`."""
         size = frame_size(payload, headers)
         if size > self._nc.max_payload:
-            self._on_failed(item, f"{size} bytes exceed the server's max_payload")
+            reason = f"{size} bytes exceed the connection's max_payload {self._nc.max_payload}"
+            self._on_failed(item, Failure(reason, permanent=True))
             return
         self._counter += 1
         token = str(self._counter)
@@ -109,7 +156,7 @@ class Publisher(Generic[T]):
         except (nats.errors.Error, OSError) as exc:
             if self._in_flight.pop(token, None) is not None:
                 self._settled()
-                self._on_failed(item, repr(exc))
+                self._on_failed(item, Failure(repr(exc)))
 
     def expire(self) -> int:
         """Fail every publish older than `timeout_s`; how many there were."""
@@ -121,7 +168,8 @@ class Publisher(Generic[T]):
             expired.append(token)
         for token in expired:
             entry = self._in_flight.pop(token)
-            self._on_failed(entry.item, f"no ack from the target within {self._timeout_s:g} s")
+            reason = f"no ack from the target within {self._timeout_s:g} s"
+            self._on_failed(entry.item, Failure(reason))
         if expired:
             self._settled()
         return len(expired)
@@ -146,17 +194,17 @@ class Publisher(Generic[T]):
         self._settled()
         headers = msg.headers
         if headers is not None and headers.get("Status") == _NO_RESPONDERS:
-            self._on_failed(entry.item, "no stream answered (503 no responders)")
+            self._on_failed(entry.item, Failure("no stream answered (503 no responders)"))
             return
         try:
             reply = json.loads(msg.data)
             error = reply.get("error")
             seq = int(reply["seq"]) if error is None else 0
         except (ValueError, TypeError, KeyError, AttributeError):
-            self._on_failed(entry.item, f"unreadable PubAck {msg.data[:200]!r}")
+            self._on_failed(entry.item, Failure(f"unreadable PubAck {msg.data[:200]!r}"))
             return
         if error is not None:
-            self._on_failed(entry.item, f"target stream refused: {error}")
+            self._on_failed(entry.item, Failure(_refusal(error), permanent=is_permanent(error)))
             return
         await self._on_acked(entry.item, seq, bool(reply.get("duplicate", False)))
 

@@ -11,7 +11,10 @@ makes no JetStream API call, so it works without the meta leader.
 At most one request is open at a time. It is over when its whole batch came, or the server
 ended it with a status message: 404/408 (nothing more before it expired) end it normally,
 any other status (409 leadership change, consumer deleted, 503 no responders...) ends it as
-a failure the caller backs off from. `wait_closed()` bounds the wait: a request that is
+a failure the caller backs off from. The failure carries the status, so the caller can tell a
+consumer that is gone (409 "Consumer Deleted" ends the requests open when it is deleted; later
+ones find nobody serving the consumer's subject: 503 no responders, which a leader election
+also causes for a moment) from a passing problem. `wait_closed()` bounds the wait: a request that is
 neither filled nor ended within its expiry plus a grace (NATS_NOTES §3.1.5: orphaned pull
 requests) counts as stalled and is forgotten; messages it still brings are delivered anyway.
 
@@ -42,10 +45,31 @@ _GRACE_S = 1.0
 # Status codes that end a request without anything being wrong.
 _NORMAL_END = frozenset({"404", "408"})
 _HEARTBEAT = "100"
+_CONFLICT = "409"
+_NO_RESPONDERS = "503"
+_CONSUMER_DELETED = "consumer deleted"
 
 
 class PullFailedError(Exception):
-    """The server ended a pull request with an error status (or it could not be sent)."""
+    """The server ended a pull request with an error status (or it could not be sent).
+
+    `status` is the status code ("" when the request could not be sent), `description` the
+    server's text."""
+
+    def __init__(self, message: str, *, status: str = "", description: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.description = description
+
+    @property
+    def consumer_deleted(self) -> bool:
+        """The consumer was deleted while the request was open: it is gone for sure."""
+        return self.status == _CONFLICT and self.description.lower() == _CONSUMER_DELETED
+
+    @property
+    def no_responders(self) -> bool:
+        """Nobody serves the consumer: deleted, or its leader is being elected."""
+        return self.status == _NO_RESPONDERS
 
 
 class PullStalledError(Exception):
@@ -75,7 +99,7 @@ class Puller:
         self._expected = 0  # messages the open request may still bring
         self._closed = asyncio.Event()
         self._closed.set()
-        self._error: str | None = None
+        self._error: PullFailedError | None = None
 
     @property
     def is_open(self) -> bool:
@@ -105,7 +129,7 @@ class Puller:
         try:
             await self._nc.publish(self._next_subject, body, reply=self._reply)
         except (nats.errors.Error, OSError) as exc:
-            self._end(repr(exc))
+            self._end(PullFailedError(repr(exc)))
 
     async def wait_closed(self, expires_s: float) -> None:
         """Wait until the open request is over; PullFailedError or PullStalledError if it
@@ -118,7 +142,7 @@ class Puller:
             self._end(None)
             raise PullStalledError from None
         if self._error is not None:
-            raise PullFailedError(self._error)
+            raise self._error
 
     async def _deliver(self, msg: Msg) -> None:
         if msg.reply:  # a stored message (its reply is the ack subject)
@@ -135,11 +159,17 @@ class Puller:
         if status in _NORMAL_END:
             self._end(None)
         else:
-            description = (msg.headers or {}).get("Description", "")
-            self._end(f"status {status or '?'} {description}".strip())
+            self._end(_failure(status, (msg.headers or {}).get("Description", "")))
 
-    def _end(self, error: str | None) -> None:
+    def _end(self, error: PullFailedError | None) -> None:
         self._expected = 0
         if not self._closed.is_set():
             self._error = error
             self._closed.set()
+
+
+def _failure(status: str, description: str) -> PullFailedError:
+    # A 503 from the server carries odd "Description" text (the Nats-Subject header, mangled).
+    description = " ".join(description.split())
+    text = f"status {status or '?'} {description}".strip()
+    return PullFailedError(text, status=status, description=description)

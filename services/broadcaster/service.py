@@ -10,6 +10,10 @@ canary sender, backlog monitor and pause watcher → every forwarder stops fetch
 publishes under way finish and be acked (`shutdown_timeout_s`), and nak's what it still holds
 so it is redelivered at once, in order → admin port → drain and close NATS.
 
+Readiness (`/readyz`): `nats` (connected), `consumers` (down while a forwarder is not bound or
+its consumer went missing at run time: the detail names the consumer and `xregion
+provision`), `targets` (degraded while a target is paused or unreachable), `lifecycle`.
+
 Errors::
 
     ServiceError (shared/lifecycle.py)
@@ -255,9 +259,17 @@ class Broadcaster:
         return CheckResult(Health.DOWN, "disconnected: nothing is forwarded")
 
     def _consumers_check(self) -> CheckResult:
+        """Down while a forwarder is not bound, or its consumer went missing (deleted while
+        running): that target gets nothing until the consumer is provisioned again."""
         unbound = sorted(t for t, f in self._forwarders.items() if not f.bound)
-        if unbound:
-            return CheckResult(Health.DOWN, f"not bound: {', '.join(unbound)}")
+        problems = [f"not bound: {', '.join(unbound)}"] if unbound else []
+        problems += [
+            problem
+            for _, forwarder in sorted(self._forwarders.items())
+            if (problem := forwarder.consumer_problem) is not None
+        ]
+        if problems:
+            return CheckResult(Health.DOWN, "; ".join(problems))
         return CheckResult(Health.OK, f"bound: {', '.join(self._forwarders)}")
 
     def _targets_check(self) -> CheckResult:

@@ -35,10 +35,10 @@ from structlog.contextvars import bound_contextvars
 
 from services.replayer.apply import Applier, Delivery
 from services.replayer.coalesce import Coalescer
-from services.replayer.dlq import dead_letter, fit, path_of
 from services.replayer.metrics import EVENTS, INFLIGHT, REPLAY_BACKLOG
 from services.replayer.outcomes import Done, Poison, Retry
 from services.replayer.partitions import KeyedRunner, order_key
+from shared.dlq import dead_letter, fit, path_of
 from shared.envelope import HDR_EVENT_ID, HDR_TRACE
 from shared.logs import get_logger
 from shared.settings import ReplayerSettings

@@ -1,6 +1,6 @@
 """`xregion dlq list|show|replay|purge`: the dead letters of a region (DESIGN §7).
 
-Dead letters live in `XR_DLQ_<region>` (services/replayer/dlq.py). Every action works on a
+Dead letters live in `XR_DLQ_<region>` (shared/dlq.py). Every action works on a
 selection: `--service S`, `--reason X`, `--since T` (ISO-8601 time, or an age such as `90s`,
 `30m`, `2h`, `7d`), or one message by `--seq N`. Messages are read one by one with direct
 gets (`next_by_subj`), so no consumer is created.
@@ -27,8 +27,8 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from services.replayer.dlq import HDR_DLQ_BODY, path_of, replay_message
 from services.xregion.commands import CommandError
+from shared.dlq import HDR_DLQ_BODY, path_of, replay_message
 from shared.envelope import (
     HDR_DLQ_AT,
     HDR_DLQ_ATTEMPTS,

@@ -629,6 +629,9 @@ def _broadcaster(region: str, regions: Sequence[str]) -> tuple[list[str], list[s
         events_subject(region, CANARY_SERVICE),
         # Backlog age: a direct get of the oldest unacked event (services/broadcaster/backlog.py).
         f"$JS.API.DIRECT.GET.{stream}",
+        # Events a target refuses for good are dead-lettered here (services/broadcaster/
+        # forwarder.py); the replayer files its own under the same prefix.
+        dlq_subject(region, "*", ">"),
     ]
     for target in (r for r in regions if r != region):
         pub += _pull(stream, broadcast_consumer(target))

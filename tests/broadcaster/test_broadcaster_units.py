@@ -1,5 +1,6 @@
-"""Pure parts of the broadcaster: the window's lanes, the gate's breaker, canary ids,
-the settings' consistency rules, the pause command's paths."""
+"""Pure parts of the broadcaster: the window's lanes, the gate's breaker, which publish and
+pull failures are permanent, canary ids, the settings' consistency rules, the pause command's
+paths."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from pydantic import ValidationError
 from services.broadcaster.canary import canary_event, canary_event_id, canary_message
 from services.broadcaster.gate import Gate, State
 from services.broadcaster.policy import Policy, RouteCache
+from services.broadcaster.publisher import is_permanent
+from services.broadcaster.puller import PullFailedError
 from services.broadcaster.window import Held, Window
 from services.xregion.commands import CommandError
 from services.xregion.pause_cmd import paths_into
@@ -188,7 +191,44 @@ async def test_acquire_waits_for_resume_and_returns_false_on_stop() -> None:
     assert await asyncio.wait_for(waiter, 1) is False
 
 
-# ---------------------------------------------------------------- canaries
+# ---------------------------------------------------------------- failure classification
+
+
+@pytest.mark.parametrize(
+    ("error", "permanent"),
+    [
+        (
+            {"code": 400, "err_code": 10054, "description": "message size exceeds maximum allowed"},
+            True,
+        ),
+        ({"code": 400, "err_code": 10097, "description": "header size exceeds maximum"}, True),
+        ({"code": 400, "err_code": 10165, "description": "invalid per-message TTL"}, True),
+        ({"code": 400, "err_code": 10166, "description": "per-message TTL is disabled"}, True),
+        ({"code": 503, "err_code": 10077, "description": "insufficient resources"}, False),
+        (
+            {
+                "code": 500,
+                "err_code": 10008,
+                "description": "JetStream system temporarily unavailable",
+            },
+            False,
+        ),
+        ({"code": 400, "err_code": 99999, "description": "something new"}, False),
+        ({"code": 400}, False),
+        ("not an object", False),
+    ],
+)
+def test_only_errors_about_the_message_itself_are_permanent(error: object, permanent: bool) -> None:
+    assert is_permanent(error) is permanent
+
+
+def test_a_failed_pull_tells_a_deleted_consumer_from_no_responders() -> None:
+    deleted = PullFailedError("status 409", status="409", description="Consumer Deleted")
+    nobody = PullFailedError("status 503", status="503")
+    other = PullFailedError("status 409", status="409", description="Leadership Change")
+    assert [e.consumer_deleted for e in (deleted, nobody, other)] == [True, False, False]
+    assert [e.no_responders for e in (deleted, nobody, other)] == [False, True, False]
+    assert not PullFailedError("OSError()").consumer_deleted
 
 
 def test_canary_ids_are_uuid7_at_the_slot_and_the_same_for_every_instance() -> None:

@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from services.replayer.apply import Applier, Delivery
 from services.replayer.classify import Verdict, classify_error, classify_status
-from services.replayer.dlq import dead_letter, fit, path_of, replay_message
 from services.replayer.outcomes import Done
 from services.replayer.partitions import KeyedRunner, order_key
 from services.replayer.pathsafe import UnsafePathError, check_path
@@ -23,6 +22,7 @@ from services.replayer.request import RequestError, build_request
 from services.replayer.upstream import Upstream, UpstreamError
 from services.replayer.versions import Claim, ClaimResult, VersionStore
 from services.replayer.versions import Verdict as ClaimVerdict
+from shared.dlq import dead_letter, fit, path_of, replay_message
 from shared.envelope import Event, encode, req_headers_from
 from shared.settings import ReplayerSettings, ServiceSettings
 from tests.harness.wait import wait_until

@@ -1,0 +1,205 @@
+"""Events a target can never store: dead-lettered in the broadcaster's own region, so the rest
+of their key (and the target) goes on. Here ap-south's replay stream takes at most
+`SMALL_LIMIT` bytes per message, so one large event is refused for good (err_code 10054) while
+eu-west takes everything."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from services.broadcaster.forwarder import FORWARD_REFUSED
+from services.broadcaster.gate import State
+from services.broadcaster.publisher import Failure, Publisher
+from services.broadcaster.service import Broadcaster
+from services.xregion.dlq_cmd import Selection, run_dlq
+from services.xregion.supercluster import SuperCluster
+from shared.envelope import HDR_DLQ_AT, HDR_DLQ_ERROR, HDR_DLQ_REASON, HDR_EVENT_ID, HDR_MSG_ID
+from shared.natsconn import NatsConnection
+from shared.regions import (
+    broadcast_consumer,
+    dlq_stream,
+    dlq_subject,
+    events_stream,
+    replay_stream,
+)
+from tests.broadcaster.helpers import JS_TRANSIENT, ORIGIN, Producer, bc_settings, count_replay
+from tests.harness.wait import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="package")]
+
+REFUSING = "ap-south"
+ACCEPTING = "eu-west"
+SMALL_LIMIT = 2048
+BIG_BODY = 8192
+
+
+@pytest_asyncio.fixture(loop_scope="package")
+async def small_replay(js: JetStreamContext) -> AsyncIterator[None]:
+    """ap-south's replay stream refuses messages over SMALL_LIMIT bytes, for this test."""
+    old = await _set_max_msg_size(js, replay_stream(REFUSING), SMALL_LIMIT)
+    try:
+        yield
+    finally:
+        await _set_max_msg_size(js, replay_stream(REFUSING), old)
+
+
+async def _set_max_msg_size(js: JetStreamContext, stream: str, limit: int) -> int:
+    """Set a stream's max_msg_size; the value it had."""
+
+    async def update() -> int:
+        config = (await js.stream_info(stream)).config
+        old = config.max_msg_size if config.max_msg_size is not None else -1
+        await js.update_stream(dataclasses.replace(config, max_msg_size=limit))
+        return old
+
+    return await wait_until(update, 15, interval=0.2, ignore=JS_TRANSIENT, message=stream)
+
+
+async def _send_big(producer: Producer) -> tuple[str, int]:
+    """One event too large for the refusing target; its event id and stream sequence."""
+    event = dataclasses.replace(producer.event(len(producer.sent)), body=b"b" * BIG_BODY)
+    await producer.send_event(event)
+    sent = producer.sent[-1]
+    return sent.event_id, sent.seq
+
+
+async def _dead_letter(js: JetStreamContext, service: str) -> RawStreamMsg | None:
+    try:
+        return await js.get_last_msg(dlq_stream(ORIGIN), dlq_subject(ORIGIN, ORIGIN, service))
+    except NotFoundError:
+        return None
+
+
+async def _acked_past(js: JetStreamContext, target: str, seq: int) -> bool:
+    info = await js.consumer_info(events_stream(ORIGIN), broadcast_consumer(target))
+    return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
+
+
+def _dead_lettered(target: str) -> float:
+    labels = {"origin": ORIGIN, "target": target, "outcome": "dead_lettered"}
+    return REGISTRY.get_sample_value("xr_broadcaster_forwarded_total", labels) or 0.0
+
+
+async def test_a_refused_event_is_dead_lettered_and_its_key_goes_on(
+    cluster: SuperCluster,
+    js: JetStreamContext,
+    small_replay: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # One key: a large event first, two small ones after it. Before, the large one was retried
+    # forever and the small ones never reached ap-south.
+    producer = Producer(js, "refused-key", keys=1)
+    big_id, big_seq = await _send_big(producer)
+    await producer.send(2)
+    counted = _dead_lettered(REFUSING)
+
+    with capture_logs() as logs:
+        async with Broadcaster(bc_settings(cluster)) as broadcaster:
+            await wait_until(
+                lambda: _counts_are(js, producer.service, {REFUSING: 2, ACCEPTING: 3}),
+                20,
+                message="the later events of the key reached ap-south, all reached eu-west",
+            )
+            letter = await wait_until(
+                lambda: _dead_letter(js, producer.service), 10, message="dead letter stored"
+            )
+            await wait_until(lambda: _acked_past(js, REFUSING, big_seq), 10, message="source acked")
+            assert broadcaster.forwarders[REFUSING].gate.state is State.CLOSED
+
+    assert letter is not None
+    headers = letter.headers or {}
+    assert headers[HDR_EVENT_ID] == big_id
+    assert headers[HDR_DLQ_REASON] == FORWARD_REFUSED
+    assert REFUSING in headers[HDR_DLQ_ERROR]
+    assert "message size exceeds maximum allowed" in headers[HDR_DLQ_ERROR]
+    assert headers[HDR_MSG_ID] == f"fwd:{REFUSING}:{big_seq}"
+    assert headers[HDR_DLQ_AT]
+    assert letter.data == b"b" * BIG_BODY
+    assert _dead_lettered(REFUSING) == counted + 1
+    lines = [e for e in logs if e["event"] == "broadcaster.dead_lettered"]
+    assert len(lines) == 1
+    (line,) = lines
+    assert line["log_level"] == "error"
+    assert (line["event_id"], line["origin"], line["service"], line["target"]) == (
+        big_id,
+        ORIGIN,
+        producer.service,
+        REFUSING,
+    )
+    assert line["trace_id"]
+    # `xregion dlq list` of the region shows it.
+    selection = Selection(region=ORIGIN, service=producer.service)
+    assert await run_dlq(bc_settings(cluster), "list", selection, yes=False) == 0
+    row = capsys.readouterr().out.splitlines()[-1]
+    assert FORWARD_REFUSED in row
+    assert big_id in row
+
+
+async def test_the_source_waits_for_a_dead_letter_that_cannot_be_stored(
+    cluster: SuperCluster, js: JetStreamContext, small_replay: None
+) -> None:
+    # The region's own DLQ refuses the dead letter too: the source must stay unacked and the
+    # key must wait, and the dead letter goes again until the DLQ takes it.
+    producer = Producer(js, "refused-dlq-down", keys=1)
+    _, big_seq = await _send_big(producer)
+    await producer.send(1)
+    old = await _set_max_msg_size(js, dlq_stream(ORIGIN), SMALL_LIMIT)
+    try:
+        with capture_logs() as logs:
+            async with Broadcaster(bc_settings(cluster)) as broadcaster:
+                await wait_until(
+                    lambda: any(e["event"] == "broadcaster.dead_letter_failed" for e in logs),
+                    20,
+                    message="the dead letter was refused by the DLQ",
+                )
+                assert not await _acked_past(js, REFUSING, big_seq), "acked without dead letter"
+                assert await count_replay(js, REFUSING, producer.service) == 0, "the key waits"
+                assert await _dead_letter(js, producer.service) is None
+
+                await _set_max_msg_size(js, dlq_stream(ORIGIN), old)
+                await wait_until(
+                    lambda: _counts_are(js, producer.service, {REFUSING: 1, ACCEPTING: 2}),
+                    20,
+                    message="the key went on once the dead letter was stored",
+                )
+                assert await _dead_letter(js, producer.service) is not None
+                await wait_until(
+                    lambda: _acked_past(js, REFUSING, big_seq), 10, message="source acked"
+                )
+                assert broadcaster.forwarders[ACCEPTING].gate.state is State.CLOSED
+    finally:
+        await _set_max_msg_size(js, dlq_stream(ORIGIN), old)
+
+
+async def test_a_frame_over_max_payload_fails_for_good(conn: NatsConnection) -> None:
+    failures: list[Failure] = []
+
+    async def acked(item: str, seq: int, duplicate: bool) -> None:
+        raise AssertionError("an oversized frame must never be sent")
+
+    publisher: Publisher[str] = Publisher(
+        conn.nc, timeout_s=1.0, on_acked=acked, on_failed=lambda _, f: failures.append(f)
+    )
+    await publisher.start()
+    try:
+        payload = b"x" * conn.nc.max_payload
+        await publisher.publish("one", f"xr.replay.{ACCEPTING}.{ORIGIN}.big", payload, {"A": "b"})
+    finally:
+        await publisher.aclose()
+    (failure,) = failures
+    assert failure.permanent
+    assert "max_payload" in failure.reason
+    assert conn.is_connected
+
+
+async def _counts_are(js: JetStreamContext, service: str, wanted: dict[str, int]) -> bool:
+    return all([await count_replay(js, t, service) == n for t, n in wanted.items()])
