@@ -7,7 +7,8 @@ user, and the operator commands (`xregion pause|resume|dlq`) as `admin`.
 What it proves, end to end with permissions on: a write through a bridge is applied in the
 other regions (events, replay, acks, version records in `xr-versions-<region>` written by the
 bridge and claimed by the replayers), canaries flow, a poisoned event is dead-lettered and
-listed, a pause written by `admin` into `xr-control-<region>` is obeyed by the broadcaster
+listed, an event a target refuses for good is dead-lettered by the origin's broadcaster, a
+pause written by `admin` into `xr-control-<region>` is obeyed by the broadcaster
 (which also reads its backlog and lag), and resume lets the held event through. Nothing is
 ever refused: no violation in any nats-server log, no NATS error in any service's log or
 `xr_nats_errors_total`.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -37,6 +39,7 @@ from services.xregion.natsconf import Topology, build_topology, load_topology, r
 from services.xregion.supercluster import SuperCluster, free_ports
 from shared import provision
 from shared.natsconn import NatsConnection
+from shared.regions import replay_stream
 from shared.settings import Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
 from tests.harness.http import LoopbackApp
@@ -225,6 +228,14 @@ async def provision_region(settings: Settings) -> None:
         )  # fmt: skip
 
 
+async def limit_message_size(settings: Settings, region: str, max_bytes: int) -> None:
+    """Make `region`'s replay stream refuse events over `max_bytes` (as the provisioner)."""
+    async with NatsConnection(settings.nats, service="test-provision") as conn:
+        js = conn.jetstream()
+        info = await js.stream_info(replay_stream(region))
+        await js.update_stream(dataclasses.replace(info.config, max_msg_size=max_bytes))
+
+
 async def xregion_as_admin(env: Mapping[str, str], *args: str) -> tuple[int, str]:
     """An operator command as the `admin` user: exit code and stdout + stderr."""
     proc = await asyncio.create_subprocess_exec(
@@ -356,6 +367,25 @@ async def test_every_service_and_operator_command_works_with_prod_permissions(
             command_output["dlq list"] = out
             assert code == 0, out
             assert "1 dead letter(s) in XR_DLQ_EU_WEST" in out, out
+
+            # 2b. ap-south refuses an event for good: the us-east broadcaster files it in its
+            # own region's DLQ (XR_DLQ_US_EAST) and acks it; eu-west gets it all the same.
+            await limit_message_size(provisioner_settings(origin.config, env), OTHER_TARGET, 2048)
+            reply = await http.put(f"{origin.bridge_url}/{SERVICE}/big-1", content=b"b" * 8192)
+            assert reply.status_code == 200, reply.text
+            await wait_until(
+                lambda: metric(origin, "broadcaster", "xr_broadcaster_forwarded_total",
+                               origin=ORIGIN, target=OTHER_TARGET, outcome="dead_lettered"), 20,
+                message="big-1 refused by ap-south, dead-lettered by the us-east broadcaster",
+            )  # fmt: skip
+            await wait_until(
+                lambda: paused.upstream.saw(f"/{SERVICE}/big-1"), 20,
+                message="big-1 applied in eu-west",
+            )  # fmt: skip
+            code, out = await xregion_as_admin(env, "dlq", "list", "--config", str(origin.config))
+            command_output["dlq list us-east"] = out
+            assert code == 0, out
+            assert "1 dead letter(s) in XR_DLQ_US_EAST" in out, out
 
             # 3. admin pauses every path into eu-west; the us-east broadcaster obeys.
             target_args = ("--config", str(origin.config), "--target", PAUSED_TARGET)
