@@ -29,6 +29,13 @@ every phase: requests/s, p50/p99 latency, and CPU seconds per 1,000 requests of 
 the upstream, nats-server and the load generator (all on the same machine, competing for the
 same cores). Everything is repeated `--rounds` times; the verdict uses the median round.
 
+Last, the machine itself: a JetStream publish round trip back to back, and after 1 ms of
+idling each time. On this VM the second is about twice the first: waking an idle process costs
+tens of µs, and at half load every process idles between requests. A write through the bridge
+crosses 4 more process hand-offs than a direct one, so part of "added p50 at half load" is
+that, not the bridge's own work (the canonical log line's `upstream_ms`/`publish_ms` tell the
+rest).
+
 Targets (issue 3): replicated-write throughput >= 0.5x direct; added p50 <= 1 ms at half of
 the maximum load.
 """
@@ -50,6 +57,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import aiohttp
+import nats
 import uvloop
 from aiohttp import web
 from procs import cpu_seconds, pids_using, process, wait_http
@@ -273,7 +281,7 @@ async def _phase(
 
 async def _bench(
     seconds: float, concurrency: int, rounds: int, workdir: Path, log_level: str = "info"
-) -> list[Phase]:
+) -> tuple[list[Phase], Wakeup]:
     from services.xregion.natsconf import build_topology
     from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
 
@@ -347,7 +355,48 @@ async def _bench(
                 phases += await _round(
                     rnd, seconds, concurrency, targets, (up_pid, store, store_pid), nats_pids
                 )
-            return phases
+            wakeup = await _publish_round_trips(nats.client_urls(REGION)[0])
+            return phases, wakeup
+
+
+@dataclass
+class Wakeup:
+    """p50 of one JetStream publish round trip, back to back and after 1 ms of idling."""
+
+    busy_ms: float
+    idle_ms: float
+
+    def report(self) -> str:
+        per_wakeup = max(0.0, self.idle_ms - self.busy_ms) / 2
+        return (
+            f"this machine: a JetStream publish round trip takes {self.busy_ms:.3f} ms back to "
+            f"back, {self.idle_ms:.3f} ms after 1 ms of idling (both ends idle: about "
+            f"{per_wakeup:.3f} ms per wake-up of an idle process); a write through the bridge "
+            "crosses 4 more process hand-offs than a direct one (to the bridge, to the upstream "
+            "and back, to NATS and back, to the client: 6 against 2)"
+        )
+
+
+async def _publish_round_trips(nats_url: str, count: int = 1500) -> Wakeup:
+    """What waking up an idle process costs on this machine, measured with the simplest
+    round trip the bridge makes: a plain nats-py JetStream publish (request) and its ack."""
+    nc = await nats.connect(nats_url)
+    try:
+
+        async def p50(gap_s: float) -> float:
+            times = []
+            for i in range(count):
+                headers = {"Nats-Msg-Id": f"probe-{gap_s}-{i}-{time.time_ns()}"}
+                started = time.perf_counter()
+                await nc.request(f"xr.events.{REGION}.bench", BODY, timeout=5, headers=headers)
+                times.append(time.perf_counter() - started)
+                if gap_s:
+                    await asyncio.sleep(gap_s)
+            return statistics.median(times[count // 10 :]) * 1000
+
+        return Wakeup(busy_ms=await p50(0.0), idle_ms=await p50(0.001))
+    finally:
+        await nc.close()
 
 
 async def _round(
@@ -463,10 +512,11 @@ def main(argv: list[str] | None = None) -> int:
             stack.enter_context(tempfile.TemporaryDirectory(prefix="xr-bench-"))
         )
         workdir.mkdir(parents=True, exist_ok=True)
-        phases = uvloop.run(
+        phases, wakeup = uvloop.run(
             _bench(args.seconds, args.concurrency, args.rounds, workdir, args.bridge_log_level)
         )
     print(_report(phases))
+    print(wakeup.report())
     if args.json is not None:
         args.json.write_text(json.dumps([asdict(p) for p in phases], indent=2))
     return 0
