@@ -174,6 +174,7 @@ class Bridge:
             timeout_s=s.version_record_timeout_s,
             max_inflight=s.max_inflight_publishes,
             cache_keys=s.version_cache_keys,
+            coalesce_s=s.version_coalesce_s,
         )
         if s.record_local_versions:
             await self._stack.enter_async_context(versions)

@@ -34,10 +34,10 @@ from prometheus_client import Counter
 from structlog.contextvars import bound_contextvars
 
 from services.replayer.apply import Applier, Delivery
-from services.replayer.coalesce import Coalescer
 from services.replayer.metrics import EVENTS, INFLIGHT, REPLAY_BACKLOG
 from services.replayer.outcomes import Done, Poison, Retry
 from services.replayer.partitions import KeyedRunner, order_key
+from shared.coalesce import Coalescer
 from shared.dlq import dead_letter, fit, path_of
 from shared.envelope import HDR_EVENT_ID, HDR_TRACE
 from shared.logs import get_logger

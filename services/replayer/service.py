@@ -33,12 +33,12 @@ from nats.js.kv import KeyValue
 from nats.micro import add_service
 
 from services.replayer.apply import Applier
-from services.replayer.coalesce import Coalescer
 from services.replayer.consumer import ReplayConsumer
 from services.replayer.metrics import DLQ_MESSAGES
 from services.replayer.upstream import Upstream
 from services.replayer.versions import VersionStore
 from shared.admin import AdminServer, CheckResult, Health
+from shared.coalesce import Coalescer
 from shared.kvcas import KvCas
 from shared.lifecycle import ServiceError
 from shared.logs import get_logger

@@ -146,12 +146,13 @@ async def test_a_started_record_counts_against_the_bound_at_once(
     assert not versions.saturated
 
 
+@pytest.mark.parametrize("coalesce_s", [0.0, 0.005], ids=["one-by-one", "in-bursts"])
 async def test_a_remembered_record_never_moves_a_record_backwards(
-    bridge_cluster: SuperCluster, reader: NatsConnection, js: JetStreamContext
+    bridge_cluster: SuperCluster, reader: NatsConnection, js: JetStreamContext, coalesce_s: float
 ) -> None:
     """The bridge remembers the records it wrote; another writer (a replayer applying a newer
     event) moving one behind its back must make it read again, not write over it."""
-    service, key = "remembered", "/remembered/1"
+    service, key = f"remembered-{int(coalesce_s * 1000)}", "/remembered/1"
     kv = await js.key_value(versions_bucket(REGION))
 
     def stamp(n: int) -> str:
@@ -165,7 +166,9 @@ async def test_a_remembered_record_never_moves_a_record_backwards(
         return None if found is None else found.event_id
 
     recorded, superseded = _count(service, "recorded"), _count(service, "superseded")
-    versions = LocalVersions(reader, region=REGION, owner="test", timeout_s=5, max_inflight=8)
+    versions = LocalVersions(
+        reader, region=REGION, owner="test", timeout_s=5, max_inflight=8, coalesce_s=coalesce_s
+    )
     async with versions:
         await record(10)
         _, revision = await read_record(kv, record_key(service, key))

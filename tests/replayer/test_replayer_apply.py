@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
 
-from services.replayer.coalesce import Coalescer
 from services.replayer.service import Replayer
+from shared.coalesce import Coalescer
 from shared.envelope import HDR_CANARY
 from shared.kvcas import KvCas
 from shared.natsconn import NatsConnection

@@ -1,12 +1,14 @@
-"""Coalesced publishes: the hot path's small NATS frames (acks, version-record writes) leave
-in bursts, one socket write for many, instead of one write per event stage.
+"""Coalesced publishes: small NATS frames of a hot path (the replayer's acks and version-record
+writes, the bridge's version records) leave in bursts, one socket write for many, instead of
+one write per event stage.
 
 nats-py writes its pending frames at the next turn of the event loop after a publish; with
 events finishing one stage at a time, that was about one `write()` system call per event on
 the NATS connection — measured as a fifth of the replayer's CPU (a loopback write wakes the
 server and runs the TCP stack in the writer's time slice). `Coalescer.publish` queues the
 frame and sends the queue `delay_s` later (default 1 ms), all frames in one loop turn, so
-nats-py writes them together. The price is that much latency per NATS round trip.
+nats-py writes them together, and the server reads them together. The price is that much
+latency per NATS round trip.
 
 The queue is sent in order by one owned task; `aclose()` sends what is queued and waits for
 it (shutdown: before the connection is drained). A frame that cannot be sent is logged and
@@ -27,7 +29,7 @@ from shared.logs import get_logger
 
 __all__ = ["Coalescer"]
 
-log = get_logger("xr.replayer")
+log = get_logger("xr.nats")
 
 _Frame = tuple[str, bytes, str, dict[str, str] | None]
 _SEND_ERRORS = (nats.errors.Error, OSError)
@@ -98,7 +100,9 @@ class Coalescer:
                     try:
                         await self._nc.publish(subject, payload, reply=reply, headers=headers)
                     except _SEND_ERRORS as exc:
-                        log.warning("replayer.publish_failed", subject=subject, error=repr(exc))
+                        log.warning(
+                            "nats.coalesced_publish_failed", subject=subject, error=repr(exc)
+                        )
         finally:
             self._sender = None
             if self._queue and not self._closed:  # queued while sending: next burst
@@ -107,4 +111,4 @@ class Coalescer:
 
 def _failed(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.error("replayer.coalesce_failed", error=repr(task.exception()))
+        log.error("nats.coalesce_failed", error=repr(task.exception()))
