@@ -10,7 +10,9 @@ Its `Nats-Msg-Id` is `dlq:<replay stream sequence>`: a redelivery of the same me
 between the dead-letter publish and the ack) is dropped by the DLQ's duplicate window, while
 the same event replayed by an operator (a new replay sequence) can be dead-lettered again.
 `replay_message` turns a dead letter back into the original (no `Xr-Dlq-*`, no
-`Nats-Msg-Id`, since decode requires that header to equal the event id).
+`Nats-Msg-Id`, since decode requires that header to equal the event id), addressed to the
+replay stream it did not get through: the region's own, or, for an event a target region
+refused (a broadcaster's dead letter, `Xr-Dlq-Target`), that target's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from shared.envelope import (
     HDR_DLQ_ERROR,
     HDR_DLQ_REASON,
     HDR_DLQ_STATUS,
+    HDR_DLQ_TARGET,
     HDR_MSG_ID,
     wire_size,
 )
@@ -95,10 +98,14 @@ def fit(letter: DeadLetter, max_payload: int) -> DeadLetter:
 def replay_message(
     *, region: str, subject: str, headers: Mapping[str, str] | None, payload: bytes
 ) -> tuple[str, dict[str, str], bytes]:
-    """The original event of a dead letter, addressed to this region's replay stream."""
+    """The original event of a dead letter, addressed to the replay stream it failed to get
+    through: this region's (a replayer's dead letter), or the target region's that refused it
+    (a broadcaster's, `Xr-Dlq-Target`)."""
     origin, service = path_of(subject)
     out = {k: v for k, v in (headers or {}).items() if not _is_ours(k)}
-    target = replay_subject(region, origin if origin != _UNKNOWN else "*", service)
+    refused_by = (headers or {}).get(HDR_DLQ_TARGET, "")
+    to = refused_by if REGION_RE.fullmatch(refused_by) else region
+    target = replay_subject(to, origin if origin != _UNKNOWN else "*", service)
     return target.replace("*", _UNKNOWN), out, payload
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "HDR_DLQ_ERROR",
     "HDR_DLQ_REASON",
     "HDR_DLQ_STATUS",
+    "HDR_DLQ_TARGET",
     "HDR_EVENT_ID",
     "HDR_HLC",
     "HDR_KEY",
@@ -112,6 +113,8 @@ HDR_DLQ_STATUS = "Xr-Dlq-Status"
 HDR_DLQ_ATTEMPTS = "Xr-Dlq-Attempts"
 HDR_DLQ_ERROR = "Xr-Dlq-Error"
 HDR_DLQ_AT = "Xr-Dlq-At"
+# Set by a broadcaster on an event a target region refused for good: where a replay goes.
+HDR_DLQ_TARGET = "Xr-Dlq-Target"
 # HTTP headers a replayer sets on the calls it makes (DESIGN §5).
 HTTP_IDEMPOTENCY_KEY = "Idempotency-Key"
 HTTP_TRACEPARENT = "traceparent"

@@ -35,8 +35,9 @@ Failures: the publisher (`publisher.py`) says whether a failure is permanent or 
   event's, not the target's; it ends a probe like a success, so a half-open breaker cannot
   stall). The event is dead-lettered in this region's own DLQ, `xr.dlq.<region>.<origin>.
   <service>` (the format of `shared/dlq.py`, reason `forward_refused`, the error
-  naming the target, `Nats-Msg-Id` = `fwd:<target>:<stream seq>` so a redelivery is not
-  stored twice). Only once the DLQ stream acked it is the source acked for this target
+  naming the target, `Xr-Dlq-Target` = the target, so `xregion dlq replay` sends it back
+  there, and `Nats-Msg-Id` = `fwd:<target>:<stream seq>` so a redelivery is not stored
+  twice). Only once the DLQ stream acked it is the source acked for this target
   (outcome `dead_lettered`, one error line); then the lane goes on. Dead letters are local
   publishes, so they bypass the target's gate; one that fails is retried by the dead-letter
   task after a backoff of its own, and the source is never acked without it.
@@ -91,7 +92,7 @@ from services.broadcaster.publisher import Failure, Publisher, frame_size
 from services.broadcaster.puller import Puller, PullFailedError, PullStalledError
 from services.broadcaster.window import Held, Window
 from shared.dlq import DeadLetter, dead_letter, fit
-from shared.envelope import HDR_MSG_ID
+from shared.envelope import HDR_DLQ_TARGET, HDR_MSG_ID
 from shared.logs import get_logger
 from shared.natsconn import Backoff, NatsConnection
 from shared.regions import broadcast_consumer, events_stream, replay_subject
@@ -553,8 +554,10 @@ class Forwarder:
             now=dt.datetime.now(dt.UTC),
         )  # fmt: skip
         subject, headers, payload = letter
-        # One id per (target, source event): each target that refuses files its own letter.
+        # One id per (target, source event): each target that refuses files its own letter,
+        # and `xregion dlq replay` sends it back to that target.
         headers[HDR_MSG_ID] = f"fwd:{self.target}:{held.seq}"
+        headers[HDR_DLQ_TARGET] = self.target
         return fit(DeadLetter((subject, headers, payload)), self._conn.nc.max_payload)
 
     async def _dead_lettered(self, held: Held[Pending]) -> None:

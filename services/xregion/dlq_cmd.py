@@ -7,9 +7,12 @@ gets (`next_by_subj`), so no consumer is created.
 
 * `list`: one table row per dead letter;
 * `show`: every header and a body preview of the selected dead letters;
-* `replay`: publishes the original event back onto the region's replay stream (same event id,
-  so the service's idempotency and the replayer's version check still hold), then deletes the
-  dead letter; progress on stderr;
+* `replay`: publishes the original event back onto the replay stream it did not get through
+  (same event id, so the service's idempotency and the replayer's version check still hold),
+  then deletes the dead letter; progress on stderr. That is the region's own replay stream
+  for a replayer's dead letter, and the target region's for an event a target refused
+  (`forward_refused`, filed by this region's broadcaster with `Xr-Dlq-Target`): fix what made
+  the target refuse it (its stream's limits, say) first;
 * `purge`: deletes the selected dead letters; requires `--yes`.
 """
 

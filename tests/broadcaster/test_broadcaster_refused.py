@@ -22,7 +22,14 @@ from services.broadcaster.publisher import Failure, Publisher
 from services.broadcaster.service import Broadcaster
 from services.xregion.dlq_cmd import Selection, run_dlq
 from services.xregion.supercluster import SuperCluster
-from shared.envelope import HDR_DLQ_AT, HDR_DLQ_ERROR, HDR_DLQ_REASON, HDR_EVENT_ID, HDR_MSG_ID
+from shared.envelope import (
+    HDR_DLQ_AT,
+    HDR_DLQ_ERROR,
+    HDR_DLQ_REASON,
+    HDR_DLQ_TARGET,
+    HDR_EVENT_ID,
+    HDR_MSG_ID,
+)
 from shared.natsconn import NatsConnection
 from shared.regions import (
     broadcast_consumer,
@@ -122,6 +129,7 @@ async def test_a_refused_event_is_dead_lettered_and_its_key_goes_on(
     assert REFUSING in headers[HDR_DLQ_ERROR]
     assert "message size exceeds maximum allowed" in headers[HDR_DLQ_ERROR]
     assert headers[HDR_MSG_ID] == f"fwd:{REFUSING}:{big_seq}"
+    assert headers[HDR_DLQ_TARGET] == REFUSING
     assert headers[HDR_DLQ_AT]
     assert letter.data == b"b" * BIG_BODY
     assert _dead_lettered(REFUSING) == counted + 1
@@ -142,6 +150,15 @@ async def test_a_refused_event_is_dead_lettered_and_its_key_goes_on(
     row = capsys.readouterr().out.splitlines()[-1]
     assert FORWARD_REFUSED in row
     assert big_id in row
+    # Once ap-south takes such events, `xregion dlq replay` sends it there, and only there.
+    await _set_max_msg_size(js, replay_stream(REFUSING), -1)
+    assert await run_dlq(bc_settings(cluster), "replay", selection, yes=False) == 0
+    await wait_until(
+        lambda: _counts_are(js, producer.service, {REFUSING: 3, ACCEPTING: 3}),
+        20,
+        message="the replayed event in ap-south's replay stream",
+    )
+    assert await _dead_letter(js, producer.service) is None
 
 
 async def test_the_source_waits_for_a_dead_letter_that_cannot_be_stored(

@@ -150,6 +150,26 @@ def test_dead_letter_keeps_the_original_and_replays_to_it() -> None:
     assert path_of("xr.replay.eu-west.BAD.x") == ("unknown", "x")
 
 
+def test_a_dead_letter_refused_by_a_target_replays_to_that_target() -> None:
+    headers, payload = encode(make_event("/catalog/1", body=b"body"))
+    subject, out, data = dead_letter(
+        region="us-east", subject="xr.replay.ap-south.us-east.catalog", headers=headers,
+        payload=payload, stream_seq=9, reason="forward_refused", status=None, attempts=1,
+        error="target ap-south refused", now=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    )  # fmt: skip
+    assert subject == "xr.dlq.us-east.us-east.catalog"
+    refused = {**out, "Xr-Dlq-Target": "ap-south"}
+    back_subject, back, _ = replay_message(region="us-east", subject=subject, headers=refused,
+                                           payload=data)  # fmt: skip
+    assert back_subject == "xr.replay.ap-south.us-east.catalog"
+    assert "Xr-Dlq-Target" not in back
+    # A target that is not a region name is ignored: the region's own replay stream.
+    odd = {**out, "Xr-Dlq-Target": "ap.south.>"}
+    assert replay_message(region="us-east", subject=subject, headers=odd, payload=data)[0] == (
+        "xr.replay.us-east.us-east.catalog"
+    )
+
+
 async def test_keyed_runner_serialises_a_key_and_parallelises_keys() -> None:
     runner = KeyedRunner()
     log: list[str] = []
