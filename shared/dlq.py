@@ -33,7 +33,18 @@ from shared.envelope import (
 )
 from shared.regions import REGION_RE, SERVICE_RE, dlq_subject, replay_subject
 
-__all__ = ["HDR_DLQ_BODY", "DeadLetter", "dead_letter", "fit", "path_of", "replay_message"]
+__all__ = [
+    "FORWARD_REFUSED",
+    "HDR_DLQ_BODY",
+    "DeadLetter",
+    "dead_letter",
+    "fit",
+    "path_of",
+    "replay_message",
+]
+
+# `Xr-Dlq-Reason` of an event a target region refused for good (filed by the broadcaster).
+FORWARD_REFUSED = "forward_refused"
 
 # Set instead of the body when original body + dead-letter headers would exceed max_payload
 # (an oversized frame makes the server close the connection for good, NATS_NOTES §2.2).

@@ -91,7 +91,7 @@ from services.broadcaster.policy import Route, RouteCache
 from services.broadcaster.publisher import Failure, Publisher, frame_size
 from services.broadcaster.puller import Puller, PullFailedError, PullStalledError
 from services.broadcaster.window import Held, Window
-from shared.dlq import DeadLetter, dead_letter, fit
+from shared.dlq import FORWARD_REFUSED, DeadLetter, dead_letter, fit
 from shared.envelope import HDR_DLQ_TARGET, HDR_MSG_ID
 from shared.logs import get_logger
 from shared.natsconn import Backoff, NatsConnection
@@ -112,8 +112,6 @@ _TICK_S = 0.1
 # Replay subjects remembered per (origin, service); cleared when a flood of odd services
 # would grow it without bound.
 _SUBJECTS_MAX = 4096
-# `Xr-Dlq-Reason` of an event a target refused for good.
-FORWARD_REFUSED = "forward_refused"
 # Least time between two consumer info requests that check a failing consumer still exists.
 _CONSUMER_CHECK_S = 5.0
 

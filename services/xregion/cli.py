@@ -30,7 +30,6 @@ _OPS = {
     "status": "find every running instance in every region",
 }
 _LATER = {
-    "trace": "show where one event is: published, forwarded, applied",
     "bench": "benchmarks of the replication path",
 }
 
@@ -81,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _cluster_parsers(sub)
     _pause_parsers(sub)
     _dlq_parser(sub)
+    _trace_parser(sub)
     _demo_service_parser(sub)
     top_cmd.register(sub, _OPS["top"])
     status_cmd.register(sub, _OPS["status"])
@@ -172,6 +172,27 @@ def _dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     parser.add_argument("--seq", type=int, metavar="N", help="only the dead letter at seq N")
     parser.add_argument("--yes", action="store_true", help="confirm purge")
     parser.set_defaults(handler=commands.dlq)
+
+
+def _trace_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    summary = "show where one event is: published, forwarded, applied, dead-lettered"
+    parser = sub.add_parser(
+        "trace",
+        help=summary,
+        description=f"{summary}, in every region, found by its event id (the Xr-Event-Id a "
+        "write's response carries). Needs the admin user where NATS has permissions.",
+    )
+    parser.add_argument("event_id", metavar="EVENT_ID", help="the event's id (a UUIDv7)")
+    _add_config(parser)
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=300.0,
+        metavar="S",
+        help="search each stream up to S seconds after the id's time (default: 300); dead "
+        "letters are searched to the end",
+    )
+    parser.set_defaults(handler=commands.trace)
 
 
 def _demo_service_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "provision",
     "resume",
     "run_service",
+    "trace",
     "up",
 ]
 
@@ -93,6 +94,14 @@ def dlq(args: argparse.Namespace) -> int:
         seq=args.seq,
     )
     return run(run_dlq(settings, args.action, selection, yes=args.yes))
+
+
+def trace(args: argparse.Namespace) -> int:
+    from services.xregion.trace_cmd import run_trace
+
+    if args.window <= 0:
+        raise CommandError(f"--window {args.window:g}: must be positive", 2)
+    return run(run_trace(_settings(args), args.event_id, window_s=args.window))
 
 
 def pause(args: argparse.Namespace) -> int:

@@ -1,0 +1,293 @@
+"""`xregion trace EVENT_ID`: where one event is, in every region (DESIGN §7).
+
+The event is found by its id alone. A UUIDv7 holds the millisecond the bridge minted it (before
+calling the service; the event is published after the service's answer), so every stream is
+read from a little before that time (`_SKEW_S`, for clocks that differ) to `--window` after
+it, with batched direct gets (ADR-31: no consumer is created, the meta leader is not needed).
+The search stops at the first copy found in each stream.
+
+What it reports, one line per fact:
+
+* `published`: the event in its origin's events stream (every region's is searched, so the
+  origin need not be known), with its sequence and stored time;
+* per other region T, from the origin's side: `forwarded` (the copy in `XR_REPLAY_T`, and how
+  long after the publish it was stored), or why not: `refused` (a `forward_refused` dead
+  letter in the origin's DLQ), or the state of the broadcaster's consumer `xr-broadcast-T`
+  (acked without a copy: T was not a target of this event; not acked yet: waiting, with how
+  many events are pending for T);
+* per region, from the applying side: the version record of the event's key in
+  `xr-versions-<region>` (this event applied; superseded by a newer version; not yet), and a
+  dead letter with its reason, if the region's replayer gave up on it.
+
+Exit status: 0 when the event was found, 1 when no events stream holds it in the window, 2
+for an id that is not a UUIDv7.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from services.xregion.commands import CommandError
+from shared.dlq import FORWARD_REFUSED
+from shared.envelope import (
+    HDR_DLQ_ERROR,
+    HDR_DLQ_REASON,
+    HDR_DLQ_TARGET,
+    HDR_EVENT_ID,
+    HDR_HLC,
+    HDR_KEY,
+    HDR_METHOD,
+    HDR_PATH,
+)
+from shared.ids import is_uuid7, uuid7_time_ms
+from shared.natsconn import NatsConnectError, NatsConnection
+from shared.provision import versions_bucket
+from shared.regions import (
+    broadcast_consumer,
+    dlq_stream,
+    dlq_subject,
+    events_stream,
+    events_subject,
+    replay_stream,
+    replay_subject,
+)
+from shared.settings import Settings
+from shared.versions import Record, record_key
+
+__all__ = ["Found", "run_trace"]
+
+# How far before the id's own time a search starts: the clocks of the bridge's host and the
+# NATS servers may differ by this much.
+_SKEW_S = 5.0
+# Messages asked for per direct get, and the most read from one stream before giving up.
+_BATCH = 256
+_MAX_SCANNED = 200_000
+_REQUEST_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """One stored message: where, when, and its headers."""
+
+    stream: str
+    seq: int
+    subject: str
+    time: dt.datetime
+    headers: dict[str, str]
+
+
+async def run_trace(settings: Settings, event_id: str, *, window_s: float) -> int:
+    if not is_uuid7(event_id):
+        raise CommandError(f"{event_id!r} is not an event id (a lower-case UUIDv7)", 2)
+    minted = dt.datetime.fromtimestamp(uuid7_time_ms(event_id) / 1000, dt.UTC)
+    since = minted - dt.timedelta(seconds=_SKEW_S)
+    until = minted + dt.timedelta(seconds=window_s)
+    try:
+        conn = NatsConnection(settings.nats, service="xregion", name="xregion-trace")
+        await conn.connect()
+    except NatsConnectError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        tracer = _Tracer(conn.nc, conn.jetstream(), settings.regions, event_id, since, until)
+        return await tracer.run()
+    finally:
+        await conn.aclose()
+
+
+class _Tracer:
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        regions: list[str],
+        event_id: str,
+        since: dt.datetime,
+        until: dt.datetime,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._regions = regions
+        self._id = event_id
+        self._since = since
+        self._until = until
+
+    async def run(self) -> int:
+        published = await self._published()
+        if published is None:
+            print(
+                f"event {self._id}: not in any region's events stream between "
+                f"{_clock(self._since)} and {_clock(self._until)} (widen --window?)"
+            )
+            return 1
+        origin = published.subject.split(".")[2]
+        service = published.subject.split(".")[3]
+        h = published.headers
+        print(
+            f"event {self._id}: {h.get(HDR_METHOD, '?')} {h.get(HDR_PATH, '?')} "
+            f"(service {service}, key {h.get(HDR_KEY, '?')}, hlc {h.get(HDR_HLC, '?')})"
+        )
+        _line(origin, "published", f"{published.stream} seq {published.seq} at "
+              f"{_clock(published.time)}")  # fmt: skip
+        for target in (r for r in self._regions if r != origin):
+            await self._forwarding(published, origin, target, service)
+        for region in self._regions:
+            await self._applying(published, region, service)
+        return 0
+
+    async def _published(self) -> Found | None:
+        for region in self._regions:
+            found = await self._find(events_stream(region), events_subject(region, ">"))
+            if found is not None:
+                return found
+        return None
+
+    async def _forwarding(self, published: Found, origin: str, target: str, service: str) -> None:
+        copy = await self._find(replay_stream(target), replay_subject(target, origin, service))
+        if copy is not None:
+            after_ms = (copy.time - published.time).total_seconds() * 1000
+            _line(target, "forwarded", f"{copy.stream} seq {copy.seq} at {_clock(copy.time)} "
+                  f"({after_ms:+.0f} ms)")  # fmt: skip
+            return
+        letter = await self._find(
+            dlq_stream(origin), dlq_subject(origin, origin, service), open_ended=True
+        )
+        if letter is not None and letter.headers.get(HDR_DLQ_TARGET) == target:
+            _line(target, "refused", f"dead letter {letter.stream} seq {letter.seq}: "
+                  f"{letter.headers.get(HDR_DLQ_ERROR, '')}")  # fmt: skip
+            return
+        _line(target, "not forwarded", await self._consumer_state(published, target))
+
+    async def _consumer_state(self, published: Found, target: str) -> str:
+        consumer = broadcast_consumer(target)
+        try:
+            info = await self._js.consumer_info(published.stream, consumer)
+        except (nats.errors.Error, TimeoutError) as exc:
+            return f"consumer {consumer} unreadable: {exc!r}"
+        floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+        if (floor or 0) >= published.seq:
+            return (
+                f"{consumer} acked it, with no copy in the window: {target} is not one of its "
+                "targets, or it was forwarded later (widen --window)"
+            )
+        return f"{consumer} has not acked it yet ({info.num_pending or 0} more events pending)"
+
+    async def _applying(self, published: Found, region: str, service: str) -> None:
+        key = published.headers.get(HDR_KEY, "")
+        version = (published.headers.get(HDR_HLC, ""), self._id)
+        record = await self._record(region, service, key)
+        if record is None:
+            state = "no version record for its key"
+        elif record.version == version:
+            state = "applied" if record.state == "applied" else "being applied (claimed)"
+        elif record.version > version:
+            state = f"superseded: the key holds a newer version (event {record.event_id})"
+        else:
+            state = f"not applied: the key holds an older version (event {record.event_id})"
+        _line(region, "version", state)
+        origin = published.subject.split(".")[2]
+        letter = await self._find(
+            dlq_stream(region), dlq_subject(region, origin, service), open_ended=True
+        )
+        if letter is not None and letter.headers.get(HDR_DLQ_REASON) != FORWARD_REFUSED:
+            _line(region, "dead-lettered", f"{letter.stream} seq {letter.seq}: "
+                  f"{letter.headers.get(HDR_DLQ_REASON, '')}: "
+                  f"{letter.headers.get(HDR_DLQ_ERROR, '')}")  # fmt: skip
+
+    async def _record(self, region: str, service: str, key: str) -> Record | None:
+        bucket = versions_bucket(region)
+        subject = f"$KV.{bucket}.{record_key(service, key)}"
+        try:
+            msg = await self._js.get_msg(f"KV_{bucket}", subject=subject, direct=True)
+        except (NotFoundError, nats.errors.Error, TimeoutError):
+            return None
+        return Record.decode(msg.data)
+
+    async def _find(self, stream: str, subject: str, *, open_ended: bool = False) -> Found | None:
+        """The first message of `stream` on `subject` in the time window (`open_ended`: from
+        its start on, for dead letters, which may come hours later) that carries this event
+        id; None if there is none (or the stream cannot be read)."""
+        until = None if open_ended else self._until
+        try:
+            async for found in _scan(self._nc, stream, subject, self._since, until):
+                if found.headers.get(HDR_EVENT_ID) == self._id:
+                    return found
+        except (nats.errors.Error, TimeoutError):
+            return None
+        return None
+
+
+async def _scan(
+    nc: Client, stream: str, subject: str, since: dt.datetime, until: dt.datetime | None
+) -> AsyncIterator[Found]:
+    """Messages of `stream` on `subject` stored from `since` to `until` (None: to the end),
+    in order, at most `_MAX_SCANNED`, read with batched direct gets (each batch ends with a
+    204 status, or 404 when nothing is left)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        request: dict[str, object] = {"start_time": _rfc3339(since)}
+        scanned = 0
+        while scanned < _MAX_SCANNED:
+            request |= {"batch": _BATCH, "next_by_subj": subject}
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{stream}", json.dumps(request).encode(), reply=inbox
+            )
+            last = 0
+            while True:
+                msg = await sub.next_msg(_REQUEST_TIMEOUT_S)
+                status = (msg.headers or {}).get("Status")
+                if status == "404":
+                    return
+                if status is not None:
+                    break  # 204: end of this batch
+                found = _found(msg)
+                if until is not None and found.time > until:
+                    return
+                last = found.seq
+                scanned += 1
+                yield found
+            if not last:
+                return
+            request = {"seq": last + 1}
+    finally:
+        await sub.unsubscribe()
+
+
+def _found(msg: Msg) -> Found:
+    headers = dict(msg.headers or {})
+    return Found(
+        stream=headers.get("Nats-Stream", ""),
+        seq=int(headers.get("Nats-Sequence", "0")),
+        subject=headers.get("Nats-Subject", ""),
+        time=_parse_time(headers.get("Nats-Time-Stamp", "")),
+        headers=headers,
+    )
+
+
+def _parse_time(text: str) -> dt.datetime:
+    """The server's RFC 3339 time (nanoseconds cut to what Python keeps)."""
+    text = text.strip().removesuffix("Z")
+    whole, _, fraction = text.partition(".")
+    stamp = dt.datetime.fromisoformat(f"{whole}.{(fraction + '000000')[:6]}")
+    return stamp.replace(tzinfo=dt.UTC)
+
+
+def _rfc3339(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _clock(when: dt.datetime) -> str:
+    return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
+
+
+def _line(region: str, what: str, detail: str) -> None:
+    print(f"  {region:<12} {what:<15} {detail}")

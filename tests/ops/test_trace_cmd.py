@@ -1,0 +1,69 @@
+"""`xregion trace EVENT_ID` against a running deployment: a write through us-east's bridge is
+found published in us-east, forwarded to and applied in both other regions; an id that no
+events stream holds exits 1; a malformed one exits 2."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from shared.ids import uuid7_str
+from tests.harness.wait import wait_until
+from tests.ops.conftest import LocalDeployment
+from tests.ops.stack import REGIONS, run_xregion
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.slow,
+    pytest.mark.asyncio(loop_scope="package"),
+]
+
+ORIGIN = "us-east"
+
+
+def facts(text: str) -> dict[tuple[str, str], str]:
+    """{(region, what): detail} from trace's indented lines."""
+    found = {}
+    for line in text.splitlines():
+        match = re.fullmatch(r"  (\S+)\s+(published|forwarded|refused|not forwarded|version|"
+                             r"dead-lettered)\s+(.*)", line)  # fmt: skip
+        if match:
+            found[(match[1], match[2])] = match[3]
+    return found
+
+
+async def test_trace_follows_a_write_into_every_region(deployment: LocalDeployment) -> None:
+    origin = deployment.stacks[ORIGIN]
+    async with httpx.AsyncClient(timeout=5.0, trust_env=False) as http:
+        reply = await http.put(f"{origin.bridge_url}/catalog/traced/1", json={"v": 1})
+    assert reply.status_code == 200, reply.text
+    event_id = reply.headers["Xr-Event-Id"]
+    config = str(origin.config)
+    targets = [r for r in REGIONS if r != ORIGIN]
+
+    async def applied_everywhere() -> dict[tuple[str, str], str] | None:
+        code, out, err = await run_xregion("trace", event_id, "--config", config)
+        assert code == 0, out + err
+        seen = facts(out)
+        done = all(seen.get((r, "version")) == "applied" for r in REGIONS)
+        return seen if done else None
+
+    seen = await wait_until(applied_everywhere, 30, message="the write applied everywhere")
+    assert seen is not None
+    assert seen[(ORIGIN, "published")].startswith("XR_EVENTS_US_EAST seq ")
+    for target in targets:
+        stream = f"XR_REPLAY_{target.upper().replace('-', '_')}"
+        assert seen[(target, "forwarded")].startswith(f"{stream} seq "), seen
+        assert (target, "dead-lettered") not in seen
+
+
+async def test_trace_of_an_unknown_or_malformed_id(deployment: LocalDeployment) -> None:
+    config = str(deployment.stacks[ORIGIN].config)
+    code, out, err = await run_xregion("trace", uuid7_str(), "--config", config, "--window", "5")
+    assert code == 1, out + err
+    assert "not in any region's events stream" in out
+    code, out, err = await run_xregion("trace", "not-an-id", "--config", config)
+    assert code == 2, out + err
+    assert "is not an event id" in err
