@@ -11,9 +11,9 @@ Versions are ordered by (hlc, event_id), so two writes with the same stamp still
 order. Every write is a compare-and-set on the revision that was read (`update(last=rev)`,
 `create` for a new key), so two writers can never move a record backwards.
 
-The bridge calls `record_local_write` after a local write succeeded, so that older events
-replayed from other regions are `stale` here; the replayer reads and claims records
-(`services/replayer/versions.py`).
+The bridge raises a key's record after a local write succeeded, so that older events replayed
+from other regions are `stale` here (`services/bridge/versions.py`); the replayer reads and
+claims records (`services/replayer/versions.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-__all__ = ["CAS_ATTEMPTS", "Record", "cas_write", "read_record", "record_key", "record_local_write"]
+__all__ = ["CAS_ATTEMPTS", "Record", "cas_write", "read_record", "record_key"]
 
 CAS_ATTEMPTS = 5
 
@@ -83,20 +83,3 @@ async def cas_write(kv: KeyValue, kv_key: str, record: Record, revision: int | N
         return int(await kv.update(kv_key, record.encode(), last=revision))
     except KeyWrongLastSequenceError:
         return None
-
-
-async def record_local_write(
-    kv: KeyValue, service: str, key: str, hlc: str, event_id: str, *, owner: str
-) -> bool:
-    """Raise the record to a write accepted in this region (after the service's 2xx), so older
-    replayed events for the key are `stale`. False if the record already holds a newer
-    version. A live claim is overwritten: the local write is newer."""
-    kv_key = record_key(service, key)
-    for _ in range(CAS_ATTEMPTS):
-        current, revision = await read_record(kv, kv_key)
-        if current is not None and current.version >= (hlc, event_id):
-            return False
-        record = Record(hlc, event_id, "applied", owner, 0.0)
-        if await cas_write(kv, kv_key, record, revision) is not None:
-            return True
-    return False

@@ -1,8 +1,8 @@
 """Recording local writes in the region's version bucket (DESIGN §5 replayer, issue 5).
 
 After the service answered a replicated write with 2xx, the bridge raises the per-(service,
-key) version record in KV bucket `xr-versions-<region>` to the write's HLC and event id
-(`shared.versions.record_local_write`), so that older events replayed here from other regions
+key) version record in KV bucket `xr-versions-<region>` to the write's HLC and event id (the
+record format is `shared.versions`'), so that older events replayed here from other regions
 are acked as `stale` instead of overwriting the newer local write.
 
 It starts once the event's delivery is settled (acked, spooled, or failed: the service has
@@ -24,6 +24,16 @@ another bridge) wrote in between, after which the record is read afresh; a remem
 `applied` version at least as new as the write proves the record will never be older again,
 so the write is `superseded` without a round trip. A remembered claim proves nothing (a
 replayer may release it to an older version): the record is read.
+
+A replayer's claim on a newer version than the write does not make the write `superseded`
+either: the claim may still be released (the call failed; the record goes back to the older
+version it replaced), and a write recorded nowhere would let an event older than it be
+applied over it later. Nor may the bridge write over the claim: it does not know what the
+claim replaced, which may be newer than the write. It reads the record again (5 ms, doubling
+to 100 ms) until the claim is settled: `applied` (then the write is superseded) or released
+(then the write is recorded over what came back). A claim that outlasts `timeout_s` (a slow
+call, or a replayer that died holding it) leaves the write unrecorded, counted `failed` and
+logged, like any record that could not be written.
 
 The compare-and-sets leave in bursts (`version_coalesce_s`, default 5 ms; `shared.coalesce`):
 one socket write and one server read for all the records of a burst instead of one each. At
@@ -71,8 +81,16 @@ class _Unavailable(Exception):
     """The record cannot even be attempted (NATS down, bucket not bound)."""
 
 
+class _Contended(Exception):
+    """Other writers kept moving the record: this write's compare-and-sets all lost."""
+
+
 # What a KV read or compare-and-set can raise when NATS or the bucket's stream is unwell.
-_KV_ERRORS = (_Unavailable, TimeoutError, nats.errors.Error, OSError)
+_KV_ERRORS = (_Unavailable, _Contended, TimeoutError, nats.errors.Error, OSError)
+# A record that holds a replayer's live claim on a newer version is read again after this
+# pause, doubling up to the maximum, until the claim is settled (or the record times out).
+_CLAIM_POLL_S = 0.005
+_CLAIM_POLL_MAX_S = 0.1
 
 
 class LocalVersions:
@@ -157,7 +175,7 @@ class LocalVersions:
 
     def start(
         self, tasks: TaskSet, service: str, key: str, hlc: str, event_id: str, *, trace_id: str
-    ) -> asyncio.Task[None]:
+    ) -> asyncio.Task[str]:
         """`record` as a task owned by `tasks`. It counts against `max_inflight` from this
         call on, not from its first step: records started in one burst see each other."""
         self._inflight += 1
@@ -168,14 +186,15 @@ class LocalVersions:
         task.add_done_callback(self._finished)
         return task
 
-    def _finished(self, _: asyncio.Task[None]) -> None:
+    def _finished(self, _: asyncio.Task[str]) -> None:
         self._inflight -= 1
 
     async def record(
         self, service: str, key: str, hlc: str, event_id: str, *, trace_id: str
-    ) -> None:
-        """Raise the record of (service, key) to this write; never raises for KV trouble.
-        Awaited directly, it does not count against `max_inflight` (`start` does)."""
+    ) -> str:
+        """Raise the record of (service, key) to this write; the outcome (`recorded`,
+        `superseded` or `failed`), never an exception for KV trouble. Awaited directly, it
+        does not count against `max_inflight` (`start` does)."""
         try:
             async with asyncio.timeout(self._timeout_s):  # the whole record, a rebind included
                 outcome = await self._record(service, key, hlc, event_id)
@@ -190,6 +209,7 @@ class LocalVersions:
                 error=_describe(exc),
             )
         VERSION_RECORDS.labels(service, outcome).inc()
+        return outcome
 
     async def _record(self, service: str, key: str, hlc: str, event_id: str) -> str:
         if not self._conn.is_connected:
@@ -205,15 +225,22 @@ class LocalVersions:
         )
 
     async def _raise(self, kv: KeyValue, kv_key: str, record: Record) -> str:
-        """Compare-and-set `record` over an older one (module docstring: what is remembered)."""
-        for _ in range(CAS_ATTEMPTS):
+        """Compare-and-set `record` over an older one (module docstring: what is remembered,
+        and why a newer claim is waited out). The caller's deadline bounds the whole."""
+        races = 0
+        pause_s = _CLAIM_POLL_S
+        while True:
             current, revision = self._recall(kv_key, record)
             if revision is None and current is None:
                 current, revision = await read_record(kv, kv_key)
                 if current is not None and revision is not None:
                     self._remember(kv_key, current, revision)
             if current is not None and current.version >= record.version:
-                return "superseded"
+                if current.state == "applied":
+                    return "superseded"
+                await asyncio.sleep(pause_s)  # a claim on a newer version: wait it out
+                pause_s = min(2 * pause_s, _CLAIM_POLL_MAX_S)
+                continue
             if revision is None:
                 written = await cas_write(kv, kv_key, record, None)
             else:
@@ -222,7 +249,9 @@ class LocalVersions:
                 self._remember(kv_key, record, written)
                 return "recorded"
             self._known.pop(kv_key, None)  # someone wrote in between: read it
-        return "superseded"
+            races += 1
+            if races >= CAS_ATTEMPTS:
+                raise _Contended(f"lost {races} compare-and-sets on the record in a row")
 
     def _recall(self, kv_key: str, record: Record) -> tuple[Record | None, int | None]:
         """The remembered record and revision where they may be used, else (None, None)."""
@@ -244,7 +273,7 @@ class LocalVersions:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, _Unavailable):
+    if isinstance(exc, _Unavailable | _Contended):
         return str(exc)
     if isinstance(exc, TimeoutError):
         return "timed out"

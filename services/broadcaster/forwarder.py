@@ -29,18 +29,19 @@ Failures: the publisher (`publisher.py`) says whether a failure is permanent or 
   opens (`gate.py`): publishes stop, fetching stops, one probe per jittered, growing backoff;
   the first success resumes all. Failed lane heads wait, in stream order, for the retry task
   to send them again.
-* Permanent (the frame exceeds `max_payload`, or the target stream refuses the message
-  itself, e.g. over its `max_msg_size`): retrying would block the event's lane, and with it
-  every later event of its key, forever. The breaker does not open (the failure is the
-  event's, not the target's; it ends a probe like a success, so a half-open breaker cannot
-  stall). The event is dead-lettered in this region's own DLQ, `xr.dlq.<region>.<origin>.
-  <service>` (the format of `shared/dlq.py`, reason `forward_refused`, the error
-  naming the target, `Xr-Dlq-Target` = the target, so `xregion dlq replay` sends it back
-  there, and `Nats-Msg-Id` = `fwd:<target>:<stream seq>` so a redelivery is not stored
-  twice). Only once the DLQ stream acked it is the source acked for this target
-  (outcome `dead_lettered`, one error line); then the lane goes on. Dead letters are local
-  publishes, so they bypass the target's gate; one that fails is retried by the dead-letter
-  task after a backoff of its own, and the source is never acked without it.
+* Permanent (the frame exceeds `max_payload`, or the target stream refuses the message itself,
+  e.g. over its `max_msg_size`): retrying would block the event's lane, and with it every
+  later event of its key, forever. The breaker does not open (the failure is the event's, not
+  the target's): a refusal the target answered ends a probe like a success, so a half-open
+  breaker cannot stall; an oversized frame, refused before the target is asked, ends it
+  without an outcome. The event is dead-lettered in this region's own DLQ,
+  `xr.dlq.<region>.<origin>.<service>` (the format of `shared/dlq.py`, reason
+  `forward_refused`, the error naming the target, `Xr-Dlq-Target` = the target, so `xregion
+  dlq replay` sends it back there, and `Nats-Msg-Id` = `fwd:<target>:<stream seq>` so a
+  redelivery is not stored twice). Only once the DLQ stream acked it is the source acked for
+  this target (outcome `dead_lettered`, one error line); then the lane goes on. Dead letters
+  are local publishes, so they bypass the target's gate; one that fails is retried by the
+  dead-letter task after a backoff of its own, and the source is never acked without it.
 
 Other targets have their own consumer, window, breaker and subscriptions, so a slow, paused
 or unreachable target never holds them back. Held events are kept alive with `in_progress()`
@@ -485,7 +486,7 @@ class Forwarder:
         if held.item.refused is not None:
             self._dead_letter_failed(held, failure.reason)
         elif failure.permanent:
-            self._refuse(held, failure.reason)
+            self._refuse(held, failure)
         else:
             self._retry(held.item, failure.reason)
             self._block(held)
@@ -513,11 +514,16 @@ class Forwarder:
 
     # ------------------------------------------------------------------ dead letters
 
-    def _refuse(self, held: Held[Pending], reason: str) -> None:
-        """The event can never be stored by the target: dead-letter it, keep the gate as it is
-        (a refused probe counts as answered, so a half-open breaker closes)."""
-        held.item.refused = f"target {self.target} refused the event for good: {reason}"
-        self._succeeded()
+    def _refuse(self, held: Held[Pending], failure: Failure) -> None:
+        """The event can never be stored by the target: dead-letter it. A refusal the target
+        answered counts as a success for the breaker (the target is reachable: a half-open
+        breaker closes); one found out here (a frame over max_payload) says nothing about the
+        target, so a probe it was ends without an outcome."""
+        held.item.refused = f"target {self.target} refused the event for good: {failure.reason}"
+        if failure.answered:
+            self._succeeded()
+        else:
+            self.gate.abandon()
         self._queue_dead_letter(held)
 
     def _queue_dead_letter(self, held: Held[Pending]) -> None:

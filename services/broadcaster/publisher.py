@@ -64,10 +64,12 @@ PERMANENT_ERR_CODES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Failure:
-    """Why a publish got no PubAck; `permanent`: sending it again can never succeed."""
+    """Why a publish got no PubAck; `permanent`: sending it again can never succeed;
+    `answered`: the target's stream said so (False: found out here, the target was not asked)."""
 
     reason: str
     permanent: bool = False
+    answered: bool = False
 
 
 def is_permanent(error: object) -> bool:
@@ -204,7 +206,8 @@ class Publisher(Generic[T]):
             self._on_failed(entry.item, Failure(f"unreadable PubAck {msg.data[:200]!r}"))
             return
         if error is not None:
-            self._on_failed(entry.item, Failure(_refusal(error), permanent=is_permanent(error)))
+            refused = Failure(_refusal(error), permanent=is_permanent(error), answered=True)
+            self._on_failed(entry.item, refused)
             return
         await self._on_acked(entry.item, seq, bool(reply.get("duplicate", False)))
 

@@ -30,8 +30,8 @@ What this instance remembers (`known`), and why it is safe
 Each instance keeps, for the keys it touched most recently (bounded, oldest dropped first),
 the last record it read or wrote there and that record's revision. Nothing makes an instance
 the only writer of a key: every replayer instance shares one consumer (keys are not in the
-subject), and the bridge raises records for local writes (`shared.versions.
-record_local_write`). So a remembered record may be out of date, and it is used in exactly
+subject), and the bridge raises records for local writes (`services/bridge/versions.py`).
+So a remembered record may be out of date, and it is used in exactly
 two ways, each safe for its own reason:
 
 1. **"The record is newer than this event" — trusted only for an `applied` record.** Let H be

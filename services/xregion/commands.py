@@ -97,8 +97,9 @@ def dlq(args: argparse.Namespace) -> int:
 
 
 def trace(args: argparse.Namespace) -> int:
-    from services.xregion.trace_cmd import run_trace
+    from services.xregion.trace_cmd import check_event_id, run_trace
 
+    check_event_id(args.event_id)  # before the configuration is read: one line, no warnings
     if args.window <= 0:
         raise CommandError(f"--window {args.window:g}: must be positive", 2)
     return run(run_trace(_settings(args), args.event_id, window_s=args.window))

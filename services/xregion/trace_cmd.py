@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -63,7 +63,7 @@ from shared.regions import (
 from shared.settings import Settings
 from shared.versions import Record, record_key
 
-__all__ = ["Found", "run_trace"]
+__all__ = ["Found", "check_event_id", "run_trace"]
 
 # How far before the id's own time a search starts: the clocks of the bridge's host and the
 # NATS servers may differ by this much.
@@ -85,9 +85,14 @@ class Found:
     headers: dict[str, str]
 
 
-async def run_trace(settings: Settings, event_id: str, *, window_s: float) -> int:
+def check_event_id(event_id: str) -> None:
+    """CommandError (exit 2) unless `event_id` is one (a canonical UUIDv7)."""
     if not is_uuid7(event_id):
         raise CommandError(f"{event_id!r} is not an event id (a lower-case UUIDv7)", 2)
+
+
+async def run_trace(settings: Settings, event_id: str, *, window_s: float) -> int:
+    check_event_id(event_id)
     minted = dt.datetime.fromtimestamp(uuid7_time_ms(event_id) / 1000, dt.UTC)
     since = minted - dt.timedelta(seconds=_SKEW_S)
     until = minted + dt.timedelta(seconds=window_s)
@@ -158,9 +163,12 @@ class _Tracer:
                   f"({after_ms:+.0f} ms)")  # fmt: skip
             return
         letter = await self._find(
-            dlq_stream(origin), dlq_subject(origin, origin, service), open_ended=True
+            dlq_stream(origin),
+            dlq_subject(origin, origin, service),
+            open_ended=True,
+            where=lambda found: found.headers.get(HDR_DLQ_TARGET) == target,
         )
-        if letter is not None and letter.headers.get(HDR_DLQ_TARGET) == target:
+        if letter is not None:
             _line(target, "refused", f"dead letter {letter.stream} seq {letter.seq}: "
                   f"{letter.headers.get(HDR_DLQ_ERROR, '')}")  # fmt: skip
             return
@@ -195,9 +203,12 @@ class _Tracer:
         _line(region, "version", state)
         origin = published.subject.split(".")[2]
         letter = await self._find(
-            dlq_stream(region), dlq_subject(region, origin, service), open_ended=True
+            dlq_stream(region),
+            dlq_subject(region, origin, service),
+            open_ended=True,
+            where=lambda found: found.headers.get(HDR_DLQ_REASON) != FORWARD_REFUSED,
         )
-        if letter is not None and letter.headers.get(HDR_DLQ_REASON) != FORWARD_REFUSED:
+        if letter is not None:
             _line(region, "dead-lettered", f"{letter.stream} seq {letter.seq}: "
                   f"{letter.headers.get(HDR_DLQ_REASON, '')}: "
                   f"{letter.headers.get(HDR_DLQ_ERROR, '')}")  # fmt: skip
@@ -211,14 +222,21 @@ class _Tracer:
             return None
         return Record.decode(msg.data)
 
-    async def _find(self, stream: str, subject: str, *, open_ended: bool = False) -> Found | None:
+    async def _find(
+        self,
+        stream: str,
+        subject: str,
+        *,
+        open_ended: bool = False,
+        where: Callable[[Found], bool] | None = None,
+    ) -> Found | None:
         """The first message of `stream` on `subject` in the time window (`open_ended`: from
         its start on, for dead letters, which may come hours later) that carries this event
-        id; None if there is none (or the stream cannot be read)."""
+        id (and satisfies `where`); None if there is none (or the stream cannot be read)."""
         until = None if open_ended else self._until
         try:
             async for found in _scan(self._nc, stream, subject, self._since, until):
-                if found.headers.get(HDR_EVENT_ID) == self._id:
+                if found.headers.get(HDR_EVENT_ID) == self._id and (where is None or where(found)):
                     return found
         except (nats.errors.Error, TimeoutError):
             return None

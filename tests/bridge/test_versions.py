@@ -8,6 +8,8 @@ costs no write, only a `failed` count.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,38 @@ async def test_a_remembered_record_never_moves_a_record_backwards(
     assert _count(service, "recorded") - recorded == 2
     assert _count(service, "superseded") - superseded == 2
     assert _count(service, "failed") == 0
+
+
+@pytest.mark.parametrize("settled_as", ["released", "applied"])
+async def test_a_replayers_newer_claim_is_waited_out(
+    bridge_cluster: SuperCluster, reader: NatsConnection, js: JetStreamContext, settled_as: str
+) -> None:
+    """A replayer's claim on a newer version may still be released back to the older record:
+    the local write in between must then be recorded, not given up as superseded."""
+    service, key = f"claimed-{settled_as}", "/claimed/1"
+    kv = await js.key_value(versions_bucket(REGION))
+    kv_key = record_key(service, key)
+    applied = Record(str(HlcStamp(10, 0)), "e10", "applied", "replayer-x", 0.0)
+    claim = Record(str(HlcStamp(30, 0)), "e30", "claimed", "replayer-x", time.time() + 60)
+    applied_rev = await cas_write(kv, kv_key, applied, None)
+    claim_rev = await cas_write(kv, kv_key, claim, applied_rev)
+    assert claim_rev is not None
+
+    tasks = TaskSet("test-claims")
+    versions = LocalVersions(reader, region=REGION, owner="test", timeout_s=20, max_inflight=8)
+    async with versions:
+        pending = versions.start(tasks, service, key, str(HlcStamp(20, 0)), "e20", trace_id="t")
+        # The bridge has read the claim once it remembers it (white box: no other sign).
+        await wait_until(lambda: kv_key in versions._known, 10, message="the claim read")
+        assert not pending.done(), f"gave up on a claim that may be released: {pending}"
+        settled = (
+            applied if settled_as == "released" else dataclasses.replace(claim, state="applied")
+        )
+        assert await cas_write(kv, kv_key, settled, claim_rev) is not None
+        outcome = await asyncio.wait_for(pending, 20)
+    record = await _record(kv, service, key)
+    assert record is not None
+    if settled_as == "released":
+        assert (outcome, record.event_id) == ("recorded", "e20")
+    else:
+        assert (outcome, record.event_id) == ("superseded", "e30")

@@ -6,6 +6,7 @@ eu-west takes everything."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import AsyncIterator
 
 import pytest
@@ -22,6 +23,7 @@ from services.broadcaster.publisher import Failure, Publisher
 from services.broadcaster.service import Broadcaster
 from services.xregion.dlq_cmd import Selection, run_dlq
 from services.xregion.supercluster import SuperCluster
+from services.xregion.trace_cmd import run_trace
 from shared.envelope import (
     HDR_DLQ_AT,
     HDR_DLQ_ERROR,
@@ -30,6 +32,7 @@ from shared.envelope import (
     HDR_EVENT_ID,
     HDR_MSG_ID,
 )
+from shared.ids import uuid7_str
 from shared.natsconn import NatsConnection
 from shared.regions import (
     broadcast_consumer,
@@ -150,6 +153,11 @@ async def test_a_refused_event_is_dead_lettered_and_its_key_goes_on(
     row = capsys.readouterr().out.splitlines()[-1]
     assert FORWARD_REFUSED in row
     assert big_id in row
+    # `xregion trace` tells the two targets apart: refused by one, forwarded to the other.
+    assert await run_trace(bc_settings(cluster), big_id, window_s=60) == 0
+    traced = capsys.readouterr().out
+    assert re.search(rf"^  {REFUSING} +refused +dead letter XR_DLQ_US_EAST seq \d+: ", traced, re.M)
+    assert re.search(rf"^  {ACCEPTING} +forwarded +XR_REPLAY_EU_WEST seq \d+", traced, re.M)
     # Once ap-south takes such events, `xregion dlq replay` sends it there, and only there.
     await _set_max_msg_size(js, replay_stream(REFUSING), -1)
     assert await run_dlq(bc_settings(cluster), "replay", selection, yes=False) == 0
@@ -214,8 +222,33 @@ async def test_a_frame_over_max_payload_fails_for_good(conn: NatsConnection) -> 
         await publisher.aclose()
     (failure,) = failures
     assert failure.permanent
+    assert not failure.answered  # found out here: says nothing of the target (the breaker)
     assert "max_payload" in failure.reason
     assert conn.is_connected
+
+
+async def test_a_stream_refusal_is_permanent_and_answered(
+    conn: NatsConnection, small_replay: None
+) -> None:
+    failures: list[Failure] = []
+
+    async def acked(item: str, seq: int, duplicate: bool) -> None:
+        raise AssertionError("ap-south's stream must refuse a message over its max_msg_size")
+
+    publisher: Publisher[str] = Publisher(
+        conn.nc, timeout_s=5.0, on_acked=acked, on_failed=lambda _, f: failures.append(f)
+    )
+    await publisher.start()
+    try:
+        subject = f"xr.replay.{REFUSING}.{ORIGIN}.refused-probe"
+        await publisher.publish("one", subject, b"x" * BIG_BODY, {"Nats-Msg-Id": uuid7_str()})
+        await wait_until(lambda: bool(failures), 10, message="the stream's refusal")
+    finally:
+        await publisher.aclose()
+    (failure,) = failures
+    assert failure.permanent
+    assert failure.answered
+    assert "message size exceeds maximum allowed" in failure.reason
 
 
 async def _counts_are(js: JetStreamContext, service: str, wanted: dict[str, int]) -> bool:

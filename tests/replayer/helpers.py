@@ -9,9 +9,11 @@ from typing import Any
 
 from nats.js import JetStreamContext
 
+from services.bridge.versions import LocalVersions
 from shared.envelope import Event, encode, new_traceparent, req_headers_from
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
+from shared.natsconn import NatsConnection
 from shared.regions import replay_subject
 from shared.settings import ServiceSettings, Settings
 
@@ -97,3 +99,16 @@ async def publish_raw(
     js: JetStreamContext, headers: dict[str, str], payload: bytes, service: str = SERVICE
 ) -> None:
     await js.publish(replay_subject(REGION, ORIGIN, service), payload, headers=headers)
+
+
+async def record_local_write(settings: Settings, event: Event) -> str:
+    """What the region's bridge does after a local write of `event` succeeded: raise the key's
+    version record (services/bridge/versions.py); its outcome."""
+    async with NatsConnection(settings.nats, service="test-bridge") as conn:
+        versions = LocalVersions(
+            conn, region=settings.region, owner="bridge-test", timeout_s=5, max_inflight=1
+        )
+        async with versions:
+            return await versions.record(
+                event.service, event.key, str(event.hlc), event.event_id, trace_id="test"
+            )

@@ -137,7 +137,8 @@ class Recorder:
     async def _stall(self, request: web.Request, status: int) -> web.StreamResponse:
         response = web.StreamResponse(status=status)
         await response.prepare(request)
-        await response.write(_CHUNK)
+        # Less than the replayer drains (64 KiB), so it waits for more: the stall is felt.
+        await response.write(_CHUNK[:1024])
         await self._closing.wait()
         return response
 

@@ -24,9 +24,15 @@ from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.regions import dlq_stream
 from shared.settings import Settings
-from shared.versions import record_local_write
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import ORIGIN, REGION, SERVICE, make_event, publish
+from tests.replayer.helpers import (
+    ORIGIN,
+    REGION,
+    SERVICE,
+    make_event,
+    publish,
+    record_local_write,
+)
 from tests.replayer.recorder import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -160,9 +166,7 @@ async def test_a_newer_local_write_makes_an_older_replay_stale(
     local = make_event("/catalog/local", hlc_ms=2)
     async with Replayer(settings, retry_waits=False) as replayer:
         store = replayer.versions
-        assert await record_local_write(
-            store.kv, SERVICE, local.key, str(local.hlc), local.event_id, owner="bridge"
-        )
+        assert await record_local_write(settings, local) == "recorded"
         await publish(js, older)
         await replayer.run_until_idle()
         record = await store.get(SERVICE, local.key)
@@ -181,10 +185,7 @@ async def test_a_local_write_after_a_remembered_replay_still_makes_older_replays
     async with Replayer(settings, retry_waits=False) as replayer:
         await publish(js, v1)
         await replayer.run_until_idle()
-        assert await record_local_write(
-            replayer.versions.kv, SERVICE, local.key, str(local.hlc), local.event_id,
-            owner="bridge",
-        )  # fmt: skip
+        assert await record_local_write(settings, local) == "recorded"
         await publish(js, v2)
         await replayer.run_until_idle()
         assert [c.event_id for c in recorder.calls] == [v1.event_id]

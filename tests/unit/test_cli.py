@@ -68,6 +68,21 @@ def test_check_config_prints_effective_config_redacted(tmp_path: Path) -> None:
 
 
 def test_commands_of_later_issues_say_so() -> None:
-    result = xregion("trace")
+    result = xregion("bench")
     assert result.returncode == 2
-    assert result.stderr.strip() == "xregion trace: not yet available in this version"
+    assert result.stderr.strip() == "xregion bench: not yet available in this version"
+
+
+def test_trace_refuses_what_is_not_an_event_id(tmp_path: Path) -> None:
+    config = tmp_path / "region.toml"
+    config.write_text(
+        'region = "us-east"\nregions = ["us-east", "eu-west"]\n'
+        f'data_dir = "{tmp_path}"\n[signing]\nmode = "off"\n'
+    )
+    result = xregion("trace", "12345", "--config", str(config))
+    assert result.returncode == 2
+    refusal = "xregion trace: '12345' is not an event id (a lower-case UUIDv7)"
+    assert result.stderr.strip() == refusal
+    result = xregion("trace", "--help")
+    assert result.returncode == 0
+    assert "EVENT_ID" in result.stdout
