@@ -23,7 +23,9 @@ supplies the revision, and the server refuses the compare-and-set if anyone (a r
 another bridge) wrote in between, after which the record is read afresh; a remembered
 `applied` version at least as new as the write proves the record will never be older again,
 so the write is `superseded` without a round trip. A remembered claim proves nothing (a
-replayer may release it to an older version): the record is read.
+replayer may release it to an older version): the record is read. After the bucket was
+purged or re-created by hand, restart the bridge (its remembered revisions refer to the old
+one).
 
 A replayer's claim on a newer version than the write does not make the write `superseded`
 either: the claim may still be released (the call failed; the record goes back to the older

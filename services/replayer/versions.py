@@ -53,8 +53,8 @@ two ways, each safe for its own reason:
 
 With one instance (or keys that stay with one instance) an event costs two KV writes (claim,
 applied) instead of a read and two writes; when another writer moved the record it costs one
-refused write more. Purging the bucket by hand needs the replayers restarted (they would keep
-finding events older than a remembered `applied` version stale).
+refused write more. Purging the bucket by hand needs the replayers (and bridges) restarted
+(they would keep finding events older than a remembered `applied` version stale).
 """
 
 from __future__ import annotations
