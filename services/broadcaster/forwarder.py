@@ -575,10 +575,7 @@ class Forwarder:
         log.error(
             "broadcaster.dead_lettered",
             target=self.target,
-            event_id=route.event_id,
-            origin=route.origin,
-            service=route.service,
-            trace_id=route.trace_id,
+            **_about(route),
             reason=FORWARD_REFUSED,
             error=pending.refused,
         )
@@ -593,10 +590,7 @@ class Forwarder:
         emit(
             "broadcaster.dead_letter_failed",
             target=self.target,
-            event_id=route.event_id,
-            origin=route.origin,
-            service=route.service,
-            trace_id=route.trace_id,
+            **_about(route),
             error=reason,
         )
         self._queue_dead_letter(held)
@@ -614,10 +608,7 @@ class Forwarder:
         emit(
             "broadcaster.retry",
             target=self.target,
-            event_id=route.event_id,
-            origin=route.origin,
-            service=route.service,
-            trace_id=route.trace_id,
+            **_about(route),
             delay_s=round(delay_s, 3),
             error=error,
         )
@@ -644,10 +635,7 @@ class Forwarder:
         log.debug(
             "broadcaster.forwarded",
             target=self.target,
-            event_id=route.event_id,
-            origin=route.origin,
-            service=route.service,
-            trace_id=route.trace_id,
+            **_about(route),
             outcome=outcome,
             seq=seq,
         )
@@ -687,6 +675,16 @@ class Forwarder:
 
 
 _OUTCOMES = {"event": "forwarded", "canary": "canary", "malformed": "malformed"}
+
+
+def _about(route: Route) -> dict[str, object]:
+    """What every log line about an event carries (DESIGN §8)."""
+    return {
+        "event_id": route.event_id,
+        "origin": route.origin,
+        "service": route.service,
+        "trace_id": route.trace_id,
+    }
 
 
 def _stream_seq(msg: Msg) -> int:

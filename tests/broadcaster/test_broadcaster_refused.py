@@ -205,22 +205,29 @@ async def test_the_source_waits_for_a_dead_letter_that_cannot_be_stored(
         await _set_max_msg_size(js, dlq_stream(ORIGIN), old)
 
 
-async def test_a_frame_over_max_payload_fails_for_good(conn: NatsConnection) -> None:
+async def _refused(conn: NatsConnection, subject: str, payload: bytes) -> Failure:
+    """Publish one message that must fail; its failure."""
     failures: list[Failure] = []
 
     async def acked(item: str, seq: int, duplicate: bool) -> None:
-        raise AssertionError("an oversized frame must never be sent")
+        raise AssertionError(f"{subject}: a message that had to be refused was stored")
 
     publisher: Publisher[str] = Publisher(
-        conn.nc, timeout_s=1.0, on_acked=acked, on_failed=lambda _, f: failures.append(f)
+        conn.nc, timeout_s=5.0, on_acked=acked, on_failed=lambda _, f: failures.append(f)
     )
     await publisher.start()
     try:
-        payload = b"x" * conn.nc.max_payload
-        await publisher.publish("one", f"xr.replay.{ACCEPTING}.{ORIGIN}.big", payload, {"A": "b"})
+        await publisher.publish("one", subject, payload, {"Nats-Msg-Id": uuid7_str()})
+        await wait_until(lambda: bool(failures), 10, message=f"{subject} refused")
     finally:
         await publisher.aclose()
     (failure,) = failures
+    return failure
+
+
+async def test_a_frame_over_max_payload_fails_for_good(conn: NatsConnection) -> None:
+    payload = b"x" * conn.nc.max_payload
+    failure = await _refused(conn, f"xr.replay.{ACCEPTING}.{ORIGIN}.big", payload)
     assert failure.permanent
     assert not failure.answered  # found out here: says nothing of the target (the breaker)
     assert "max_payload" in failure.reason
@@ -230,22 +237,8 @@ async def test_a_frame_over_max_payload_fails_for_good(conn: NatsConnection) -> 
 async def test_a_stream_refusal_is_permanent_and_answered(
     conn: NatsConnection, small_replay: None
 ) -> None:
-    failures: list[Failure] = []
-
-    async def acked(item: str, seq: int, duplicate: bool) -> None:
-        raise AssertionError("ap-south's stream must refuse a message over its max_msg_size")
-
-    publisher: Publisher[str] = Publisher(
-        conn.nc, timeout_s=5.0, on_acked=acked, on_failed=lambda _, f: failures.append(f)
-    )
-    await publisher.start()
-    try:
-        subject = f"xr.replay.{REFUSING}.{ORIGIN}.refused-probe"
-        await publisher.publish("one", subject, b"x" * BIG_BODY, {"Nats-Msg-Id": uuid7_str()})
-        await wait_until(lambda: bool(failures), 10, message="the stream's refusal")
-    finally:
-        await publisher.aclose()
-    (failure,) = failures
+    subject = f"xr.replay.{REFUSING}.{ORIGIN}.refused-probe"
+    failure = await _refused(conn, subject, b"x" * BIG_BODY)
     assert failure.permanent
     assert failure.answered
     assert "message size exceeds maximum allowed" in failure.reason
