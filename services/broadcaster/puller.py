@@ -9,14 +9,15 @@ every message that comes back goes to `on_msg`, in order, one at a time. Like `f
 makes no JetStream API call, so it works without the meta leader.
 
 At most one request is open at a time. It is over when its whole batch came, or the server
-ended it with a status message: 404/408 (nothing more before it expired) end it normally,
-any other status (409 leadership change, consumer deleted, 503 no responders...) ends it as
-a failure the caller backs off from. The failure carries the status, so the caller can tell a
+ended it with a status message: 404/408 (nothing more before it expired) end it normally, any
+other status (409 leadership change, consumer deleted, 503 no responders...) ends it as a
+failure the caller backs off from. The failure carries the status, so the caller can tell a
 consumer that is gone (409 "Consumer Deleted" ends the requests open when it is deleted; later
 ones find nobody serving the consumer's subject: 503 no responders, which a leader election
-also causes for a moment) from a passing problem. `wait_closed()` bounds the wait: a request that is
-neither filled nor ended within its expiry plus a grace (NATS_NOTES §3.1.5: orphaned pull
-requests) counts as stalled and is forgotten; messages it still brings are delivered anyway.
+also causes for a moment) from a passing problem. `wait_closed()` bounds the wait: a request
+that is neither filled nor ended within its expiry plus a grace (NATS_NOTES §3.1.5: orphaned
+pull requests) counts as stalled and is forgotten; messages it still brings are delivered
+anyway.
 
 Each request has a reply subject of its own (`<inbox>.<n>`, one wildcard subscription), so a
 status that answers a request already given up on (its 408 came late) is ignored instead of

@@ -1,9 +1,10 @@
 """The replayer process: every part wired together, started in order, stopped in reverse.
 
-Start: NATS → versions bucket (bind) → burst sender for acks and record writes (`shared.coalesce`)
-→ reply subscription for compare-and-set record updates (`shared.kvcas`) → HTTP client →
-consumer (bind to the durable, no meta leader needed) → admin port → fetch loop and metrics poller →
-NATS services API registration (`xr-replayer`, region in the metadata).
+Start: NATS → versions bucket (bind) → burst sender for acks and record writes
+(`shared.coalesce`) → reply subscription for compare-and-set record updates (`shared.kvcas`)
+→ HTTP client → consumer (bind to the durable, no meta leader needed) → admin port → fetch
+loop and metrics poller → NATS services API registration (`xr-replayer`, region in the
+metadata).
 
 Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
 fetching → in-flight events finish and are acked (`shutdown_timeout_s`), the rest are
