@@ -84,7 +84,8 @@ class _Unavailable(Exception):
 
 
 class _Contended(Exception):
-    """Other writers kept moving the record: this write's compare-and-sets all lost."""
+    """Other writers kept moving the record (this write's compare-and-sets all lost), or held
+    a claim on a newer version that did not settle in time."""
 
 
 # What a KV read or compare-and-set can raise when NATS or the bucket's stream is unwell.
@@ -231,6 +232,7 @@ class LocalVersions:
         and why a newer claim is waited out). The caller's deadline bounds the whole."""
         races = 0
         pause_s = _CLAIM_POLL_S
+        give_up = time.monotonic() + self._timeout_s
         while True:
             current, revision = self._recall(kv_key, record)
             if revision is None and current is None:
@@ -240,6 +242,11 @@ class LocalVersions:
             if current is not None and current.version >= record.version:
                 if current.state == "applied":
                     return "superseded"
+                if time.monotonic() + pause_s > give_up:
+                    raise _Contended(
+                        f"a replayer's claim on a newer version (event {current.event_id}, "
+                        f"{current.owner}) did not settle within {self._timeout_s:g} s"
+                    )
                 await asyncio.sleep(pause_s)  # a claim on a newer version: wait it out
                 pause_s = min(2 * pause_s, _CLAIM_POLL_MAX_S)
                 continue

@@ -16,6 +16,7 @@ import pytest
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from services.bridge.versions import LocalVersions
 from services.xregion.supercluster import SuperCluster
@@ -220,3 +221,25 @@ async def test_a_replayers_newer_claim_is_waited_out(
         assert (outcome, record.event_id) == ("recorded", "e20")
     else:
         assert (outcome, record.event_id) == ("superseded", "e30")
+
+
+async def test_a_claim_that_never_settles_leaves_the_write_counted_failed(
+    bridge_cluster: SuperCluster, reader: NatsConnection, js: JetStreamContext
+) -> None:
+    service, key = "claimed-forever", "/claimed/2"
+    kv = await js.key_value(versions_bucket(REGION))
+    claim = Record(str(HlcStamp(30, 0)), "e30", "claimed", "replayer-x", time.time() + 60)
+    assert await cas_write(kv, record_key(service, key), claim, None) is not None
+    failed = _count(service, "failed")
+    versions = LocalVersions(reader, region=REGION, owner="test", timeout_s=0.3, max_inflight=8)
+    with capture_logs() as logs:
+        async with versions:
+            outcome = await versions.record(service, key, str(HlcStamp(20, 0)), "e20", trace_id="t")
+    assert outcome == "failed"
+    assert _count(service, "failed") == failed + 1
+    (line,) = [e for e in logs if e["event"] == "bridge.version.failed"]
+    assert "did not settle" in line["error"]
+    assert "e30" in line["error"]
+    record = await _record(kv, service, key)
+    assert record is not None
+    assert (record.event_id, record.state) == ("e30", "claimed")  # never written over
