@@ -303,9 +303,14 @@ class Proxy:
     ) -> web.StreamResponse:
         response = await self._send(request, route, plan, record)
         write = plan.write
+        applied = write is not None and 200 <= response.status < 300
+        to_record = applied and self._versions is not None
         try:
-            if write is not None and 200 <= response.status < 300:
+            if write is not None and applied:
                 outcome = await self._make_durable(write, record)
+                if to_record and self._versions is not None and self._versions.saturated:
+                    to_record = False  # recorded now, before the response: the backpressure
+                    await asyncio.shield(self._record_version(write))
                 if outcome is Outcome.FAILED:
                     raise _Refused(
                         503,
@@ -317,6 +322,8 @@ class Proxy:
         finally:
             # Back to the pool if the body was read to its end, else the connection is closed.
             response.release()
+            if to_record and write is not None:
+                _ = self._record_version(write)
 
     async def _send(
         self, request: web.BaseRequest, route: Route, plan: _Plan, record: _Record
@@ -347,10 +354,11 @@ class Proxy:
     async def _make_durable(self, write: _Write, record: _Record) -> Outcome:
         """Publish or spool, shielded: a cancelled handler must not lose an applied write.
 
-        Then the write's version record (services/bridge/versions.py) starts; the response
-        does not wait for it (two KV round trips) unless too many records are in flight
-        already, which is the backpressure. Started alongside the publish, its KV traffic
-        delayed the ack: publish p50 0.61 ms instead of 0.36 ms at 500 writes/s.
+        The write's version record (services/bridge/versions.py) is started by `_forward`
+        once the response is out (or failed): the response does not wait for it unless too
+        many records are in flight already, which is the backpressure. Started alongside the
+        publish, its KV traffic delayed the ack (publish p50 0.61 ms instead of 0.36 ms at 500
+        writes/s); started after it, its first steps never run in the response's time.
         """
         event = write.event
         started = time.perf_counter()
@@ -363,19 +371,20 @@ class Proxy:
         outcome = await asyncio.shield(task)
         record.publish_ms = round((time.perf_counter() - started) * 1000, 3)
         record.outcome = outcome.value
-        if self._versions is not None:
-            wait_for_version = self._versions.saturated
-            versioned = self._versions.start(
-                self._tasks,
-                event.service,
-                event.key,
-                str(event.hlc),
-                event.event_id,
-                trace_id=event.trace_id,
-            )
-            if wait_for_version:
-                await asyncio.shield(versioned)  # never raises: failures are counted and logged
         return outcome
+
+    def _record_version(self, write: _Write) -> asyncio.Task[str]:
+        """Start the write's version record (a task owned by the proxy's task set)."""
+        assert self._versions is not None
+        event = write.event
+        return self._versions.start(
+            self._tasks,
+            event.service,
+            event.key,
+            str(event.hlc),
+            event.event_id,
+            trace_id=event.trace_id,
+        )
 
     async def _relay(
         self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, record: _Record

@@ -6,7 +6,7 @@ record format is `shared.versions`'), so that older events replayed here from ot
 are acked as `stale` instead of overwriting the newer local write.
 
 It starts once the event's delivery is settled (acked, spooled, or failed: the service has
-applied the write either way), as the response goes out, and the response does not wait for
+applied the write either way) and the response is out; the response does not wait for
 it: a record takes two KV round trips (read, then compare-and-set), and the window in which a
 replayed older event could slip in opens when the service applies the write, not when the
 client hears of it. (Started alongside the publish instead, its KV
