@@ -25,9 +25,10 @@ for an id that is not a UUIDv7.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import nats.errors
@@ -234,10 +235,14 @@ class _Tracer:
         its start on, for dead letters, which may come hours later) that carries this event
         id (and satisfies `where`); None if there is none (or the stream cannot be read)."""
         until = None if open_ended else self._until
+        scan = _scan(self._nc, stream, subject, self._since, until)
         try:
-            async for found in _scan(self._nc, stream, subject, self._since, until):
-                if found.headers.get(HDR_EVENT_ID) == self._id and (where is None or where(found)):
-                    return found
+            async with contextlib.aclosing(scan):  # its inbox goes as soon as it is found
+                async for found in scan:
+                    if found.headers.get(HDR_EVENT_ID) == self._id and (
+                        where is None or where(found)
+                    ):
+                        return found
         except (nats.errors.Error, TimeoutError):
             return None
         return None
@@ -245,7 +250,7 @@ class _Tracer:
 
 async def _scan(
     nc: Client, stream: str, subject: str, since: dt.datetime, until: dt.datetime | None
-) -> AsyncIterator[Found]:
+) -> AsyncGenerator[Found, None]:
     """Messages of `stream` on `subject` stored from `since` to `until` (None: to the end),
     in order, at most `_MAX_SCANNED`, read with batched direct gets (each batch ends with a
     204 status, or 404 when nothing is left)."""
