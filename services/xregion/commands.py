@@ -7,17 +7,20 @@ knows into `CommandError` (one line for the user, an exit code).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import uvloop
 
+from shared.natsconn import NatsConnectError, NatsConnection
 from shared.settings import Settings, load_settings, redacted_dump
 
 __all__ = [
     "CommandError",
+    "connected",
     "demo",
     "demo_service",
     "dlq",
@@ -43,6 +46,20 @@ class CommandError(Exception):
 def run(coro: Coroutine[Any, Any, int]) -> int:
     """Run a command's coroutine on uvloop."""
     return uvloop.run(coro)
+
+
+@contextlib.asynccontextmanager
+async def connected(settings: Settings, command: str) -> AsyncIterator[NatsConnection]:
+    """A NATS connection for an operator command; a failed connect is a CommandError."""
+    conn = NatsConnection(settings.nats, service="xregion", name=f"xregion-{command}")
+    try:
+        await conn.connect()
+    except NatsConnectError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        yield conn
+    finally:
+        await conn.aclose()
 
 
 def not_yet_available(args: argparse.Namespace) -> int:

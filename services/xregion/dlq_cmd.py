@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
-from services.xregion.commands import CommandError
+from services.xregion.commands import CommandError, connected
 from shared.dlq import HDR_DLQ_BODY, path_of, replay_message
 from shared.envelope import (
     HDR_DLQ_AT,
@@ -40,7 +40,6 @@ from shared.envelope import (
     HDR_DLQ_STATUS,
     HDR_EVENT_ID,
 )
-from shared.natsconn import NatsConnectError, NatsConnection
 from shared.regions import dlq_stream, dlq_subject
 from shared.settings import Settings
 
@@ -84,17 +83,10 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
 async def run_dlq(settings: Settings, action: str, selection: Selection, *, yes: bool) -> int:
     if action == "purge" and not yes:
         raise CommandError("purge deletes dead letters for good: add --yes", 2)
-    try:
-        conn = NatsConnection(settings.nats, service="xregion", name="xregion-dlq")
-        await conn.connect()
-    except NatsConnectError as exc:
-        raise CommandError(str(exc)) from None
-    try:
+    async with connected(settings, "dlq") as conn:
         js = conn.jetstream()
         msgs = [m async for m in _select(js, selection)]
         return await _ACTIONS[action](js, selection, msgs)
-    finally:
-        await conn.aclose()
 
 
 async def _select(js: JetStreamContext, sel: Selection) -> AsyncIterator[RawStreamMsg]:

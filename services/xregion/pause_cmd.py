@@ -13,14 +13,12 @@ Exit 1 if any bucket could not be read or written; the lines say which.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from nats.js import JetStreamContext
 
 from services.broadcaster.pause import ControlError, read_pause, set_pause
-from services.xregion.commands import CommandError
-from shared.natsconn import NatsConnectError, NatsConnection
+from services.xregion.commands import CommandError, connected
 from shared.settings import Settings
 
 __all__ = ["list_paths", "paths_into", "switch_paths"]
@@ -44,7 +42,7 @@ def paths_into(regions: Sequence[str], target: str, origin: str | None = None) -
 async def switch_paths(settings: Settings, *, target: str, origin: str | None, paused: bool) -> int:
     """Pause or resume the paths into `target`; prints their state; the exit code."""
     paths = paths_into(settings.regions, target, origin)
-    async with _connected(settings) as conn:
+    async with connected(settings, "pause") as conn:
         js = conn.jetstream()
         failed = 0
         for path_origin, path_target in paths:
@@ -61,7 +59,7 @@ async def list_paths(settings: Settings) -> int:
     """Print every path of the super-cluster with its state; the exit code."""
     regions = settings.regions
     paths = [(o, t) for o in regions for t in regions if o != t]
-    async with _connected(settings) as conn:
+    async with connected(settings, "pause") as conn:
         ok = await _print_paths(conn.jetstream(), paths)
     return 0 if ok else 1
 
@@ -80,17 +78,3 @@ async def _print_paths(js: JetStreamContext, paths: Iterable[Route]) -> bool:
         else:
             print(f"{origin} -> {target}  paused  since {info.since} by {info.by}")
     return ok
-
-
-@contextlib.asynccontextmanager
-async def _connected(settings: Settings) -> AsyncIterator[NatsConnection]:
-    """A NATS connection for the command; a failed connect is a CommandError."""
-    conn = NatsConnection(settings.nats, service="pause")
-    try:
-        await conn.connect()
-    except NatsConnectError as exc:
-        raise CommandError(str(exc)) from None
-    try:
-        yield conn
-    finally:
-        await conn.aclose()

@@ -37,7 +37,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from services.xregion.commands import CommandError
+from services.xregion.commands import CommandError, connected
 from shared.dlq import FORWARD_REFUSED
 from shared.envelope import (
     HDR_DLQ_ERROR,
@@ -50,7 +50,6 @@ from shared.envelope import (
     HDR_PATH,
 )
 from shared.ids import is_uuid7, uuid7_time_ms
-from shared.natsconn import NatsConnectError, NatsConnection
 from shared.provision import versions_bucket
 from shared.regions import (
     broadcast_consumer,
@@ -97,16 +96,9 @@ async def run_trace(settings: Settings, event_id: str, *, window_s: float) -> in
     minted = dt.datetime.fromtimestamp(uuid7_time_ms(event_id) / 1000, dt.UTC)
     since = minted - dt.timedelta(seconds=_SKEW_S)
     until = minted + dt.timedelta(seconds=window_s)
-    try:
-        conn = NatsConnection(settings.nats, service="xregion", name="xregion-trace")
-        await conn.connect()
-    except NatsConnectError as exc:
-        raise CommandError(str(exc)) from None
-    try:
+    async with connected(settings, "trace") as conn:
         tracer = _Tracer(conn.nc, conn.jetstream(), settings.regions, event_id, since, until)
         return await tracer.run()
-    finally:
-        await conn.aclose()
 
 
 class _Tracer:
