@@ -21,6 +21,16 @@ The echo upstream costs about 35 µs of CPU per request: against it the ratio pr
 bridge against nothing, the worst case for any proxy (one HTTP exchange becomes two, plus a
 JetStream publish and a version record). The demo service prices it against a service.
 
+Writes are also sent through a *floor* forwarder (`--serve-floor`, started by this script): the
+least any bridge built on aiohttp and nats-py must do for a replicated write, and nothing
+else. It reads the request, forwards it with its headers (minus Host and the framing ones)
+through one pooled aiohttp client, reads the answer, and on a 2xx publishes the body to the
+same events stream with a `Nats-Msg-Id` (a plain nats-py request: no event envelope, no
+signing, no validation, no outbox, no version record, no metrics, no log line, no
+`X-Forwarded-*`, no streaming) and awaits its ack before answering. Its row is what this
+machine allows such a process: the bridge's figures are read against it as well as against
+direct.
+
 Each target is warmed up (1 s, not counted), then driven closed-loop at `--concurrency`
 (its maximum throughput), then open-loop (requests sent on a fixed schedule, whatever the
 answers do) at half of the bridge's measured maximum for that kind, the same rate for every
@@ -46,6 +56,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import itertools
 import json
 import signal
 import statistics
@@ -61,6 +72,7 @@ import nats
 import uvloop
 from aiohttp import web
 from procs import cpu_seconds, pids_using, process, wait_http
+from yarl import URL
 
 REGION = "us-east"
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -89,6 +101,52 @@ async def _serve_upstream(port: int) -> None:
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     await stop.wait()
     await runner.cleanup()
+
+
+# Hop-by-hop and framing headers the floor does not forward (aiohttp sets its own).
+_FLOOR_DROP = frozenset({"host", "content-length", "connection", "keep-alive", "transfer-encoding"})
+
+
+async def _serve_floor(port: int, nats_url: str, routes: list[tuple[str, str, str]]) -> None:
+    """The floor forwarder: see the module docstring. `routes`: (prefix, service, upstream)."""
+    nc = await nats.connect(nats_url)
+    session = aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256),
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+    )
+    ids = itertools.count()
+    prefix = f"floor-{time.time_ns()}-"
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        path = request.raw_path
+        service, upstream = next((s, u) for p, s, u in routes if path.startswith(p))
+        body = await request.read()
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _FLOOR_DROP]
+        url = URL(upstream + path, encoded=True)
+        async with session.request(request.method, url, headers=headers, data=body) as reply:
+            data = await reply.read()
+            if request.method != "GET" and 200 <= reply.status < 300:
+                ack = await nc.request(
+                    f"xr.events.{REGION}.{service}",
+                    body,
+                    timeout=5,
+                    headers={"Nats-Msg-Id": prefix + str(next(ids))},
+                )
+                if b'"error"' in ack.data:
+                    return web.Response(status=503, body=ack.data)
+            return web.Response(status=reply.status, body=data, content_type=reply.content_type)
+
+    runner = web.ServerRunner(web.Server(handle, access_log=None))
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await session.close()
+    await nc.close()
 
 
 # --------------------------------------------------------------------------- processes
@@ -149,7 +207,7 @@ async def _provision(config: Path) -> None:
 class Phase:
     round: int
     kind: str  # reads | writes
-    path: str  # direct | bridge | bridge-nov (no version records)
+    path: str  # direct | bridge | bridge-nov (no version records) | floor
     mode: str  # max | half
     requests: int
     errors: int
@@ -175,7 +233,9 @@ def _request(base: str, kind: str, path: str) -> Request:
             await reply.read()
             return reply.status
 
-    stamped = path == "direct"  # through the bridge, the bridge stamps the version
+    # Through the bridge, the bridge stamps the version; direct and through the floor, the
+    # client does.
+    stamped = path in ("direct", "floor")
     wall_ms = time.time_ns() // 1_000_000
 
     async def store(http: aiohttp.ClientSession, i: int) -> int:
@@ -285,7 +345,7 @@ async def _bench(
     from services.xregion.natsconf import build_topology
     from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
 
-    up_port, store_port, *ports = free_ports(6)
+    up_port, store_port, floor_port, *ports = free_ports(7)
     upstream = f"http://127.0.0.1:{up_port}"
     store = f"http://127.0.0.1:{store_port}"
     async with SuperCluster(with_free_ports(build_topology(REGIONS)), workdir / "nats") as nats:
@@ -339,9 +399,20 @@ async def _bench(
             ) as store_pid,
             bridge("bridge") as bridge_pid,
             bridge("bridge-nov") as nov_pid,
+            _process_pid(
+                sys.executable,
+                __file__,
+                "--serve-floor",
+                str(floor_port),
+                nats.client_urls(REGION)[0],
+                upstream,
+                store,
+                log=workdir / "floor.log",
+            ) as floor_pid,
         ):
             await wait_http(upstream + "/")
             await wait_http(store + "/healthz")
+            await wait_http(f"http://127.0.0.1:{floor_port}/bench/")
             for _, _, admin in configs.values():
                 await wait_http(f"http://127.0.0.1:{admin}/readyz")
             nats_pids = pids_using(str(workdir / "nats"))
@@ -349,6 +420,7 @@ async def _bench(
                 "direct": (upstream, up_pid),
                 "bridge": (f"http://127.0.0.1:{configs['bridge'][1]}", bridge_pid),
                 "bridge-nov": (f"http://127.0.0.1:{configs['bridge-nov'][1]}", nov_pid),
+                "floor": (f"http://127.0.0.1:{floor_port}", floor_pid),
             }
             phases: list[Phase] = []
             for rnd in range(1, rounds + 1):
@@ -413,7 +485,7 @@ async def _round(
     closed = functools.partial(_closed_loop, concurrency=concurrency, seconds=seconds)
     warm = functools.partial(_closed_loop, concurrency=concurrency, seconds=1.0)
     kinds = (("reads", ("direct", "bridge")), ("writes", tuple(targets)))
-    for kind, paths in (*kinds, ("store", ("direct", "bridge"))):
+    for kind, paths in (*kinds, ("store", ("direct", "bridge", "floor"))):
         on_store = kind in STORE_KINDS
 
         def base(path: str, on_store: bool = on_store) -> str:
@@ -470,7 +542,31 @@ def _report(phases: list[Phase]) -> str:
             f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); added p50 at half load "
             f"{statistics.median(added):.3f} ms (rounds: {', '.join(f'{a:.3f}' for a in added)})"
         )
+        floor = _floor_line(kind, [p for p in phases if p.kind == kind], rounds)
+        if floor:
+            lines.append(floor)
     return "\n".join(lines)
+
+
+def _floor_line(kind: str, phases: list[Phase], rounds: list[int]) -> str | None:
+    """The floor forwarder against direct, and the bridge against the floor (medians)."""
+    if not any(p.path == "floor" for p in phases):
+        return None
+    floor_ratio, floor_added, bridge_vs_floor = [], [], []
+    for rnd in rounds:
+        by = {(p.path, p.mode): p for p in phases if p.round == rnd}
+        floor_max, direct_half = by[("floor", "max")], by[("direct", "half")]
+        floor_ratio.append(floor_max.rps / by[("direct", "max")].rps)
+        floor_added.append(by[("floor", "half")].p50_ms - direct_half.p50_ms)
+        bridge_vs_floor.append(by[("bridge", "max")].rps / floor_max.rps)
+    return (
+        f"  floor for {_LABELS[kind]} (bare aiohttp + nats-py forwarder): throughput "
+        f"{statistics.median(floor_ratio):.2f}x direct (rounds: "
+        f"{', '.join(f'{r:.2f}' for r in floor_ratio)}); added p50 at half load "
+        f"{statistics.median(floor_added):.3f} ms (rounds: "
+        f"{', '.join(f'{a:.3f}' for a in floor_added)}); bridge/floor throughput "
+        f"{statistics.median(bridge_vs_floor):.2f}x"
+    )
 
 
 def _versions_cost(rnd: int, by: dict[tuple[str, str], Phase]) -> str:
@@ -503,7 +599,13 @@ def main(argv: list[str] | None = None) -> int:
         "--workdir", type=Path, default=None, help="keep logs and data here (default: a temp dir)"
     )
     parser.add_argument("--serve-upstream", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-floor", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_floor is not None:
+        port, nats_url, echo, store = args.serve_floor
+        routes = [("/bench", "bench", echo), ("/configs", "configs", store)]
+        uvloop.run(_serve_floor(int(port), nats_url, routes))
+        return 0
     if args.serve_upstream is not None:
         uvloop.run(_serve_upstream(args.serve_upstream))
         return 0
