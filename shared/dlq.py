@@ -3,16 +3,35 @@
 A dead letter is the original payload and headers, published to
 `xr.dlq.<region>.<origin>.<service>` with `Xr-Dlq-Reason`, `Xr-Dlq-Status` (the HTTP status,
 or empty), `Xr-Dlq-Attempts` (deliveries), `Xr-Dlq-Error` (one line) and `Xr-Dlq-At` (ISO
-UTC). Origin and service come from the replay subject, so even a message that is not a valid
-event is filed under the path it took.
+UTC). Origin and service come from the subject the message took (a replay subject, or for an
+event its own events stream refused, `PUBLISH_REFUSED`, the events subject), so even a message
+that is not a valid event is filed under the path it took.
 
-Its `Nats-Msg-Id` is `dlq:<replay stream sequence>`: a redelivery of the same message (a crash
-between the dead-letter publish and the ack) is dropped by the DLQ's duplicate window, while
-the same event replayed by an operator (a new replay sequence) can be dead-lettered again.
-`replay_message` turns a dead letter back into the original (no `Xr-Dlq-*`, no
-`Nats-Msg-Id`, since decode requires that header to equal the event id), addressed to the
-replay stream it did not get through: the region's own, or, for an event a target region
-refused (a broadcaster's dead letter, `Xr-Dlq-Target`), that target's.
+Who files what, in their own region's DLQ:
+
+* the replayer: events it cannot apply (reasons such as `client_error`, `bad_signature`);
+* the broadcaster: events a target region refused for good (`FORWARD_REFUSED`, with
+  `Xr-Dlq-Target`);
+* the bridge: events its own events stream refused for good (`PUBLISH_REFUSED`, e.g. over the
+  stream's `max_msg_size`), filed under `xr.dlq.<region>.<region>.<service>`.
+
+Its `Nats-Msg-Id` is `dlq:<replay stream sequence>` unless the caller names one (`msg_id`): a
+redelivery of the same message (a crash between the dead-letter publish and the ack) is
+dropped by the DLQ's duplicate window, while the same event replayed by an operator (a new
+replay sequence) can be dead-lettered again. The bridge uses `pub:<event id>`.
+
+`replay_message` turns a dead letter back into the original (no `Xr-Dlq-*`), addressed to the
+stream it did not get through:
+
+* a `publish_refused` letter: the origin's events stream, `xr.events.<origin>.<service>`,
+  with `Nats-Msg-Id` = its event id, as the bridge publishes it (the events stream never
+  stored it, so nothing there holds that id but an earlier replay of the same letter, which
+  the duplicate window then drops);
+* every other letter: the replay stream of the region's own (a replayer's dead letter), or,
+  for an event a target region refused (a broadcaster's dead letter, `Xr-Dlq-Target`), that
+  target's; without `Nats-Msg-Id` (the replay stream may still hold the event's id in its
+  duplicate window, and would drop the replay; decode only requires the header to equal the
+  event id when it is present).
 """
 
 from __future__ import annotations
@@ -28,14 +47,16 @@ from shared.envelope import (
     HDR_DLQ_REASON,
     HDR_DLQ_STATUS,
     HDR_DLQ_TARGET,
+    HDR_EVENT_ID,
     HDR_MSG_ID,
     wire_size,
 )
-from shared.regions import REGION_RE, SERVICE_RE, dlq_subject, replay_subject
+from shared.regions import REGION_RE, SERVICE_RE, dlq_subject, events_subject, replay_subject
 
 __all__ = [
     "FORWARD_REFUSED",
     "HDR_DLQ_BODY",
+    "PUBLISH_REFUSED",
     "DeadLetter",
     "dead_letter",
     "fit",
@@ -45,6 +66,9 @@ __all__ = [
 
 # `Xr-Dlq-Reason` of an event a target region refused for good (filed by the broadcaster).
 FORWARD_REFUSED = "forward_refused"
+# `Xr-Dlq-Reason` of an event the origin's own events stream refused for good (filed by the
+# bridge); `replay_message` sends it back to that events stream.
+PUBLISH_REFUSED = "publish_refused"
 
 # Set instead of the body when original body + dead-letter headers would exceed max_payload
 # (an oversized frame makes the server close the connection for good, NATS_NOTES §2.2).
@@ -61,11 +85,19 @@ class DeadLetter(tuple[str, dict[str, str], bytes]):
 
 @functools.lru_cache(maxsize=1024)  # a handful of subjects, one lookup per event
 def path_of(subject: str) -> tuple[str, str]:
-    """(origin, service) from `xr.replay.<target>.<origin>.<service>` or `xr.dlq.…`."""
+    """(origin, service) from `xr.replay.<target>.<origin>.<service>`, `xr.dlq.…` (same
+    shape) or `xr.events.<origin>.<service>`; `unknown` for a token that is not valid."""
     parts = subject.split(".")
-    origin = parts[3] if len(parts) == 5 and REGION_RE.fullmatch(parts[3]) else _UNKNOWN
-    service = parts[4] if len(parts) == 5 and SERVICE_RE.fullmatch(parts[4]) else _UNKNOWN
-    return origin, service
+    if len(parts) == 4 and parts[:2] == ["xr", "events"]:
+        origin, service = parts[2], parts[3]
+    elif len(parts) == 5:
+        origin, service = parts[3], parts[4]
+    else:
+        return _UNKNOWN, _UNKNOWN
+    return (
+        origin if REGION_RE.fullmatch(origin) else _UNKNOWN,
+        service if SERVICE_RE.fullmatch(service) else _UNKNOWN,
+    )
 
 
 def dead_letter(
@@ -74,18 +106,25 @@ def dead_letter(
     subject: str,
     headers: Mapping[str, str] | None,
     payload: bytes,
-    stream_seq: int,
     reason: str,
     status: int | None,
     attempts: int,
     error: str,
     now: dt.datetime,
+    stream_seq: int | None = None,
+    msg_id: str | None = None,
 ) -> DeadLetter:
+    """The dead letter of a message that took `subject`; its `Nats-Msg-Id` is `msg_id`, or
+    `dlq:<stream_seq>` when none is given (one of the two is required)."""
+    if msg_id is None:
+        if stream_seq is None:
+            raise ValueError("a dead letter needs a msg_id or the stream sequence of its message")
+        msg_id = f"dlq:{stream_seq}"
     origin, service = path_of(subject)
     out = {k: v for k, v in (headers or {}).items() if not _is_ours(k)}
     out.update(
         {
-            HDR_MSG_ID: f"dlq:{stream_seq}",
+            HDR_MSG_ID: msg_id,
             HDR_DLQ_REASON: reason,
             HDR_DLQ_STATUS: "" if status is None else str(status),
             HDR_DLQ_ATTEMPTS: str(attempts),
@@ -109,15 +148,27 @@ def fit(letter: DeadLetter, max_payload: int) -> DeadLetter:
 def replay_message(
     *, region: str, subject: str, headers: Mapping[str, str] | None, payload: bytes
 ) -> tuple[str, dict[str, str], bytes]:
-    """The original event of a dead letter, addressed to the replay stream it failed to get
-    through: this region's (a replayer's dead letter), or the target region's that refused it
-    (a broadcaster's, `Xr-Dlq-Target`)."""
+    """The original event of a dead letter, addressed to the stream it failed to get through:
+    its origin's events stream (a bridge's `publish_refused` letter, with `Nats-Msg-Id` = its
+    event id), this region's replay stream (a replayer's dead letter), or the target region's
+    that refused it (a broadcaster's, `Xr-Dlq-Target`)."""
     origin, service = path_of(subject)
     out = {k: v for k, v in (headers or {}).items() if not _is_ours(k)}
+    if (headers or {}).get(HDR_DLQ_REASON) == PUBLISH_REFUSED:
+        return _back_to_events(region, origin, service, out), out, payload
     refused_by = (headers or {}).get(HDR_DLQ_TARGET, "")
     to = refused_by if REGION_RE.fullmatch(refused_by) else region
     target = replay_subject(to, origin if origin != _UNKNOWN else "*", service)
     return target.replace("*", _UNKNOWN), out, payload
+
+
+def _back_to_events(region: str, origin: str, service: str, headers: dict[str, str]) -> str:
+    """The events subject a refused publish goes back to; gives `headers` the event's own
+    `Nats-Msg-Id` (the events stream's dedup key, as the bridge published it)."""
+    event_id = headers.get(HDR_EVENT_ID)
+    if event_id:
+        headers[HDR_MSG_ID] = event_id
+    return events_subject(origin if origin != _UNKNOWN else region, service)
 
 
 def _is_ours(name: str) -> bool:

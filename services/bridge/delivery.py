@@ -9,11 +9,20 @@ not wait for a timeout), or the outbox still holds an event with the same partit
 new one queues behind it, so events of one key reach the stream in order; other keys go
 straight through, so an outbox being drained under load does not hold every write back).
 
+An event the events stream refuses for good (`PublishRefusedError`, e.g. over its
+`max_msg_size`) is not spooled, since no retry could ever store it: it is dead-lettered in the
+region's DLQ (`deadletters.py`, awaiting the DLQ's ack within `publish_timeout_s`), counted
+`failed` and logged once (`bridge.event.refused`, error level); the client then gets 503
+`event_not_stored` (proxy.py). If the dead letter cannot be stored either (NATS trouble), the
+event goes to the outbox like any other, so nothing is lost, and the drainer files it later.
+
 Outcomes (the `outcome` label of `xr_bridge_events_total`):
 
 * `published` — JetStream acked it;
 * `spooled`   — it is in the outbox, committed to disk;
-* `failed`    — neither: the frame can never fit NATS, or the outbox cannot take it.
+* `failed`    — neither: the frame can never fit NATS, the outbox cannot take it, or the
+  events stream refused it for good and it is kept in the DLQ instead (then
+  `Delivered.dead_lettered` is true).
 """
 
 from __future__ import annotations
@@ -21,14 +30,16 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
+from services.bridge.deadletters import DeadLetterError, DeadLetters
 from services.bridge.metrics import EVENTS, PUBLISH_DURATION
 from services.bridge.outbox import Outbox, OutboxError
-from services.bridge.publisher import EventPublisher, PublishUnknownError
+from services.bridge.publisher import EventPublisher, PublishRefusedError, PublishUnknownError
 from shared.envelope import Event, EventTooLargeError
 from shared.logs import get_logger
 
-__all__ = ["Delivery", "Outcome"]
+__all__ = ["Delivered", "Delivery", "Outcome"]
 
 log = get_logger("xr.bridge")
 
@@ -39,6 +50,15 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """What became of one event: its `outcome`, and whether it was refused for good by the
+    events stream and is kept in the region's DLQ instead (`outcome` is then `failed`)."""
+
+    outcome: Outcome
+    dead_lettered: bool = False
+
+
 class Delivery:
     """Publish-or-spool for one event at a time; see the module docstring."""
 
@@ -47,12 +67,14 @@ class Delivery:
         publisher: EventPublisher,
         outbox: Outbox,
         *,
+        dead_letters: DeadLetters,
         timeout_s: float,
         connected: Callable[[], bool],
         on_spooled: Callable[[], None],
     ) -> None:
         self._publisher = publisher
         self._outbox = outbox
+        self._dead_letters = dead_letters
         self._timeout_s = timeout_s
         self._connected = connected
         self._on_spooled = on_spooled
@@ -65,14 +87,14 @@ class Delivery:
         payload: bytes,
         *,
         wire_bytes: int | None = None,
-    ) -> Outcome:
+    ) -> Delivered:
         """Make the event durable somewhere; never raises for NATS or disk trouble.
 
         `wire_bytes`: the frame's size, if the caller measured it already.
         """
-        outcome = await self._publish_or_spool(event, subject, headers, payload, wire_bytes)
-        EVENTS.labels(event.service, outcome.value).inc()
-        return outcome
+        delivered = await self._publish_or_spool(event, subject, headers, payload, wire_bytes)
+        EVENTS.labels(event.service, delivered.outcome.value).inc()
+        return delivered
 
     async def _publish_or_spool(
         self,
@@ -81,27 +103,69 @@ class Delivery:
         headers: Mapping[str, str],
         payload: bytes,
         wire_bytes: int | None,
-    ) -> Outcome:
+    ) -> Delivered:
         if not self._connected():
             reason = "NATS disconnected"
         elif self._outbox.holds(event.key):
             reason = "an earlier event of this key is in the outbox"
         else:
-            started = time.perf_counter()
             try:
-                await self._publisher.publish(
-                    subject, headers, payload, timeout_s=self._timeout_s, wire_bytes=wire_bytes
-                )
+                return Delivered(await self._publish(event, subject, headers, payload, wire_bytes))
             except PublishUnknownError as exc:
                 reason = str(exc)
-            except EventTooLargeError as exc:
-                log.error("bridge.event.too_large", error=str(exc), **_fields(event))
-                return Outcome.FAILED
-            else:
-                return Outcome.PUBLISHED
-            finally:
-                PUBLISH_DURATION.observe(time.perf_counter() - started)
-        return await self._spool(event, subject, headers, payload, reason)
+            except PublishRefusedError as exc:
+                if await self._dead_letter(event, subject, headers, payload, exc):
+                    return Delivered(Outcome.FAILED, dead_lettered=True)
+                reason = f"{exc}, and its dead letter was not stored"
+        return Delivered(await self._spool(event, subject, headers, payload, reason))
+
+    async def _publish(
+        self,
+        event: Event,
+        subject: str,
+        headers: Mapping[str, str],
+        payload: bytes,
+        wire_bytes: int | None,
+    ) -> Outcome:
+        """`published`, or `failed` for a frame that can never fit NATS; raises
+        PublishUnknownError and PublishRefusedError."""
+        started = time.perf_counter()
+        try:
+            await self._publisher.publish(
+                subject, headers, payload, timeout_s=self._timeout_s, wire_bytes=wire_bytes
+            )
+        except EventTooLargeError as exc:
+            log.error("bridge.event.too_large", error=str(exc), **_fields(event))
+            return Outcome.FAILED
+        finally:
+            PUBLISH_DURATION.observe(time.perf_counter() - started)
+        return Outcome.PUBLISHED
+
+    async def _dead_letter(
+        self,
+        event: Event,
+        subject: str,
+        headers: Mapping[str, str],
+        payload: bytes,
+        refused: PublishRefusedError,
+    ) -> bool:
+        """File a refused event in the DLQ; whether the DLQ stored it. One error line."""
+        problem = None
+        try:
+            await self._dead_letters.file(
+                subject, headers, payload, event_id=event.event_id, error=str(refused)
+            )
+        except DeadLetterError as exc:
+            problem = str(exc)
+        log.error(
+            "bridge.event.refused",
+            err_code=refused.err_code,
+            error=str(refused),
+            dead_lettered=problem is None,
+            dead_letter_error=problem,
+            **_fields(event),
+        )
+        return problem is None
 
     async def _spool(
         self,

@@ -6,19 +6,29 @@ publish everything ends the pass; the next one waits a jittered, growing delay (
 pass that succeeds), so a NATS outage costs one attempt every `retry_max_s` at most. The
 drainer sleeps while the outbox is empty and is woken by `wake()` when an event is spooled.
 
-An entry that can never be published (its frame is over the server's max_payload, which can
-happen after the cluster lowered it) would block the queue for ever: it is logged with its
-event id and dropped, and counted as `failed`.
+An entry that can never be published would fail every pass for ever, and with it the whole
+outbox would drain at one batch per `retry_max_s`: the events stream refuses it for good
+(`PublishRefusedError`: over the stream's `max_msg_size`, headers over 64 KiB), or its frame
+is over the server's max_payload (`EventTooLargeError`, after the cluster lowered it). Such an
+entry is dead-lettered in the region's DLQ (`deadletters.py`: headers and body, the body left
+out only if the letter would not fit max_payload, reason `publish_refused`, `Nats-Msg-Id`
+`pub:<event id>`). Only once the DLQ acked the letter is the entry deleted, counted `failed`
+and logged once (`bridge.outbox.refused`, error level, with its event id); the rest of its
+batch is published in the same pass. If the dead letter is not stored (NATS trouble), the
+entry stays and the pass counts as failed, like an unacked publish (a warning per entry and
+pass, `bridge.outbox.dead_letter_failed`).
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from services.bridge.deadletters import DeadLetterError, DeadLetters
 from services.bridge.metrics import EVENTS, OUTBOX_DRAINED
 from services.bridge.outbox import Outbox, OutboxEntry, OutboxError
-from services.bridge.publisher import EventPublisher, PublishUnknownError
-from shared.envelope import EventTooLargeError
+from services.bridge.publisher import EventPublisher, PublishRefusedError, PublishUnknownError
+from shared.dlq import path_of
+from shared.envelope import HDR_TRACE, EventTooLargeError
 from shared.logs import get_logger
 from shared.natsconn import Backoff
 
@@ -35,12 +45,14 @@ class Drainer:
         outbox: Outbox,
         publisher: EventPublisher,
         *,
+        dead_letters: DeadLetters,
         batch: int,
         timeout_s: float,
         backoff: Backoff,
     ) -> None:
         self._outbox = outbox
         self._publisher = publisher
+        self._dead_letters = dead_letters
         self._batch = batch
         self._timeout_s = timeout_s
         self._backoff = backoff
@@ -92,7 +104,7 @@ class Drainer:
         return all(results)
 
     async def _publish(self, entry: OutboxEntry) -> bool:
-        """True when the entry is done with: acked, or dropped as unpublishable."""
+        """True when the entry is done with: acked, or dead-lettered as unpublishable."""
         try:
             await self._publisher.publish(
                 entry.subject, entry.headers, entry.payload, timeout_s=self._timeout_s
@@ -100,7 +112,37 @@ class Drainer:
         except PublishUnknownError as exc:
             log.debug("bridge.outbox.retry", event_id=entry.event_id, error=str(exc))
             return False
-        except EventTooLargeError as exc:
-            EVENTS.labels(entry.subject.rpartition(".")[2], "failed").inc()
-            log.error("bridge.outbox.dropped", event_id=entry.event_id, error=str(exc))
+        except (PublishRefusedError, EventTooLargeError) as exc:
+            return await self._dead_letter(entry, str(exc))
         return True
+
+    async def _dead_letter(self, entry: OutboxEntry, refusal: str) -> bool:
+        """File an entry that can never be published in the DLQ; True once it is stored."""
+        try:
+            await self._dead_letters.file(
+                entry.subject,
+                entry.headers,
+                entry.payload,
+                event_id=entry.event_id,
+                error=refusal,
+            )
+        except DeadLetterError as exc:
+            log.warning(
+                "bridge.outbox.dead_letter_failed", refusal=refusal, error=str(exc), **_about(entry)
+            )
+            return False
+        EVENTS.labels(entry.subject.rpartition(".")[2], "failed").inc()
+        log.error("bridge.outbox.refused", error=refusal, dead_lettered=True, **_about(entry))
+        return True
+
+
+def _about(entry: OutboxEntry) -> dict[str, str]:
+    """What a log line about an outbox entry's event carries (DESIGN §8)."""
+    origin, service = path_of(entry.subject)
+    trace = entry.headers.get(HDR_TRACE, "")
+    return {
+        "event_id": entry.event_id,
+        "origin": origin,
+        "service": service,
+        "trace_id": trace[3:35],
+    }

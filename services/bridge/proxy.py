@@ -12,7 +12,8 @@ bytes. Failures answer with a short JSON body: `{"error": <code>, "detail": <tex
 
 Statuses the bridge itself produces: 400 (event cannot be built from the request), 404 (no
 route), 413 (body over the replication limit), 502 (upstream unreachable), 503 (overloaded,
-or the write's event could not be stored anywhere), 504 (upstream timeout).
+or the write's event could not be stored for replication: anywhere, or, refused for good by
+the events stream, only in the region's DLQ), 504 (upstream timeout).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from services.bridge.delivery import Delivery, Outcome
+from services.bridge.delivery import Delivered, Delivery, Outcome
 from services.bridge.event import WriteRequest, build_event
 from services.bridge.headers import Forwarded, response_headers, upstream_headers
 from services.bridge.metrics import INFLIGHT_REQUESTS, REQUEST_DURATION, REQUESTS, method_label
@@ -55,7 +56,7 @@ from shared.envelope import (
 from shared.hlc import Hlc
 from shared.ids import uuid7_str
 from shared.logs import get_logger
-from shared.regions import events_subject
+from shared.regions import dlq_stream, events_subject
 from shared.signing import SignatureError, Signer, Verifier, replay_signing_input
 from shared.tasks import TaskSet
 
@@ -307,16 +308,16 @@ class Proxy:
         to_record = applied and self._versions is not None
         try:
             if write is not None and applied:
-                outcome = await self._make_durable(write, record)
+                delivered = await self._make_durable(write, record)
                 if to_record and self._versions is not None and self._versions.saturated:
                     to_record = False  # recorded now, before the response: the backpressure
                     await asyncio.shield(self._record_version(write))
-                if outcome is Outcome.FAILED:
+                if delivered.outcome is Outcome.FAILED:
                     raise _Refused(
                         503,
                         "event_not_stored",
                         f"{route.service} applied the write but its event {write.event.event_id}"
-                        " could not be stored for replication",
+                        + self._not_stored(delivered),
                     )
             return await self._relay(request, response, record)
         finally:
@@ -351,7 +352,16 @@ class Proxy:
         finally:
             record.upstream_ms = round((time.perf_counter() - started) * 1000, 3)
 
-    async def _make_durable(self, write: _Write, record: _Record) -> Outcome:
+    def _not_stored(self, delivered: Delivered) -> str:
+        if not delivered.dead_lettered:
+            return " could not be stored for replication"
+        return (
+            " was refused by the events stream and is kept in the dead-letter stream "
+            f"{dlq_stream(self._config.region)}: it is not replicated unless an operator "
+            "replays it (xregion dlq replay)"
+        )
+
+    async def _make_durable(self, write: _Write, record: _Record) -> Delivered:
         """Publish or spool, shielded: a cancelled handler must not lose an applied write.
 
         The write's version record (services/bridge/versions.py) is started by `_forward`
@@ -368,10 +378,10 @@ class Proxy:
             ),
             name=f"deliver-{event.event_id}",
         )
-        outcome = await asyncio.shield(task)
+        delivered = await asyncio.shield(task)
         record.publish_ms = round((time.perf_counter() - started) * 1000, 3)
-        record.outcome = outcome.value
-        return outcome
+        record.outcome = delivered.outcome.value
+        return delivered
 
     def _record_version(self, write: _Write) -> asyncio.Task[str]:
         """Start the write's version record (a task owned by the proxy's task set)."""

@@ -3,9 +3,11 @@
 One `publish` call sends one message with its `Nats-Msg-Id` (the event id) and waits, within
 one deadline, for a slot among the bounded in-flight publishes and then for the stream's ack.
 "No responders" (a stream being re-assigned after a restart) is retried within that deadline,
-as nats.go does (ADR-22). Anything else means the outcome is unknown: the caller keeps the
-event and retries later with the same id, and JetStream's duplicate window drops the copy if
-the first attempt did land.
+as nats.go does (ADR-22). An error reply that describes the message itself (over the
+stream's `max_msg_size`, headers over 64 KiB: `shared/pubacks.py`) is a refusal for good:
+no retry can change it, so the caller must not keep the event for another attempt. Anything
+else means the outcome is unknown: the caller keeps the event and retries later with the same
+id, and JetStream's duplicate window drops the copy if the first attempt did land.
 
 Acks come back on one wildcard inbox subscription that this publisher owns (`open`), matched
 to the waiting publish by reply subject. That is what `js.publish` does through the client's
@@ -18,7 +20,9 @@ Errors::
 
     Exception
      └── PublishError
-          └── PublishUnknownError   not acked in time (timeout, no stream, NATS down, error)
+          ├── PublishUnknownError   not acked in time (timeout, no stream, NATS down, error)
+          └── PublishRefusedError   the stream refused this message for good (.err_code,
+                                    .description): do not retry, dead-letter it
     EventTooLargeError (shared.envelope)   the frame can never be published: do not retry
 """
 
@@ -38,8 +42,15 @@ from nats.js.api import PubAck
 
 from shared.envelope import EventTooLargeError, wire_size
 from shared.natsconn import NatsConnection
+from shared.pubacks import describe, is_permanent
 
-__all__ = ["EventPublisher", "PublishError", "PublishUnknownError", "Publisher"]
+__all__ = [
+    "EventPublisher",
+    "PublishError",
+    "PublishRefusedError",
+    "PublishUnknownError",
+    "Publisher",
+]
 
 # Pause between attempts when no stream answered (the stream is moving); nats.go uses 250 ms.
 _NO_STREAM_RETRY_S = 0.25
@@ -52,6 +63,18 @@ class PublishError(Exception):
 
 class PublishUnknownError(PublishError):
     """No ack within the deadline: the event may or may not be stored. Retry with its id."""
+
+
+class PublishRefusedError(PublishError):
+    """The stream refused the message itself (`shared.pubacks.PERMANENT_ERR_CODES`): sending
+    it again unchanged can never succeed."""
+
+    def __init__(self, err_code: int, description: str) -> None:
+        super().__init__(
+            f"JetStream refused the event for good: {description} (err_code {err_code})"
+        )
+        self.err_code = err_code
+        self.description = description
 
 
 class _NoStream(Exception):
@@ -185,7 +208,8 @@ class Publisher:
 
 
 def _pub_ack(msg: Msg) -> PubAck:
-    """The stream's answer as a PubAck; raises `_NoStream` or PublishUnknownError."""
+    """The stream's answer as a PubAck; raises `_NoStream`, PublishRefusedError (an error no
+    retry can change) or PublishUnknownError (any other error, an unreadable answer)."""
     if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
         raise _NoStream
     try:
@@ -200,4 +224,6 @@ def _pub_ack(msg: Msg) -> PubAck:
             )
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise PublishUnknownError(f"unreadable JetStream ack: {msg.data[:200]!r}") from exc
-    raise PublishUnknownError(f"JetStream refused the event: {error}")
+    if is_permanent(error):
+        raise PublishRefusedError(error["err_code"], str(error.get("description", "?")))
+    raise PublishUnknownError(f"JetStream refused the event: {describe(error)}")

@@ -34,6 +34,7 @@ import nats.errors
 from aiohttp import web
 from nats.micro import add_service
 
+from services.bridge.deadletters import DeadLetters
 from services.bridge.delivery import Delivery
 from services.bridge.drainer import Drainer
 from services.bridge.headers import DEFAULT_FORWARDED
@@ -178,9 +179,11 @@ class Bridge:
         )
         if s.record_local_versions:
             await self._stack.enter_async_context(versions)
+        dead_letters = self._dead_letters(publisher)
         drainer = Drainer(
             self._outbox,
             publisher,
+            dead_letters=dead_letters,
             batch=s.outbox_batch,
             timeout_s=s.publish_timeout_s,
             backoff=Backoff(s.outbox_retry_base_s, s.outbox_retry_max_s),
@@ -190,9 +193,8 @@ class Bridge:
         _ = self._tasks.spawn(drainer.run(), name="outbox-drainer")
         upstream = await self._stack.enter_async_context(Upstream(s))
         await self._start_admin()
-        proxy = self._proxy(
-            publisher, drainer, upstream, versions if s.record_local_versions else None
-        )
+        delivery = self._delivery(publisher, dead_letters, drainer)
+        proxy = self._proxy(delivery, upstream, versions if s.record_local_versions else None)
         await self._start_http(proxy)
         await self._register()
         BUILD_INFO.info({"version": XREGION_VERSION, "service": SERVICE_NAME})
@@ -229,21 +231,31 @@ class Bridge:
         if self._outbox.depth:
             log.warning("bridge.outbox.left_for_next_start", outbox_depth=self._outbox.depth)
 
-    def _proxy(
-        self,
-        publisher: Publisher,
-        drainer: Drainer,
-        upstream: Upstream,
-        versions: LocalVersions | None,
-    ) -> Proxy:
-        s = self._settings.bridge
-        delivery = Delivery(
+    def _dead_letters(self, publisher: Publisher) -> DeadLetters:
+        """Where events the events stream refuses for good go (the region's DLQ)."""
+        return DeadLetters(
+            publisher,
+            region=self._settings.region,
+            max_payload=lambda: self._conn.max_payload,
+            timeout_s=self._settings.bridge.publish_timeout_s,
+        )
+
+    def _delivery(
+        self, publisher: Publisher, dead_letters: DeadLetters, drainer: Drainer
+    ) -> Delivery:
+        return Delivery(
             publisher,
             self._outbox,
-            timeout_s=s.publish_timeout_s,
+            dead_letters=dead_letters,
+            timeout_s=self._settings.bridge.publish_timeout_s,
             connected=lambda: self._conn.is_connected,
             on_spooled=drainer.wake,
         )
+
+    def _proxy(
+        self, delivery: Delivery, upstream: Upstream, versions: LocalVersions | None
+    ) -> Proxy:
+        s = self._settings.bridge
         config = ProxyConfig(
             region=self._settings.region,
             regions=tuple(self._settings.regions),

@@ -18,8 +18,8 @@ decided here where the answer arrives, so the caller need not parse reasons:
 
 * the frame exceeds `max_payload` (refused before sending);
 * the stream answered with an error that describes the message, not the moment
-  (`PERMANENT_ERR_CODES`: message or header too large for the stream, a per-message TTL the
-  stream cannot take).
+  (`PERMANENT_ERR_CODES` of `shared/pubacks.py`: message or header too large for the stream,
+  a per-message TTL the stream cannot take).
 
 Everything else is transient: no answer in time, 503 no responders, an unreadable PubAck, a
 failed send, and every other JetStream error (storage or resource limits, leadership changes,
@@ -42,6 +42,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared.pubacks import PERMANENT_ERR_CODES, describe, is_permanent
+
 __all__ = ["PERMANENT_ERR_CODES", "Failure", "Publisher", "frame_size", "is_permanent"]
 
 T = TypeVar("T")
@@ -49,17 +51,6 @@ T = TypeVar("T")
 _NO_RESPONDERS = "503"
 # "NATS/1.0\r\n" ... "\r\n": the header block around the header lines.
 _HEADER_BLOCK_BYTES = 12
-
-# JetStream publish errors (nats-server errors.json) that a retry of the same message can never
-# turn into a PubAck: the message itself is what the stream refuses.
-PERMANENT_ERR_CODES = frozenset(
-    {
-        10054,  # JSStreamMessageExceedsMaximumErr: message size exceeds maximum allowed
-        10097,  # JSStreamHeaderExceedsMaximumErr: header size exceeds maximum allowed of 64k
-        10165,  # JSMessageTTLInvalidErr: invalid per-message TTL
-        10166,  # JSMessageTTLDisabledErr: per-message TTL is disabled
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,19 +63,9 @@ class Failure:
     answered: bool = False
 
 
-def is_permanent(error: object) -> bool:
-    """True for the `error` object of a PubAck that no retry of the message can change."""
-    if not isinstance(error, dict):
-        return False
-    return error.get("err_code") in PERMANENT_ERR_CODES
-
-
 def _refusal(error: object) -> str:
     """One line for the `error` object of a PubAck."""
-    if not isinstance(error, dict):
-        return f"target stream refused: {error}"
-    description = error.get("description", "?")
-    return f"target stream refused: {description} (err_code {error.get('err_code', '?')})"
+    return f"target stream refused: {describe(error)}"
 
 
 def frame_size(payload: bytes, headers: dict[str, str] | None) -> int:

@@ -7,12 +7,16 @@ gets (`next_by_subj`), so no consumer is created.
 
 * `list`: one table row per dead letter;
 * `show`: every header and a body preview of the selected dead letters;
-* `replay`: publishes the original event back onto the replay stream it did not get through
-  (same event id, so the service's idempotency and the replayer's version check still hold),
-  then deletes the dead letter; progress on stderr. That is the region's own replay stream
-  for a replayer's dead letter, and the target region's for an event a target refused
-  (`forward_refused`, filed by this region's broadcaster with `Xr-Dlq-Target`): fix what made
-  the target refuse it (its stream's limits, say) first;
+* `replay`: publishes the original event back onto the stream it did not get through (same
+  event id, so the service's idempotency and the replayer's version check still hold), then
+  deletes the dead letter; progress on stderr. That is the region's own replay stream for a
+  replayer's dead letter, and the target region's for an event a target refused
+  (`forward_refused`, filed by this region's broadcaster with `Xr-Dlq-Target`); for an event
+  this region's own events stream refused (`publish_refused`, filed by its bridge) it is the
+  events stream `xr.events.<origin>.<service>`, as a valid event with `Nats-Msg-Id` = its
+  event id, and from there it flows through the broadcaster like any other write. Fix what
+  made the stream refuse it (its limits, say) first: a replay it refuses again fails, and the
+  dead letter stays;
 * `purge`: deletes the selected dead letters; requires `--yes`.
 """
 

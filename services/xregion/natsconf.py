@@ -614,6 +614,9 @@ def _kv_read_write(bucket: str) -> list[str]:
 def _bridge(region: str, regions: Sequence[str]) -> tuple[list[str], list[str]]:
     stream = events_stream(region)
     pub = [events_subject(region, ">"), "$JS.API.INFO", f"$JS.API.STREAM.INFO.{stream}"]
+    # Events its events stream refuses for good are dead-lettered in the region's DLQ, under
+    # its own origin only (services/bridge/deadletters.py).
+    pub.append(dlq_subject(region, region, ">"))
     # Version records of local writes (services/bridge/versions.py): bind, read, CAS write.
     pub += _kv_read_write(versions_bucket(region))
     return pub, ["_INBOX.>", *_srv_subjects("xr-bridge")]
@@ -672,13 +675,15 @@ def role_permissions(role: str, region: str | None, regions: Sequence[str]) -> d
     Every role subscribes to `_INBOX.>` (replies: JetStream acks, API answers, fetched
     messages) and has `allow_responses` (to answer `$SRV` requests). Publish rights:
 
-    * bridge (region R): its region's events `xr.events.R.>`; its region's version bucket
-      `xr-versions-R` (bind, direct get of a key, create/update of a key), where it records
-      local writes;
+    * bridge (region R): its region's events `xr.events.R.>`; its region's DLQ under its own
+      origin `xr.dlq.R.R.>` (events the events stream refuses for good); its region's version
+      bucket `xr-versions-R` (bind, direct get of a key, create/update of a key), where it
+      records local writes;
     * broadcaster (R): fetch/ack/info on the consumers `xr-broadcast-<T>` of `XR_EVENTS_R`,
       direct gets on `XR_EVENTS_R` (backlog age), its canaries `xr.events.R.xr-canary`, the
-      replay subjects `xr.replay.<T>.R.>` of every *other* region T, and a direct get of each
-      of its pause switches `pause.<T>` in `xr-control-R` (read only, no watch);
+      replay subjects `xr.replay.<T>.R.>` of every *other* region T, its region's DLQ
+      `xr.dlq.R.*.>` (events a target refuses for good), and a direct get of each of its
+      pause switches `pause.<T>` in `xr-control-R` (read only, no watch);
     * replayer (R): fetch/ack/info on `XR_REPLAY_R`'s consumer `xr-replayer`, its DLQ
       `xr.dlq.R.*.>` and that stream's info, and `xr-versions-R` (bind, get, create, update,
       delete: claims and records);

@@ -1,5 +1,6 @@
 """The outbox on a real SQLite file, and the drainer and delivery against a scripted
-publisher (a seam the bridge owns: the JetStream side is covered by the integration tests)."""
+publisher (a seam the bridge owns: the JetStream side is covered by the integration tests,
+tests/bridge/test_refused.py for events the stream refuses for good)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from services.bridge.delivery import Delivery, Outcome
+from services.bridge.deadletters import DeadLetters
+from services.bridge.delivery import Delivered, Delivery, Outcome
 from services.bridge.drainer import Drainer
 from services.bridge.outbox import Outbox, OutboxFullError, OutboxLockedError
-from services.bridge.publisher import PublishUnknownError
-from shared.envelope import Event, EventTooLargeError, new_traceparent
+from services.bridge.publisher import PublishRefusedError, PublishUnknownError
+from shared.dlq import HDR_DLQ_BODY, PUBLISH_REFUSED
+from shared.envelope import HDR_DLQ_REASON, Event, EventTooLargeError, new_traceparent
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
 from shared.natsconn import Backoff
@@ -43,12 +46,16 @@ def event(key: str) -> Event:
 
 
 class ScriptedPublisher:
-    """Fails while `down`, refuses ids in `too_large`, records what it acked."""
+    """Fails while `down` (dead letters too while `dlq_down`), refuses ids in `too_large` (over
+    max_payload) and in `refused` (by the stream, for good), records what it acked."""
 
     def __init__(self) -> None:
         self.down = False
+        self.dlq_down = False
         self.too_large: set[str] = set()
+        self.refused: set[str] = set()
         self.acked: list[str] = []
+        self.letters: list[tuple[str, dict[str, str], bytes]] = []
 
     async def publish(
         self,
@@ -62,10 +69,29 @@ class ScriptedPublisher:
         msg_id = headers["Nats-Msg-Id"]
         if msg_id in self.too_large:
             raise EventTooLargeError(10, 5)
-        if self.down:
+        if msg_id in self.refused:
+            raise PublishRefusedError(10054, "message size exceeds maximum allowed")
+        if self.down or (self.dlq_down and subject.startswith("xr.dlq.")):
             raise PublishUnknownError("down")
+        if subject.startswith("xr.dlq."):
+            self.letters.append((subject, dict(headers), payload))
         self.acked.append(msg_id)
         return None
+
+
+def drainer_for(outbox: Outbox, publisher: ScriptedPublisher, *, batch: int) -> Drainer:
+    return Drainer(
+        outbox,
+        publisher,
+        dead_letters=dead_letters(publisher),
+        batch=batch,
+        timeout_s=1.0,
+        backoff=Backoff(0.01, 0.05),
+    )
+
+
+def dead_letters(publisher: ScriptedPublisher) -> DeadLetters:
+    return DeadLetters(publisher, region="us-east", max_payload=lambda: 1_000, timeout_s=1.0)
 
 
 @pytest.fixture
@@ -108,7 +134,7 @@ async def test_a_full_outbox_refuses_and_one_owner_at_a_time(outbox: Outbox) -> 
 
 async def test_drainer_republishes_in_order_and_deletes_only_acked(outbox: Outbox) -> None:
     publisher = ScriptedPublisher()
-    drainer = Drainer(outbox, publisher, batch=3, timeout_s=1.0, backoff=Backoff(0.01, 0.05))
+    drainer = drainer_for(outbox, publisher, batch=3)
     for n in range(7):
         await put(outbox, n, b"%d" % n)
     publisher.down = True
@@ -120,23 +146,85 @@ async def test_drainer_republishes_in_order_and_deletes_only_acked(outbox: Outbo
     assert outbox.depth == 0
 
 
-async def test_drainer_drops_what_can_never_be_published(outbox: Outbox) -> None:
+async def test_drainer_dead_letters_what_can_never_be_published(outbox: Outbox) -> None:
     publisher = ScriptedPublisher()
     publisher.too_large = {"id-1"}
-    drainer = Drainer(outbox, publisher, batch=10, timeout_s=1.0, backoff=Backoff(0.01, 0.05))
+    publisher.refused = {"id-2"}
+    drainer = drainer_for(outbox, publisher, batch=10)
+    await put(outbox, 0)
+    await put(outbox, 1, b"x" * 2_000)  # the letter would not fit max_payload with it
+    await put(outbox, 2, b"kept")
+    await put(outbox, 3)
+    assert await drainer.drain_pass()  # one pass: the good ones are not held back
+    assert outbox.depth == 0
+    assert [m for m in publisher.acked if not m.startswith("pub:")] == ["id-0", "id-3"]
+    letters = {h["Nats-Msg-Id"]: (subject, h, body) for subject, h, body in publisher.letters}
+    assert sorted(letters) == ["pub:id-1", "pub:id-2"]
+    for subject, h, _ in letters.values():
+        assert subject == "xr.dlq.us-east.us-east.svc"
+        assert h[HDR_DLQ_REASON] == PUBLISH_REFUSED
+    assert letters["pub:id-1"][2] == b""
+    assert "2000 bytes" in letters["pub:id-1"][1][HDR_DLQ_BODY]
+    assert letters["pub:id-2"][2] == b"kept"
+    assert "err_code 10054" in letters["pub:id-2"][1]["Xr-Dlq-Error"]
+
+
+async def test_drainer_keeps_a_refused_entry_until_its_dead_letter_is_stored(
+    outbox: Outbox,
+) -> None:
+    publisher = ScriptedPublisher()
+    publisher.refused = {"id-0"}
+    publisher.dlq_down = True
+    drainer = drainer_for(outbox, publisher, batch=10)
     for n in range(3):
         await put(outbox, n)
-    assert await drainer.drain(timeout_s=10)
-    assert publisher.acked == ["id-0", "id-2"]
+    assert not await drainer.drain_pass()  # the entry is kept: the pass is not a success
+    assert publisher.acked == ["id-1", "id-2"]
+    assert [e.event_id for e in await outbox.oldest(10)] == ["id-0"]
+    publisher.dlq_down = False
+    assert await drainer.drain_pass()
+    assert outbox.depth == 0
+    assert publisher.acked == ["id-1", "id-2", "pub:id-0"]
+
+
+async def test_delivery_dead_letters_a_refused_event_or_spools_it(outbox: Outbox) -> None:
+    publisher = ScriptedPublisher()
+    delivery = Delivery(
+        publisher,
+        outbox,
+        dead_letters=dead_letters(publisher),
+        timeout_s=1.0,
+        connected=lambda: True,
+        on_spooled=lambda: None,
+    )
+    refused, unstored = event("/r"), event("/s")
+    publisher.refused = {refused.event_id, unstored.event_id}
+    headers_r = {"Nats-Msg-Id": refused.event_id}
+    delivered = await delivery.deliver(refused, "xr.events.us-east.svc", headers_r, b"body")
+    assert delivered == Delivered(Outcome.FAILED, dead_lettered=True)
+    ((subject, letter, body),) = publisher.letters
+    assert (subject, letter["Nats-Msg-Id"], body) == (
+        "xr.dlq.us-east.us-east.svc",
+        f"pub:{refused.event_id}",
+        b"body",
+    )
+    assert outbox.depth == 0
+    # No dead letter either: the event is kept in the outbox (nothing is lost).
+    publisher.dlq_down = True
+    headers_s = {"Nats-Msg-Id": unstored.event_id}
+    delivered = await delivery.deliver(unstored, "xr.events.us-east.svc", headers_s, b"")
+    assert delivered == Delivered(Outcome.SPOOLED)
+    assert [e.event_id for e in await outbox.oldest(10)] == [unstored.event_id]
 
 
 async def test_delivery_publishes_or_spools_and_keeps_key_order(outbox: Outbox) -> None:
     publisher = ScriptedPublisher()
-    drainer = Drainer(outbox, publisher, batch=10, timeout_s=1.0, backoff=Backoff(0.01, 0.05))
+    drainer = drainer_for(outbox, publisher, batch=10)
     connected = True
     delivery = Delivery(
         publisher,
         outbox,
+        dead_letters=dead_letters(publisher),
         timeout_s=1.0,
         connected=lambda: connected,
         on_spooled=drainer.wake,
@@ -144,8 +232,8 @@ async def test_delivery_publishes_or_spools_and_keeps_key_order(outbox: Outbox) 
 
     async def deliver(key: str) -> tuple[str, Outcome]:
         e = event(key)
-        outcome = await delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
-        return e.event_id, outcome
+        delivered = await delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
+        return e.event_id, delivered.outcome
 
     first, outcome = await deliver("/a")
     assert outcome is Outcome.PUBLISHED
@@ -173,4 +261,4 @@ async def test_delivery_publishes_or_spools_and_keeps_key_order(outbox: Outbox) 
     too_large = event("/d")
     publisher.too_large = {too_large.event_id}
     headers_d = {"Nats-Msg-Id": too_large.event_id}
-    assert await delivery.deliver(too_large, "s", headers_d, b"") is Outcome.FAILED
+    assert await delivery.deliver(too_large, "s", headers_d, b"") == Delivered(Outcome.FAILED)

@@ -7,10 +7,11 @@ user, and the operator commands (`xregion pause|resume|dlq`) as `admin`.
 What it proves, end to end with permissions on: a write through a bridge is applied in the
 other regions (events, replay, acks, version records in `xr-versions-<region>` written by the
 bridge and claimed by the replayers), canaries flow, a poisoned event is dead-lettered and
-listed, an event a target refuses for good is dead-lettered by the origin's broadcaster, a
-pause written by `admin` into `xr-control-<region>` is obeyed by the broadcaster
-(which also reads its backlog and lag), and resume lets the held event through. Nothing is
-ever refused: no violation in any nats-server log, no NATS error in any service's log or
+listed, an event a target refuses for good is dead-lettered by the origin's broadcaster, one
+its own events stream refuses for good is dead-lettered by the origin's bridge, a pause
+written by `admin` into `xr-control-<region>` is obeyed by the broadcaster (which also reads
+its backlog and lag), and resume lets the held event through. Nothing is ever refused by the
+permissions: no violation in any nats-server log, no NATS error in any service's log or
 `xr_nats_errors_total`.
 """
 
@@ -39,7 +40,7 @@ from services.xregion.natsconf import Topology, build_topology, load_topology, r
 from services.xregion.supercluster import SuperCluster, free_ports
 from shared import provision
 from shared.natsconn import NatsConnection
-from shared.regions import replay_stream
+from shared.regions import events_stream, replay_stream
 from shared.settings import Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
 from tests.harness.http import LoopbackApp
@@ -228,11 +229,11 @@ async def provision_region(settings: Settings) -> None:
         )  # fmt: skip
 
 
-async def limit_message_size(settings: Settings, region: str, max_bytes: int) -> None:
-    """Make `region`'s replay stream refuse events over `max_bytes` (as the provisioner)."""
+async def limit_message_size(settings: Settings, stream: str, max_bytes: int) -> None:
+    """Make `stream` refuse messages over `max_bytes` (-1: no limit) (as the provisioner)."""
     async with NatsConnection(settings.nats, service="test-provision") as conn:
         js = conn.jetstream()
-        info = await js.stream_info(replay_stream(region))
+        info = await js.stream_info(stream)
         await js.update_stream(dataclasses.replace(info.config, max_msg_size=max_bytes))
 
 
@@ -370,7 +371,8 @@ async def test_every_service_and_operator_command_works_with_prod_permissions(
 
             # 2b. ap-south refuses an event for good: the us-east broadcaster files it in its
             # own region's DLQ (XR_DLQ_US_EAST) and acks it; eu-west gets it all the same.
-            await limit_message_size(provisioner_settings(origin.config, env), OTHER_TARGET, 2048)
+            provisioner = provisioner_settings(origin.config, env)
+            await limit_message_size(provisioner, replay_stream(OTHER_TARGET), 2048)
             reply = await http.put(f"{origin.bridge_url}/{SERVICE}/big-1", content=b"b" * 8192)
             assert reply.status_code == 200, reply.text
             await wait_until(
@@ -384,6 +386,19 @@ async def test_every_service_and_operator_command_works_with_prod_permissions(
             )  # fmt: skip
             code, out = await xregion_as_admin(env, "dlq", "list", "--config", str(origin.config))
             command_output["dlq list us-east"] = out
+            assert code == 0, out
+            assert "1 dead letter(s) in XR_DLQ_US_EAST" in out, out
+
+            # 2c. us-east's own events stream refuses an event for good: the bridge files it in
+            # XR_DLQ_US_EAST (under its own origin) and answers 503.
+            await limit_message_size(provisioner, events_stream(ORIGIN), 2048)
+            reply = await http.put(f"{origin.bridge_url}/{SERVICE}/big-2", content=b"b" * 8192)
+            assert reply.status_code == 503, reply.text
+            assert "XR_DLQ_US_EAST" in reply.json()["detail"], reply.text
+            await limit_message_size(provisioner, events_stream(ORIGIN), -1)
+            args = ("--config", str(origin.config), "--reason", "publish_refused")
+            code, out = await xregion_as_admin(env, "dlq", "list", *args)
+            command_output["dlq list publish_refused"] = out
             assert code == 0, out
             assert "1 dead letter(s) in XR_DLQ_US_EAST" in out, out
 

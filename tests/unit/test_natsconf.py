@@ -225,6 +225,8 @@ def test_bridge_may_publish_only_its_regions_events() -> None:
     publish = perms["publish"]["allow"]
     assert "xr.events.eu-west.>" in publish
     assert not [s for s in publish if s.startswith("xr.") and "eu-west" not in s]
+    # Events its stream refuses for good go to its region's DLQ, under its own origin only.
+    assert [s for s in publish if s.startswith("xr.dlq.")] == ["xr.dlq.eu-west.eu-west.>"]
     assert "_INBOX.>" in perms["subscribe"]["allow"]
     assert perms["allow_responses"] is True
 

@@ -1,0 +1,89 @@
+"""Dead letters of events the region's own events stream can never take (DESIGN §5 bridge).
+
+Some events can never be published, however often they are retried: JetStream refuses them
+for good (`PublishRefusedError`: over the events stream's `max_msg_size`, headers over 64 KiB,
+`shared/pubacks.py`), or, for an outbox entry, the frame is over the server's `max_payload`
+(`EventTooLargeError`, after the cluster lowered it). Kept for another attempt, such an event
+would never be stored anywhere useful and would hold its outbox back; so it is filed in the
+region's own DLQ instead (`shared/dlq.py`, stream `XR_DLQ_<REGION>`):
+
+* subject `xr.dlq.<region>.<region>.<service>`;
+* the event's headers and body, unchanged (the body is dropped, and `Xr-Dlq-Body` says so,
+  only when the whole letter would exceed `max_payload`);
+* `Xr-Dlq-Reason: publish_refused`, `Xr-Dlq-Error` naming the refusal (its err_code and
+  description), an empty `Xr-Dlq-Status`, `Xr-Dlq-Attempts: 1`;
+* `Nats-Msg-Id: pub:<event id>`, so the same event filed twice (by the live path and then by
+  the outbox drainer, or again after a crash) is stored once within the DLQ's duplicate window.
+
+`xregion dlq replay` sends such a letter back to the events stream, as a valid event again,
+once the operator has raised the limit that refused it.
+
+`file()` returns once the DLQ stream acked the letter, or raises `DeadLetterError`: the
+letter may not be stored, and the caller keeps the event (in the outbox) to try again.
+
+Errors::
+
+    Exception
+     └── DeadLetterError   the dead letter was not acked by the DLQ stream in time
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Mapping
+
+from services.bridge.publisher import EventPublisher, PublishError
+from shared.dlq import PUBLISH_REFUSED, dead_letter, fit
+from shared.envelope import EventTooLargeError
+
+__all__ = ["DeadLetterError", "DeadLetters"]
+
+
+class DeadLetterError(Exception):
+    """The dead letter was not stored (as far as the bridge knows): keep the event."""
+
+
+class DeadLetters:
+    """Files events refused for good in the region's DLQ; see the module docstring."""
+
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        *,
+        region: str,
+        max_payload: Callable[[], int],
+        timeout_s: float,
+    ) -> None:
+        self._publisher = publisher
+        self._region = region
+        self._max_payload = max_payload
+        self._timeout_s = timeout_s
+
+    async def file(
+        self,
+        subject: str,
+        headers: Mapping[str, str],
+        payload: bytes,
+        *,
+        event_id: str,
+        error: str,
+    ) -> None:
+        """Publish the dead letter of the event published as (`subject`, `headers`,
+        `payload`), refused for good with `error`, and await the DLQ's ack."""
+        letter = dead_letter(
+            region=self._region,
+            subject=subject,
+            headers=headers,
+            payload=payload,
+            reason=PUBLISH_REFUSED,
+            status=None,
+            attempts=1,
+            error=error,
+            now=dt.datetime.now(dt.UTC),
+            msg_id=f"pub:{event_id}",
+        )
+        to, letter_headers, body = fit(letter, self._max_payload())
+        try:
+            await self._publisher.publish(to, letter_headers, body, timeout_s=self._timeout_s)
+        except (PublishError, EventTooLargeError) as exc:
+            raise DeadLetterError(f"dead letter not stored in {to}: {exc}") from exc

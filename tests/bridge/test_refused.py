@@ -1,0 +1,302 @@
+"""Events the region's own events stream refuses for good (DESIGN §5 bridge), against the real
+stream: here `XR_EVENTS_US_EAST` takes at most `SMALL_LIMIT` bytes per message (headers
+included), so a write with a 1 KiB body is refused with err_code 10054 although it fits the
+server's max_payload, while a small write is stored as usual.
+
+Before, the live path spooled such an event (the client got 2xx) and the drainer retried it
+for ever: every pass failed, the backoff grew to its maximum, and the event was stored nowhere
+useful. Now it is dead-lettered in `XR_DLQ_US_EAST` and the client gets 503; the outbox files
+such entries there too, in the same pass as the good ones; `xregion dlq replay` sends a letter
+back to the events stream as a valid event once the limit is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
+from nats.js.errors import NoStreamResponseError, NotFoundError, ServiceUnavailableError
+from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
+
+from services.bridge.deadletters import DeadLetters
+from services.bridge.drainer import Drainer
+from services.bridge.outbox import Outbox
+from services.bridge.publisher import Publisher, PublishRefusedError
+from services.xregion.dlq_cmd import Selection, run_dlq
+from services.xregion.supercluster import SuperCluster
+from services.xregion.trace_cmd import run_trace
+from shared.dlq import HDR_DLQ_BODY, PUBLISH_REFUSED, replay_message
+from shared.envelope import (
+    HDR_DLQ_ATTEMPTS,
+    HDR_DLQ_ERROR,
+    HDR_DLQ_REASON,
+    HDR_DLQ_STATUS,
+    HDR_EVENT_ID,
+    HDR_MSG_ID,
+    Event,
+    decode,
+    encode,
+    new_traceparent,
+)
+from shared.hlc import HlcStamp
+from shared.ids import uuid7_str
+from shared.natsconn import Backoff, NatsConnection
+from shared.regions import dlq_stream, dlq_subject, events_stream, events_subject
+from shared.settings import Settings
+from tests.bridge.helpers import (
+    REGION,
+    http_client,
+    running_bridge,
+    send,
+    stored_events,
+    write_region_file,
+)
+from tests.bridge.upstream_app import TestUpstream
+from tests.harness.wait import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
+
+SMALL_LIMIT = 600  # an event's headers take about 400 bytes
+BIG_BODY = b"B" * 1024
+_TRANSIENT = (NoStreamResponseError, ServiceUnavailableError, TimeoutError)
+
+
+class EventsLimit:
+    """`XR_EVENTS_US_EAST`'s max_msg_size, set for one test and put back after it."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._stream = events_stream(REGION)
+        self._old: int | None = None
+
+    async def set(self, limit: int) -> None:
+        async def update() -> bool:
+            config = (await self._js.stream_info(self._stream)).config
+            if self._old is None:
+                self._old = config.max_msg_size if config.max_msg_size is not None else -1
+            await self._js.update_stream(dataclasses.replace(config, max_msg_size=limit))
+            return True
+
+        await wait_until(update, 15, interval=0.2, ignore=_TRANSIENT, message=self._stream)
+
+    async def restore(self) -> None:
+        if self._old is not None:
+            await self.set(self._old)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def small_events(js: JetStreamContext) -> AsyncIterator[EventsLimit]:
+    limit = EventsLimit(js)
+    await limit.set(SMALL_LIMIT)
+    try:
+        yield limit
+    finally:
+        await limit.restore()
+
+
+def settings_for(
+    tmp_path: Path, cluster: SuperCluster, upstream: TestUpstream, service: str
+) -> Settings:
+    return write_region_file(
+        tmp_path / "region.toml",
+        nats_urls=cluster.client_urls(REGION),
+        data_dir=tmp_path / "data",
+        services={service: {"upstream": upstream.url, "routes": [f"/{service}"]}},
+    )
+
+
+def events_counted(service: str, outcome: str) -> float:
+    labels = {"service": service, "outcome": outcome}
+    return REGISTRY.get_sample_value("xr_bridge_events_total", labels) or 0.0
+
+
+async def dead_letters(js: JetStreamContext, service: str) -> list[RawStreamMsg]:
+    """Every dead letter of `service` the bridge filed in the region's DLQ, oldest first."""
+    found: list[RawStreamMsg] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(
+                dlq_stream(REGION), seq, dlq_subject(REGION, REGION, service), next=True
+            )
+        except NotFoundError:
+            return found
+        found.append(msg)
+        seq = int(msg.seq or seq) + 1
+
+
+def entry_for(service: str, body: bytes) -> tuple[Event, dict[str, str], bytes]:
+    event = Event(
+        event_id=uuid7_str(), origin=REGION, service=service, method="PUT",
+        path=f"/{service}/x", hlc=HlcStamp(1_700_000_000_000, 0), key=f"/{service}/x",
+        body=body, trace=new_traceparent(),
+    )  # fmt: skip
+    headers, payload = encode(event)
+    return event, headers, payload
+
+
+def assert_refused_letter(letter: RawStreamMsg, event_id: str, body: bytes) -> None:
+    headers = letter.headers or {}
+    assert headers[HDR_EVENT_ID] == event_id
+    assert headers[HDR_MSG_ID] == f"pub:{event_id}"
+    assert headers[HDR_DLQ_REASON] == PUBLISH_REFUSED
+    assert "message size exceeds maximum allowed (err_code 10054)" in headers[HDR_DLQ_ERROR]
+    assert (headers[HDR_DLQ_STATUS], headers[HDR_DLQ_ATTEMPTS]) == ("", "1")
+    assert letter.data == body
+
+
+async def test_the_stream_refusal_is_told_apart_from_an_unknown_outcome(
+    reader: NatsConnection, small_events: EventsLimit
+) -> None:
+    _, headers, payload = entry_for("refused-probe", BIG_BODY)
+    async with Publisher(reader, max_inflight=4) as publisher:
+        with pytest.raises(PublishRefusedError) as refused:
+            await publisher.publish(
+                events_subject(REGION, "refused-probe"), headers, payload, timeout_s=10
+            )
+    assert refused.value.err_code == 10054
+    assert refused.value.description == "message size exceeds maximum allowed"
+
+
+async def test_a_refused_write_answers_503_and_is_kept_in_the_dlq(
+    capsys: pytest.CaptureFixture[str],
+    bridge_cluster: SuperCluster,
+    upstream: TestUpstream,
+    js: JetStreamContext,
+    tmp_path: Path,
+    small_events: EventsLimit,
+) -> None:
+    service = "refused-live"
+    failed, published = events_counted(service, "failed"), events_counted(service, "published")
+    settings = settings_for(tmp_path, bridge_cluster, upstream, service)
+    with capture_logs() as logs:
+        async with running_bridge(settings) as bridge, http_client() as http:
+            reply = await send(http, "PUT", bridge.url, f"/{service}/big", data=BIG_BODY)
+            assert reply.status == 503, reply.body
+            assert reply.json()["error"] == "event_not_stored"
+            assert "kept in the dead-letter stream XR_DLQ_US_EAST" in reply.json()["detail"]
+            assert bridge.outbox.depth == 0  # not spooled: no retry could ever store it
+            small = await send(http, "PUT", bridge.url, f"/{service}/small", data=b"small")
+            assert small.status == 200, small.body
+
+    assert [c.raw_path for c in upstream.calls if service in c.raw_path] == [
+        f"/{service}/big",
+        f"/{service}/small",
+    ]  # the write was applied: 503 says its event is not replicated
+    (letter,) = await dead_letters(js, service)
+    event_id = (letter.headers or {})[HDR_EVENT_ID]
+    assert_refused_letter(letter, event_id, BIG_BODY)
+    assert events_counted(service, "failed") == failed + 1
+    assert events_counted(service, "published") == published + 1
+    (stored,) = await stored_events(js, service)
+    assert stored.event.event_id == small.headers["Xr-Event-Id"]
+    (line,) = [e for e in logs if e["event"] == "bridge.event.refused"]
+    assert line["log_level"] == "error"
+    assert (line["event_id"], line["origin"], line["service"]) == (event_id, REGION, service)
+    assert line["trace_id"]
+    assert (line["err_code"], line["dead_lettered"]) == (10054, True)
+
+    # `xregion trace` finds it in the DLQ, though no events stream holds it.
+    assert await run_trace(settings, event_id, window_s=60) == 0
+    out = capsys.readouterr().out
+    assert f"event {event_id}: PUT /{service}/big (service {service}" in out, out
+    refused = [line for line in out.splitlines() if line.split()[1:2] == ["refused"]]
+    assert len(refused) == 1, out
+    assert refused[0].split()[0] == REGION
+    assert "XR_DLQ_US_EAST seq" in refused[0], out
+    assert "err_code 10054" in refused[0], out
+
+
+async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_same_pass(
+    reader: NatsConnection, js: JetStreamContext, tmp_path: Path, small_events: EventsLimit
+) -> None:
+    service = "refused-outbox"
+    subject = events_subject(REGION, service)
+    refused, refused_headers, refused_payload = entry_for(service, BIG_BODY)
+    # Over the server's max_payload (possible after the cluster lowered it).
+    too_large, large_headers, large_payload = entry_for(service, b"L" * reader.max_payload)
+    good = [entry_for(service, b"good %d" % n) for n in range(3)]
+    failed = events_counted(service, "failed")
+    async with (
+        Outbox(tmp_path / "outbox.sqlite3", max_bytes=4 * reader.max_payload) as outbox,
+        Publisher(reader, max_inflight=8) as publisher,
+    ):
+        for event, headers, payload in [
+            (refused, refused_headers, refused_payload),
+            (too_large, large_headers, large_payload),
+            *good,
+        ]:
+            await outbox.put(event.event_id, event.key, subject, headers, payload)
+        letters = DeadLetters(
+            publisher, region=REGION, max_payload=lambda: reader.max_payload, timeout_s=5
+        )
+        drainer = Drainer(
+            outbox, publisher, dead_letters=letters, batch=10, timeout_s=5,
+            backoff=Backoff(0.01, 0.05),
+        )  # fmt: skip
+        with capture_logs() as logs:
+            assert await drainer.drain_pass(), "the pass failed: something is left for retries"
+        assert outbox.depth == 0
+
+    stored = await stored_events(js, service)
+    assert [s.event.event_id for s in stored] == [event.event_id for event, _, _ in good]
+    filed = {(m.headers or {})[HDR_EVENT_ID]: m for m in await dead_letters(js, service)}
+    assert sorted(filed) == sorted([refused.event_id, too_large.event_id])
+    assert_refused_letter(filed[refused.event_id], refused.event_id, BIG_BODY)
+    slim = filed[too_large.event_id]
+    assert (slim.headers or {})[HDR_DLQ_REASON] == PUBLISH_REFUSED
+    assert "max_payload" in (slim.headers or {})[HDR_DLQ_ERROR]
+    assert HDR_DLQ_BODY in (slim.headers or {})
+    assert not slim.data
+    assert events_counted(service, "failed") == failed + 2
+    lines = [e for e in logs if e["event"] == "bridge.outbox.refused"]
+    assert sorted(e["event_id"] for e in lines) == sorted([refused.event_id, too_large.event_id])
+    assert all(e["log_level"] == "error" and e["service"] == service for e in lines)
+
+
+async def test_a_replayed_dead_letter_is_a_valid_event_in_the_events_stream(
+    bridge_cluster: SuperCluster,
+    upstream: TestUpstream,
+    js: JetStreamContext,
+    tmp_path: Path,
+    small_events: EventsLimit,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    service = "refused-replay"
+    settings = settings_for(tmp_path, bridge_cluster, upstream, service)
+    async with running_bridge(settings) as bridge, http_client() as http:
+        reply = await send(http, "PUT", bridge.url, f"/{service}/big", data=BIG_BODY)
+        assert reply.status == 503, reply.body
+    (letter,) = await dead_letters(js, service)
+    event_id = (letter.headers or {})[HDR_EVENT_ID]
+    selection = Selection(region=REGION, service=service, reason=PUBLISH_REFUSED)
+
+    # While the stream still refuses it, a replay fails and the dead letter stays.
+    assert await run_dlq(settings, "replay", selection, yes=False) == 1
+    assert "replay failed" in capsys.readouterr().err
+    assert len(await dead_letters(js, service)) == 1
+    assert await stored_events(js, service) == []
+
+    await small_events.restore()  # the operator raised the limit
+    assert await run_dlq(settings, "replay", selection, yes=False) == 0
+    (stored,) = await stored_events(js, service)
+    event = decode(stored.headers, stored.data)
+    assert (event.event_id, event.origin, event.service) == (event_id, REGION, service)
+    assert event.body == BIG_BODY
+    assert stored.headers[HDR_MSG_ID] == event_id  # the events stream's dedup key
+    assert not [h for h in stored.headers if h.startswith("Xr-Dlq-")]
+    assert await dead_letters(js, service) == []
+    # The same letter replayed again (say its delete had failed) is dropped as a duplicate.
+    subject, headers, payload = replay_message(
+        region=REGION, subject=letter.subject or "", headers=letter.headers,
+        payload=letter.data or b"",
+    )  # fmt: skip
+    ack: Any = await js.publish(subject, payload, headers=headers)
+    assert (ack.duplicate, ack.seq) == (True, stored.seq)
