@@ -154,7 +154,6 @@ _TRACE_ANY_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 # nats-py's HPUB header block: "NATS/1.0\r\n" + "Key: Value\r\n" per header + "\r\n".
 _NATS_HDR_FIXED = len(b"NATS/1.0\r\n") + len(b"\r\n")
 _NATS_LINE_EXTRA = len(b": ") + len(b"\r\n")
-_NATS_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 
 
 class EnvelopeError(ValueError):
@@ -522,16 +521,22 @@ def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
     """Bytes nats-py 2.16 sends as HPUB header block plus payload: what max_payload limits.
 
     Mirrors `Client._send_publish`: names and values are stripped, empty names skipped, CR/LF
-    in values become spaces, everything is UTF-8. The HPUB control line is not counted (the
-    server limits it separately, by max_control_line).
+    in values become spaces (one byte for one, so the size needs no translation), everything
+    is UTF-8. The HPUB control line is not counted (the server limits it separately, by
+    max_control_line). Runs for every event the bridge builds: ASCII text is counted without
+    encoding it.
     """
     size = _NATS_HDR_FIXED + len(payload)
     for name, value in headers.items():
         key = name.strip()
         if key:
-            shown = value.strip().translate(_NATS_VALUE_NEWLINES)
-            size += len(key.encode()) + len(shown.encode()) + _NATS_LINE_EXTRA
+            shown = value.strip()
+            size += _utf8_len(key) + _utf8_len(shown) + _NATS_LINE_EXTRA
     return size
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode())
 
 
 def check_fits(headers: Mapping[str, str], payload: bytes, max_payload: int) -> None:

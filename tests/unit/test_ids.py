@@ -47,6 +47,22 @@ def test_uuid7_str_is_canonical_and_increasing() -> None:
     assert len(set(texts)) == len(texts)
 
 
+@settings(deadline=None)
+@given(
+    st.integers(min_value=0, max_value=MAX_MS),
+    st.integers(min_value=0, max_value=(1 << 41) - 1),
+    st.integers(min_value=0, max_value=(1 << 32) - 1),
+)
+def test_next_str_is_the_canonical_text_of_the_same_id(ms: int, seed: int, rand: int) -> None:
+    def same_bits(k: int) -> int:
+        return seed if k == 41 else rand
+
+    as_text = Uuid7Generator(SteppingClock(ms), same_bits).next_str()
+    as_uuid = Uuid7Generator(SteppingClock(ms), same_bits)()
+    assert as_text == str(as_uuid)
+    assert uuid.UUID(as_text) == as_uuid
+
+
 def test_same_millisecond_ids_increase_and_keep_the_timestamp() -> None:
     gen = Uuid7Generator(clock_ms=SteppingClock(1_700_000_000_123))
     ids = [gen() for _ in range(10_000)]
