@@ -33,7 +33,7 @@ up: $(STAMP)
 
 # Benchmarks report ratios measured side by side in one run (the machine is noisy).
 bench: $(STAMP)
-	@for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+	$(BIN)/xregion bench all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

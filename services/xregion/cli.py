@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from services.xregion import commands, status_cmd, top_cmd
+from services.xregion import bench_cmd, commands, status_cmd, top_cmd
 from shared.logs import configure_logging
 from shared.settings import ConfigError
 
@@ -29,9 +29,7 @@ _OPS = {
     "top": "live terminal dashboard of every region's replication metrics",
     "status": "find every running instance in every region",
 }
-_LATER = {
-    "bench": "benchmarks of the replication path",
-}
+_BENCH = "benchmarks of the replication path (bridge, broadcaster, replayer)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,9 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     _demo_service_parser(sub)
     top_cmd.register(sub, _OPS["top"])
     status_cmd.register(sub, _OPS["status"])
-    for name, summary in _LATER.items():
-        later = sub.add_parser(name, help=f"{summary} (not yet available)", description=summary)
-        later.set_defaults(handler=commands.not_yet_available)
+    bench_cmd.register(sub, _BENCH)
     return parser
 
 

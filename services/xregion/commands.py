@@ -25,7 +25,6 @@ __all__ = [
     "demo_service",
     "dlq",
     "natsconf_render",
-    "not_yet_available",
     "pause",
     "provision",
     "resume",
@@ -60,10 +59,6 @@ async def connected(settings: Settings, command: str) -> AsyncIterator[NatsConne
         yield conn
     finally:
         await conn.aclose()
-
-
-def not_yet_available(args: argparse.Namespace) -> int:
-    raise CommandError("not yet available in this version", exit_code=2)
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from services.xregion.bench_cmd import bench_scripts
+from services.xregion.commands import CommandError
+
 COMMANDS = [
     "bridge", "broadcaster", "replayer", "provision", "nats-conf", "up", "demo",
     "top", "status", "dlq", "pause", "resume", "trace", "bench", "demo-service",
@@ -67,10 +70,33 @@ def test_check_config_prints_effective_config_redacted(tmp_path: Path) -> None:
     assert "signing is off" in result.stderr
 
 
-def test_commands_of_later_issues_say_so() -> None:
-    result = xregion("bench")
+def test_bench_runs_the_named_script_with_its_arguments() -> None:
+    result = xregion("bench", "bridge", "--help")  # the script's own --help, not ours
+    assert result.returncode == 0, result.stderr
+    assert "usage: bench_bridge.py" in result.stdout
+    assert "--rounds" in result.stdout
+
+
+def test_bench_script_arguments_need_one_name() -> None:
+    result = xregion("bench", "all", "--rounds", "3")
     assert result.returncode == 2
-    assert result.stderr.strip() == "xregion bench: not yet available in this version"
+    assert result.stderr.strip() == "xregion bench: script arguments need one benchmark NAME"
+
+
+def test_bench_without_a_checkout_says_where_the_scripts_live(tmp_path: Path) -> None:
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "bench_bridge.py").write_text("")
+    assert bench_scripts(tmp_path, "bridge") == [tmp_path / "bench" / "bench_bridge.py"]
+    with pytest.raises(CommandError, match=r"bench_broadcaster.py, bench_replayer.py not found"):
+        bench_scripts(tmp_path, "all")
+    with pytest.raises(CommandError, match="ship with the source, not the package"):
+        bench_scripts(tmp_path / "elsewhere", "replayer")
+
+
+def test_bench_names_every_script_in_the_checkout() -> None:
+    root = Path(__file__).resolve().parents[2]
+    on_disk = sorted(p.name for p in (root / "bench").glob("bench_*.py"))
+    assert [p.name for p in bench_scripts(root, "all")] == on_disk
 
 
 def test_trace_refuses_what_is_not_an_event_id(tmp_path: Path) -> None:
