@@ -79,6 +79,7 @@ REGIONS = ("us-east", "eu-west", "ap-south")
 BODY = bytes(range(256))
 STORE_BODY = json.dumps({"value": "v" * 240}).encode()
 STORE_KINDS = ("store",)
+_Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 _LABELS = {
     "reads": "reads (echo upstream)",
     "writes": "writes (echo upstream)",
@@ -94,6 +95,10 @@ async def _serve_upstream(port: int) -> None:
         await request.read()
         return web.Response(body=b'{"ok":true,"item":42}', content_type="application/json")
 
+    await _serve_until_sigterm(handle, port)
+
+
+async def _serve_until_sigterm(handle: _Handler, port: int) -> None:
     runner = web.ServerRunner(web.Server(handle, access_log=None))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -138,13 +143,7 @@ async def _serve_floor(port: int, nats_url: str, routes: list[tuple[str, str, st
                     return web.Response(status=503, body=ack.data)
             return web.Response(status=reply.status, body=data, content_type=reply.content_type)
 
-    runner = web.ServerRunner(web.Server(handle, access_log=None))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await _serve_until_sigterm(handle, port)
     await session.close()
     await nc.close()
 

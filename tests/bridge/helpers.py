@@ -25,11 +25,13 @@ from nats.js.errors import NotFoundError
 from yarl import URL
 
 from services.bridge.service import Bridge
+from services.xregion.supercluster import SuperCluster
 from shared import provision
 from shared.envelope import Event, decode
 from shared.natsconn import NatsConnection
 from shared.regions import events_stream, events_subject
 from shared.settings import Settings, load_settings
+from tests.bridge.upstream_app import TestUpstream
 from tests.harness.wait import wait_until
 
 __all__ = [
@@ -125,6 +127,18 @@ def region_file(
 def write_region_file(path: Path, **kwargs: Any) -> Settings:
     path.write_text(region_file(**kwargs))
     return load_settings(path)
+
+
+def service_settings(
+    tmp_path: Path, cluster: SuperCluster, upstream: TestUpstream, service: str
+) -> Settings:
+    """A region file for one bridge in front of `upstream`, routing `/<service>` to it."""
+    return write_region_file(
+        tmp_path / "region.toml",
+        nats_urls=cluster.client_urls(REGION),
+        data_dir=tmp_path / "data",
+        services={service: {"upstream": upstream.url, "routes": [f"/{service}"]}},
+    )
 
 
 async def provision_region(settings: Settings) -> None:

@@ -49,14 +49,13 @@ from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
 from shared.natsconn import Backoff, NatsConnection
 from shared.regions import dlq_stream, dlq_subject, events_stream, events_subject
-from shared.settings import Settings
 from tests.bridge.helpers import (
     REGION,
     http_client,
     running_bridge,
     send,
+    service_settings,
     stored_events,
-    write_region_file,
 )
 from tests.bridge.upstream_app import TestUpstream
 from tests.harness.wait import wait_until
@@ -99,17 +98,6 @@ async def small_events(js: JetStreamContext) -> AsyncIterator[EventsLimit]:
         yield limit
     finally:
         await limit.restore()
-
-
-def settings_for(
-    tmp_path: Path, cluster: SuperCluster, upstream: TestUpstream, service: str
-) -> Settings:
-    return write_region_file(
-        tmp_path / "region.toml",
-        nats_urls=cluster.client_urls(REGION),
-        data_dir=tmp_path / "data",
-        services={service: {"upstream": upstream.url, "routes": [f"/{service}"]}},
-    )
 
 
 def events_counted(service: str, outcome: str) -> float:
@@ -175,7 +163,7 @@ async def test_a_refused_write_answers_503_and_is_kept_in_the_dlq(
 ) -> None:
     service = "refused-live"
     failed, published = events_counted(service, "failed"), events_counted(service, "published")
-    settings = settings_for(tmp_path, bridge_cluster, upstream, service)
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
     with capture_logs() as logs:
         async with running_bridge(settings) as bridge, http_client() as http:
             reply = await send(http, "PUT", bridge.url, f"/{service}/big", data=BIG_BODY)
@@ -270,7 +258,7 @@ async def test_a_replayed_dead_letter_is_a_valid_event_in_the_events_stream(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     service = "refused-replay"
-    settings = settings_for(tmp_path, bridge_cluster, upstream, service)
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
     async with running_bridge(settings) as bridge, http_client() as http:
         reply = await send(http, "PUT", bridge.url, f"/{service}/big", data=BIG_BODY)
         assert reply.status == 503, reply.body

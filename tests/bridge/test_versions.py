@@ -23,7 +23,6 @@ from services.xregion.supercluster import SuperCluster
 from shared.hlc import HlcStamp
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
-from shared.settings import Settings
 from shared.tasks import TaskSet
 from shared.versions import Record, cas_write, read_record, record_key
 from tests.bridge.helpers import (
@@ -32,24 +31,13 @@ from tests.bridge.helpers import (
     provision_region,
     running_bridge,
     send,
+    service_settings,
     stored_events,
-    write_region_file,
 )
 from tests.bridge.upstream_app import TestUpstream
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def _settings(
-    tmp_path: Path, cluster: SuperCluster, upstream: TestUpstream, service: str
-) -> Settings:
-    return write_region_file(
-        tmp_path / "region.toml",
-        nats_urls=cluster.client_urls(REGION),
-        data_dir=tmp_path / "data",
-        services={service: {"upstream": upstream.url, "routes": [f"/{service}"]}},
-    )
 
 
 def _count(service: str, outcome: str) -> float:
@@ -67,7 +55,7 @@ async def test_a_write_leaves_an_applied_record_a_failed_write_none(
 ) -> None:
     service = "ledger"
     kv = await js.key_value(versions_bucket(REGION))
-    settings = _settings(tmp_path, bridge_cluster, upstream, service)
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
     async with running_bridge(settings) as bridge, http_client() as http:
         failed = await send(http, "PUT", bridge.url, f"/{service}/a/echo?status=500", data=b"x")
         read = await send(http, "GET", bridge.url, f"/{service}/b/echo")
@@ -99,7 +87,8 @@ async def test_the_record_is_written_while_the_bridge_runs(
 ) -> None:
     service = "journal"
     kv = await js.key_value(versions_bucket(REGION))
-    async with running_bridge(_settings(tmp_path, bridge_cluster, upstream, service)) as bridge:
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
+    async with running_bridge(settings) as bridge:
         async with http_client() as http:
             reply = await send(http, "POST", bridge.url, f"/{service}/7/echo", data=b"{}")
         assert reply.status == 200
@@ -115,7 +104,7 @@ async def test_writes_go_on_when_the_version_bucket_is_missing(
     bridge_cluster: SuperCluster, upstream: TestUpstream, js: JetStreamContext, tmp_path: Path
 ) -> None:
     service = "unversioned"
-    settings = _settings(tmp_path, bridge_cluster, upstream, service)
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
     stream = f"KV_{versions_bucket(REGION)}"
     await js.delete_stream(stream)
     try:
