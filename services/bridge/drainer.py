@@ -36,6 +36,9 @@ __all__ = ["Drainer"]
 
 log = get_logger("xr.bridge.outbox")
 
+# What a pass did with one entry (`_publish`): only a kept entry stays in the outbox.
+_ACKED, _DEAD_LETTERED, _KEPT = "acked", "dead_lettered", "kept"
+
 
 class Drainer:
     """Empties an `Outbox` into JetStream; `run()` is its long-lived task."""
@@ -87,34 +90,34 @@ class Drainer:
         return True
 
     async def drain_pass(self) -> bool:
-        """Publish one batch; True when all of it was acked (and deleted)."""
+        """Publish one batch; True when all of it was acked (or dead-lettered) and deleted."""
         try:
             entries = await self._outbox.oldest(self._batch)
             results = await asyncio.gather(*(self._publish(e) for e in entries))
             await self._outbox.remove(
-                e.seq for e, done in zip(entries, results, strict=True) if done
+                e.seq for e, done in zip(entries, results, strict=True) if done != _KEPT
             )
         except OutboxError as exc:
             log.error("bridge.outbox.error", error=str(exc))
             return False
-        acked = sum(results)
-        if acked:
+        acked = results.count(_ACKED)
+        if acked:  # dead-lettered entries are counted `failed` (xr_bridge_events_total)
             OUTBOX_DRAINED.inc(acked)
             log.info("bridge.outbox.drained", events=acked, outbox_depth=self._outbox.depth)
-        return all(results)
+        return _KEPT not in results
 
-    async def _publish(self, entry: OutboxEntry) -> bool:
-        """True when the entry is done with: acked, or dead-lettered as unpublishable."""
+    async def _publish(self, entry: OutboxEntry) -> str:
+        """What became of the entry: acked, dead-lettered as unpublishable, or kept."""
         try:
             await self._publisher.publish(
                 entry.subject, entry.headers, entry.payload, timeout_s=self._timeout_s
             )
         except PublishUnknownError as exc:
             log.debug("bridge.outbox.retry", event_id=entry.event_id, error=str(exc))
-            return False
+            return _KEPT
         except (PublishRefusedError, EventTooLargeError) as exc:
-            return await self._dead_letter(entry, str(exc))
-        return True
+            return _DEAD_LETTERED if await self._dead_letter(entry, str(exc)) else _KEPT
+        return _ACKED
 
     async def _dead_letter(self, entry: OutboxEntry, refusal: str) -> bool:
         """File an entry that can never be published in the DLQ; True once it is stored."""

@@ -212,6 +212,7 @@ async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_s
     too_large, large_headers, large_payload = entry_for(service, b"L" * reader.max_payload)
     good = [entry_for(service, b"good %d" % n) for n in range(3)]
     failed = events_counted(service, "failed")
+    drained = REGISTRY.get_sample_value("xr_bridge_outbox_drained_total") or 0.0
     async with (
         Outbox(tmp_path / "outbox.sqlite3", max_bytes=4 * reader.max_payload) as outbox,
         Publisher(reader, max_inflight=8) as publisher,
@@ -244,6 +245,10 @@ async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_s
     assert HDR_DLQ_BODY in (slim.headers or {})
     assert not slim.data
     assert events_counted(service, "failed") == failed + 2
+    # Drained counts what JetStream acked, not what was dead-lettered.
+    assert REGISTRY.get_sample_value("xr_bridge_outbox_drained_total") == drained + 3
+    (drained_line,) = [e for e in logs if e["event"] == "bridge.outbox.drained"]
+    assert drained_line["events"] == 3
     lines = [e for e in logs if e["event"] == "bridge.outbox.refused"]
     assert sorted(e["event_id"] for e in lines) == sorted([refused.event_id, too_large.event_id])
     assert all(e["log_level"] == "error" and e["service"] == service for e in lines)
