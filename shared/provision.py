@@ -8,6 +8,16 @@ Two halves:
   and reports each asset as `created`, `updated` or `unchanged`. Running it twice changes
   nothing the second time.
 
+Where a consumer starts is fixed when it is created (the server refuses to change it later, and
+a consumer's position is lost with it). A broadcaster consumer created on an events stream that
+already holds events (a consumer deleted by mistake, a region added to a running deployment)
+starts at the stream's first event by default, so nothing is skipped: every stored event is
+forwarded to that target again, and its replayers drop those they applied already (as
+duplicate or stale, without calling the service), but up to `max_age` of history is a long
+burst ahead of new writes. `plan(..., broadcast_start=T)` starts such a consumer at time T
+instead (events before T are not forwarded to it). `Result.note` says which happened and how
+many events that is.
+
 Services bind to these assets at run time and never need the JetStream meta leader to run;
 provisioning does need it (every create/update is a meta operation, NATS_NOTES §1.6).
 
@@ -18,6 +28,7 @@ nats-py drops the placement of `create_key_value` (NATS_NOTES §1.4).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -67,12 +78,14 @@ class Result:
     kind: str  # "stream" | "kv" | "consumer"
     name: str
     action: Action
+    note: str | None = None  # what an operator should know (a consumer created on old events)
 
 
 @dataclass(frozen=True, slots=True)
 class ConsumerPlan:
     stream: str
     config: ConsumerConfig
+    forwards_to: str | None = None  # a broadcaster consumer's target region
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +119,14 @@ def replicas_for(cluster_servers: int, configured: int | None = None) -> int:
     return max(1, min(MAX_REPLICAS, cluster_servers))
 
 
-def plan(settings: Settings, replicas: int) -> ProvisionPlan:
-    """Everything region `settings.region` needs, as server-side configurations."""
+def plan(
+    settings: Settings, replicas: int, *, broadcast_start: dt.datetime | None = None
+) -> ProvisionPlan:
+    """Everything region `settings.region` needs, as server-side configurations.
+
+    `broadcast_start`: where a broadcaster consumer that has to be created starts (default:
+    the first event of the stream); existing consumers keep their position.
+    """
     region = settings.region
     return ProvisionPlan(
         region=region,
@@ -116,7 +135,7 @@ def plan(settings: Settings, replicas: int) -> ProvisionPlan:
             _kv(settings, control_bucket(region), replicas, max_age_s=0.0),
             _kv(settings, versions_bucket(region), replicas, settings.streams.max_age_s),
         ),
-        consumers=tuple(_consumers(settings)),
+        consumers=tuple(_consumers(settings, broadcast_start)),
     )
 
 
@@ -165,7 +184,7 @@ def _kv(settings: Settings, bucket: str, replicas: int, max_age_s: float) -> KvP
     return KvPlan(bucket=bucket, stream=stream)
 
 
-def _consumers(settings: Settings) -> Iterable[ConsumerPlan]:
+def _consumers(settings: Settings, broadcast_start: dt.datetime | None) -> Iterable[ConsumerPlan]:
     region = settings.region
     events = regions.events_stream(region)
     broadcaster = settings.broadcaster
@@ -180,7 +199,9 @@ def _consumers(settings: Settings) -> Iterable[ConsumerPlan]:
                 filter_subject=f"xr.events.{region}.>",
                 max_ack_pending=broadcaster.max_ack_pending,
                 ack_wait_s=broadcaster.ack_wait_s,
+                start=broadcast_start,
             ),
+            forwards_to=target,
         )
     yield ConsumerPlan(
         stream=regions.replay_stream(region),
@@ -201,12 +222,14 @@ def _durable(
     filter_subject: str,
     max_ack_pending: int,
     ack_wait_s: float = 30.0,
+    start: dt.datetime | None = None,
 ) -> ConsumerConfig:
     return ConsumerConfig(
         durable_name=name,
         name=name,
         description=description,
-        deliver_policy=DeliverPolicy.ALL,
+        deliver_policy=DeliverPolicy.ALL if start is None else DeliverPolicy.BY_START_TIME,
+        opt_start_time=start,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait_s,
         max_deliver=-1,
@@ -248,11 +271,45 @@ async def _ensure_consumer(js: JetStreamContext, consumer: ConsumerPlan) -> Resu
         current = (await js.consumer_info(consumer.stream, name)).config
     except NotFoundError:
         await js.add_consumer(consumer.stream, consumer.config)
-        return Result("consumer", label, Action.CREATED)
-    if _differs(consumer.config, current):
-        await js.add_consumer(consumer.stream, consumer.config)  # create-or-update
+        note = await _start_note(js, consumer)
+        return Result("consumer", label, Action.CREATED, note)
+    # Where it starts was settled at creation: keep it (the server refuses to change it).
+    wanted = dataclasses.replace(
+        consumer.config,
+        **{field: getattr(current, field) for field in _SET_AT_CREATION},
+    )
+    if _differs(wanted, current):
+        await js.add_consumer(consumer.stream, wanted)  # create-or-update
         return Result("consumer", label, Action.UPDATED)
     return Result("consumer", label, Action.UNCHANGED)
+
+
+# Consumer fields that only a creation sets (the position it starts from).
+_SET_AT_CREATION = ("deliver_policy", "opt_start_seq", "opt_start_time")
+
+
+async def _start_note(js: JetStreamContext, consumer: ConsumerPlan) -> str | None:
+    """For a broadcaster consumer just created on a stream holding events: where it starts,
+    and how many stored events that sends to its target."""
+    if consumer.forwards_to is None:
+        return None
+    config = consumer.config
+    stored = (await js.stream_info(consumer.stream)).state.messages
+    if not stored:
+        return None
+    info = await js.consumer_info(consumer.stream, config.durable_name or "")
+    pending = info.num_pending or 0
+    target = consumer.forwards_to
+    if config.opt_start_time is None:
+        return (
+            f"starts at the stream's first event: {pending} stored events are forwarded to "
+            f"{target} again (its replayers drop those they applied); to start a re-created "
+            "consumer later, delete it and provision with --broadcast-start TIME"
+        )
+    return (
+        f"starts at {config.opt_start_time.isoformat()}: {pending} of the {stored} stored "
+        f"events are forwarded to {target}, the {stored - pending} before that time are not"
+    )
 
 
 def _differs(wanted: Any, current: Any) -> bool:

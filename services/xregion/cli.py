@@ -7,6 +7,7 @@ Every subcommand has `--help` and fails with one clear line and a non-zero exit:
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -119,7 +120,29 @@ def _provision_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         choices=[1, 2, 3, 4, 5],
         help="stream replicas (default: streams.replicas, else servers in the region, up to 3)",
     )
+    parser.add_argument(
+        "--broadcast-start",
+        type=_start_time,
+        default=None,
+        metavar="TIME",
+        help="where a broadcaster consumer that has to be created (re-created after a deletion, "
+        "or for a new region) starts: an ISO 8601 time (UTC unless it says otherwise) or "
+        "'now'; events stored before it are not forwarded to that region (default: the "
+        "stream's first event, so all are). Existing consumers keep their position.",
+    )
     parser.set_defaults(handler=commands.provision)
+
+
+def _start_time(text: str) -> dt.datetime:
+    if text == "now":
+        return dt.datetime.now(dt.UTC)
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time (e.g. 2026-11-23T04:00:00Z) or 'now'"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
 def _natsconf_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

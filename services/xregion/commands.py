@@ -139,7 +139,9 @@ def provision(args: argparse.Namespace) -> int:
     from services.xregion.provision_cmd import provision_region
 
     settings = _settings(args)
-    return run(provision_region(settings, replicas=args.replicas))
+    return run(
+        provision_region(settings, replicas=args.replicas, broadcast_start=args.broadcast_start)
+    )
 
 
 def natsconf_render(args: argparse.Namespace) -> int:

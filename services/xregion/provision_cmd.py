@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from nats.js.errors import APIError
 from rich.console import Console
 from rich.table import Table
@@ -19,13 +21,15 @@ def region_cluster_size(conn: NatsConnection) -> int:
     return len({url.netloc for url in conn.nc.servers}) or 1
 
 
-async def provision_region(settings: Settings, replicas: int | None = None) -> int:
+async def provision_region(
+    settings: Settings, replicas: int | None = None, *, broadcast_start: dt.datetime | None = None
+) -> int:
     try:
         async with NatsConnection(settings.nats, service="provision") as conn:
             count = replicas or provision.replicas_for(
                 region_cluster_size(conn), settings.streams.replicas
             )
-            wanted = provision.plan(settings, count)
+            wanted = provision.plan(settings, count, broadcast_start=broadcast_start)
             results = await provision.apply(conn.jetstream(), wanted)
     except NatsConnectError as exc:
         raise CommandError(str(exc)) from None
@@ -45,4 +49,8 @@ def _print(region: str, replicas: int, results: list[provision.Result]) -> None:
         table.add_column(column)
     for result in results:
         table.add_row(result.kind, result.name, str(result.action))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for result in results:
+        if result.note:
+            console.print(f"{result.name}: {result.note}", highlight=False, soft_wrap=True)

@@ -3,6 +3,7 @@ provisioning while one region is down."""
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import subprocess
 import sys
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import pytest
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from services.xregion.supercluster import SuperCluster
 from shared import provision
 from shared.natsconn import NatsConnection
-from shared.regions import dlq_stream, events_stream, replay_stream
+from shared.regions import broadcast_consumer, dlq_stream, events_stream, replay_stream
 from shared.settings import NatsSettings, Settings, SigningSettings
 from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
 from tests.harness.wait import wait_until
@@ -44,11 +46,11 @@ def region_file(cluster: SuperCluster, region: str, tmp_path: Path) -> Path:
     return path
 
 
-def run_provision(config: Path) -> subprocess.CompletedProcess[str]:
+def run_provision(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("xregion", path=str(Path(sys.executable).parent))
     assert exe is not None
     return subprocess.run(
-        [exe, "--log-level", "warning", "provision", "--config", str(config)],
+        [exe, "--log-level", "warning", "provision", "--config", str(config), *args],
         capture_output=True, text=True, timeout=60, check=False,
         env={"PATH": "/usr/bin:/bin", "COLUMNS": "200"},
     )  # fmt: skip
@@ -89,6 +91,58 @@ async def test_provision_twice_is_a_no_op(
         assert {c.name: c.created for c in consumers_after} == {
             c.name: c.created for c in consumers_before
         }
+
+
+async def test_a_recreated_broadcaster_consumer_says_where_it_starts(
+    make_supercluster: MakeSuperCluster, tmp_path: Path
+) -> None:
+    """A broadcaster consumer deleted by mistake is re-created at the stream's first event by
+    default (nothing skipped), and provision says how many events that forwards again;
+    `--broadcast-start` starts it later instead; later runs leave either position alone."""
+    cluster = await make_supercluster()
+    config = region_file(cluster, "us-east", tmp_path)
+    assert run_provision(config).returncode == 0
+    stream, lost = events_stream("us-east"), broadcast_consumer("eu-west")
+    async with NatsConnection(settings_for(cluster, "us-east", tmp_path).nats,
+                              service="test") as conn:  # fmt: skip
+        js = conn.jetstream()
+
+        async def publish(first: int, count: int) -> None:
+            for n in range(first, first + count):
+                await js.publish("xr.events.us-east.svc", b"x", headers={"Nats-Msg-Id": f"e{n}"})
+
+        await publish(0, 5)
+        await js.delete_consumer(stream, lost)
+        again = run_provision(config)
+        assert again.returncode == 0, again.stderr
+        note = f"{stream}/{lost}: starts at the stream's first event: 5 stored events are "
+        assert note + "forwarded to eu-west again" in again.stdout, again.stdout
+        assert (await js.consumer_info(stream, lost)).num_pending == 5
+
+        await js.delete_consumer(stream, lost)
+        start = dt.datetime.now(dt.UTC)
+        await publish(5, 3)
+        later = run_provision(config, "--broadcast-start", start.isoformat())
+        assert later.returncode == 0, later.stderr
+        note = f"{stream}/{lost}: starts at {start.isoformat()}: 3 of the 8 stored events are "
+        assert note + "forwarded to eu-west, the 5 before that time are not" in later.stdout
+        info = await js.consumer_info(stream, lost)
+        assert (info.num_pending, info.config.deliver_policy) == (3, DeliverPolicy.BY_START_TIME)
+        kept = broadcast_consumer("ap-south")  # not re-created: not moved either
+        assert (await js.consumer_info(stream, kept)).num_pending == 8
+
+        unchanged = run_provision(config)  # no flag: the position stays as it was created
+        assert unchanged.returncode == 0, unchanged.stderr
+        assert "updated" not in unchanged.stdout, unchanged.stdout
+        assert "starts at" not in unchanged.stdout
+        info = await js.consumer_info(stream, lost)
+        assert (info.num_pending, info.config.deliver_policy) == (3, DeliverPolicy.BY_START_TIME)
+
+
+def test_broadcast_start_must_be_a_time(tmp_path: Path) -> None:
+    result = run_provision(tmp_path / "unused.toml", "--broadcast-start", "yesterday")
+    assert result.returncode == 2
+    assert "'yesterday' is not an ISO 8601 time" in result.stderr
 
 
 async def test_changed_limits_are_updated_in_place(
