@@ -2,14 +2,23 @@
 
 A dead letter is the original payload and headers, published to
 `xr.dlq.<region>.<origin>.<service>` with `Xr-Dlq-Reason`, `Xr-Dlq-Status` (the HTTP status,
-or empty), `Xr-Dlq-Attempts` (deliveries), `Xr-Dlq-Error` (one line) and `Xr-Dlq-At` (ISO
-UTC). Origin and service come from the subject the message took (a replay subject, or for an
-event its own events stream refused, `PUBLISH_REFUSED`, the events subject), so even a message
-that is not a valid event is filed under the path it took.
+or empty), `Xr-Dlq-Attempts` (deliveries), `Xr-Dlq-Error` and `Xr-Dlq-At` (ISO UTC). Origin
+and service come from the subject the message took (a replay subject, or for an event its own
+events stream refused, `PUBLISH_REFUSED`, the events subject), so even a message that is not a
+valid event is filed under the path it took.
+
+`Xr-Dlq-Error` is one line (`one_line`: whitespace collapsed, at most `_ERROR_MAX`
+characters, a longer text cut to end in `...`), the cut applied to the whole text. When the
+service answered (the replayer's `http_<status>`, and `retries_exhausted` or `too_old` after
+an HTTP answer), it ends with what the service said in the last answer: `the service answered
+422: {"error":"field x is required"}`, or `<N bytes, gzip>` / `<N bytes, not text>` for a body
+that is compressed or binary (services/replayer/excerpt.py); an answer without a body leaves
+`the service answered 422`.
 
 Who files what, in their own region's DLQ:
 
-* the replayer: events it cannot apply (reasons such as `client_error`, `bad_signature`);
+* the replayer: events it cannot apply (reasons such as `http_422`, `retries_exhausted`,
+  `bad_signature`);
 * the broadcaster: events a target region refused for good (`FORWARD_REFUSED`, with
   `Xr-Dlq-Target`);
 * the bridge: events its own events stream refused for good (`PUBLISH_REFUSED`, e.g. over the
@@ -60,6 +69,7 @@ __all__ = [
     "DeadLetter",
     "dead_letter",
     "fit",
+    "one_line",
     "path_of",
     "replay_message",
 ]
@@ -76,6 +86,7 @@ HDR_DLQ_BODY = "Xr-Dlq-Body"
 
 _UNKNOWN = "unknown"
 _ERROR_MAX = 512
+_CUT = "..."
 _DLQ_PREFIX_LOWER = "xr-dlq-"
 
 
@@ -128,7 +139,7 @@ def dead_letter(
             HDR_DLQ_REASON: reason,
             HDR_DLQ_STATUS: "" if status is None else str(status),
             HDR_DLQ_ATTEMPTS: str(attempts),
-            HDR_DLQ_ERROR: _one_line(error) or reason,
+            HDR_DLQ_ERROR: one_line(error) or reason,
             HDR_DLQ_AT: now.astimezone(dt.UTC).isoformat(timespec="milliseconds"),
         }
     )
@@ -176,6 +187,8 @@ def _is_ours(name: str) -> bool:
     return low.startswith(_DLQ_PREFIX_LOWER) or low == HDR_MSG_ID.lower()
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """`text` with its whitespace (newlines included) collapsed to single spaces, at most
+    `_ERROR_MAX` characters: a longer line is cut to end in `...`."""
     line = " ".join(text.split())
-    return line if len(line) <= _ERROR_MAX else line[:_ERROR_MAX] + "..."
+    return line if len(line) <= _ERROR_MAX else line[: _ERROR_MAX - len(_CUT)] + _CUT

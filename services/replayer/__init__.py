@@ -6,6 +6,7 @@ Modules, pure core first:
 * `request`    — event + configured services → the call (`build_request`)
 * `classify`   — HTTP status / transport error → applied | stale | retry | poison
 * `outcomes`   — `Done`, `Retry(delay_s)`, `Poison(reason)`
+* `excerpt`    — a service's answer body → one safe line for dead letters and logs
 * dead-letter and replay message shapes: `shared.dlq` (the broadcaster files dead letters too)
 * `versions`   — last-writer-wins records and per-key claims in KV `xr-versions-<region>`,
                  with the records this instance last saw remembered (why that is safe: there)

@@ -4,6 +4,10 @@
 Order of checks: canary (record, never call) → decode → signature → request (service, method,
 path) → version claim (stale / duplicate / busy) → the call, with short in-process retries →
 classification. The service is called only while this event holds the key's claim.
+
+An outcome after an HTTP answer (a 4xx dead letter, a 5xx/429 retry, `retries_exhausted`,
+`too_old`) carries the last answer's status and the excerpt of its body (`answer`), which the
+consumer puts into the dead letter's `Xr-Dlq-Error` and the `service_answer` log field.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from services.replayer.metrics import CANARY_AGE, LAG, VERSION_RECORD_FAILURES
 from services.replayer.outcomes import Done, Poison, Retry
 from services.replayer.pathsafe import percent_encode_non_ascii
 from services.replayer.request import ReplayRequest, RequestError, build_request
-from services.replayer.upstream import Upstream, UpstreamError
+from services.replayer.upstream import Answer, Upstream, UpstreamError
 from services.replayer.versions import Claim, VersionStore
 from services.replayer.versions import Verdict as ClaimVerdict
 from shared.envelope import (
@@ -128,17 +132,17 @@ class Applier:
         self, event: Event, delivery: Delivery, request: ReplayRequest, claim: Claim
     ) -> Done:
         try:
-            status = await self._upstream.call(request, event.service)
+            answer = await self._upstream.call(request, event.service)
         except UpstreamError as exc:
             await claim.release()
-            raise self._retry_or_poison(event, delivery, str(exc), None) from exc
-        verdict = classify_status(status)
+            raise self._retry_or_poison(event, delivery, str(exc)) from exc
+        verdict = classify_status(answer.status)
         if verdict is Verdict.RETRY:
             await claim.release()
-            raise self._retry_or_poison(event, delivery, f"HTTP {status}", status)
+            raise self._retry_or_poison(event, delivery, _answered(answer), answer)
         if verdict is Verdict.POISON:
             await claim.release()
-            raise Poison(f"http_{status}", f"the service answered {status}", status)
+            raise Poison(f"http_{answer.status}", _answered(answer), answer.status, answer.excerpt)
         await self._mark_applied(event, claim)
         self._lag(event.origin).observe(max(0.0, self._clock() - event.hlc.wall_time_s))
         return Done.APPLIED if verdict is Verdict.APPLIED else Done.STALE
@@ -161,21 +165,28 @@ class Applier:
         return child
 
     def _retry_or_poison(
-        self, event: Event, delivery: Delivery, error: str, status: int | None
+        self, event: Event, delivery: Delivery, error: str, answer: Answer | None = None
     ) -> Retry | Poison:
+        """`answer`: the last HTTP answer, None after a transport failure."""
+        status, said = (None, "") if answer is None else (answer.status, answer.excerpt)
         if delivery.num_delivered >= self._settings.max_deliveries:
-            return Poison("retries_exhausted", error, status)
-        self._check_age(event, delivery, error, status)
+            return Poison("retries_exhausted", error, status, said)
+        self._check_age(event, delivery, error, status, said)
         s = self._settings
         delay = min(s.nak_max_s, s.nak_base_s * 2 ** min(delivery.num_delivered - 1, 30))
-        return Retry(delay, error, status)
+        return Retry(delay, error, status, said)
 
     def _check_age(
-        self, event: Event, delivery: Delivery, error: str, status: int | None = None
+        self,
+        event: Event,
+        delivery: Delivery,
+        error: str,
+        status: int | None = None,
+        said: str = "",
     ) -> None:
         age_s = self._clock() - delivery.stored_at.timestamp()
         if age_s > self._settings.max_age_s:
-            raise Poison("too_old", f"{error} (queued {age_s:.0f} s)", status)
+            raise Poison("too_old", f"{error} (queued {age_s:.0f} s)", status, said)
 
     def _canary(self, delivery: Delivery) -> None:
         target = canary_target(delivery.headers) or self._region
@@ -191,3 +202,7 @@ class Applier:
         """Let the age of the newest canary grow while none arrives (called periodically)."""
         for origin, newest in self._canaries.items():
             CANARY_AGE.labels(origin, self._region).set(max(0.0, self._clock() - newest))
+
+
+def _answered(answer: Answer) -> str:
+    return f"the service answered {answer.status}"

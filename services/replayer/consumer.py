@@ -14,6 +14,9 @@ each outcome to exactly one NATS action, one metric label and one log line.
   one; the service sends the queue before it closes NATS).
 * Each event is handled inside `bound_contextvars(event_id, origin, service, trace_id)`, so
   every line logged about it carries them (DESIGN §8), also the upstream's retry lines.
+* After an HTTP answer, the `replayer.retried` and `replayer.dead_lettered` lines carry what
+  the service said as `service_answer` (its body's excerpt), and the dead letter's
+  `Xr-Dlq-Error` ends with it (`Poison.letter_error`).
 * `stop()`: no new fetches; `drain(timeout)`: in-flight work finishes, then the rest is
   cancelled and nak'ed, so it is redelivered at once (its claim is its own, still valid);
   messages cancelled while still queued behind their key never started, so `drain` naks them.
@@ -209,7 +212,10 @@ class ReplayConsumer:
         except Retry as retry:
             await _settle(msg.nak(delay=retry.delay_s))
             self._count(origin, service, "retried")
-            log.info("replayer.retried", reason=retry.reason, delay_s=retry.delay_s)
+            log.info(
+                "replayer.retried", reason=retry.reason, delay_s=retry.delay_s,
+                **_service_answer(retry.status, retry.answer),
+            )  # fmt: skip
         except Poison as poison:
             await self._dead_letter(msg, delivery, poison, origin, service)
         except _NATS_ERRORS as exc:  # the versions bucket or NATS hiccuped: try again soon
@@ -244,7 +250,7 @@ class ReplayConsumer:
         letter = dead_letter(
             region=self._region, subject=msg.subject, headers=msg.headers, payload=msg.data,
             stream_seq=delivery.stream_seq, reason=poison.reason, status=poison.status,
-            attempts=delivery.num_delivered, error=poison.error, now=self._clock(),
+            attempts=delivery.num_delivered, error=poison.letter_error, now=self._clock(),
         )  # fmt: skip
         subject, headers, payload = fit(letter, self._max_payload())
         try:
@@ -257,7 +263,7 @@ class ReplayConsumer:
         self._count(origin, service, "dead_lettered")
         log.warning(
             "replayer.dead_lettered", reason=poison.reason, status=poison.status,
-            error=poison.error,
+            error=poison.error, **_service_answer(poison.status, poison.answer),
         )  # fmt: skip
 
     async def _ack(self, msg: Msg) -> None:
@@ -289,6 +295,11 @@ async def _settle(action: Awaitable[None]) -> None:
         await asyncio.shield(action)
     except _NATS_ERRORS as exc:
         log.warning("replayer.settle_failed", error=repr(exc))
+
+
+def _service_answer(status: int | None, answer: str) -> dict[str, str]:
+    """The `service_answer` log field, on lines about an event the service answered."""
+    return {} if status is None else {"service_answer": answer}
 
 
 def _delivery(msg: Msg) -> Delivery:

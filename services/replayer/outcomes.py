@@ -2,8 +2,11 @@
 
     Exception
      └── Outcome
-          ├── Retry(delay_s, reason)      nak(delay): try again later
-          └── Poison(reason, status, error)  publish to the DLQ, then ack
+          ├── Retry(delay_s, reason, status, answer)   nak(delay): try again later
+          └── Poison(reason, error, status, answer)    publish to the DLQ, then ack
+
+`status` and `answer` are set when the service answered: its HTTP status and an excerpt of
+its response body (services/replayer/excerpt.py, `""` for none).
 
 A handler that returns gives a `Done` value naming the ack label (`applied`, `stale`,
 `duplicate`, `canary`).
@@ -30,18 +33,29 @@ class Outcome(Exception):
 class Retry(Outcome):
     """Not now: nak with `delay_s`, redelivered later (counted `retried`)."""
 
-    def __init__(self, delay_s: float, reason: str, status: int | None = None) -> None:
+    def __init__(
+        self, delay_s: float, reason: str, status: int | None = None, answer: str = ""
+    ) -> None:
         super().__init__(f"retry in {delay_s:.2f} s: {reason}")
         self.delay_s = delay_s
         self.reason = reason
         self.status = status
+        self.answer = answer
 
 
 class Poison(Outcome):
     """Never: dead-letter with `reason`, then ack (counted `dead_lettered`)."""
 
-    def __init__(self, reason: str, error: str = "", status: int | None = None) -> None:
+    def __init__(
+        self, reason: str, error: str = "", status: int | None = None, answer: str = ""
+    ) -> None:
         super().__init__(f"{reason}: {error}" if error else reason)
         self.reason = reason
         self.error = error
         self.status = status
+        self.answer = answer
+
+    @property
+    def letter_error(self) -> str:
+        """The dead letter's `Xr-Dlq-Error`: the error, then what the service said, if any."""
+        return ": ".join(part for part in (self.error, self.answer) if part)

@@ -1,12 +1,18 @@
 """Calls to this region's services: one pooled aiohttp client, short in-process retries.
 
-`Upstream.call(request, service)` returns the final HTTP status (never a body: a replayed
-write's response is of no use) or raises `UpstreamError` when every attempt failed at the
-transport level. An attempt has an outcome as soon as the status line is in: at most 64 KiB of
-the body are then drained (so a kept-alive connection goes back to the pool), a longer or
-endless body is cut off by closing the connection, and a body that breaks off or times out
-after the status does not turn the answer into a transport failure. `upstream_timeout_s`
-bounds the whole attempt (connect, send, status, drain).
+`Upstream.call(request, service)` returns the last attempt's `Answer` or raises
+`UpstreamError` when every attempt failed at the transport level. An attempt has an outcome as
+soon as the status line is in: at most 64 KiB of the body are then drained (so a kept-alive
+connection goes back to the pool), a longer or endless body is cut off by closing the
+connection, and a body that breaks off or times out after the status does not turn the answer
+into a transport failure. `upstream_timeout_s` bounds the whole attempt (connect, send,
+status, drain).
+
+A 2xx body is of no use (a replayed write's outcome is its status) and is dropped unread:
+`Answer(status)`, one prebuilt per status, so the hot path builds no answer object. For any
+other status the drain keeps the body's first `EXCERPT_BYTES` as they go by, and the answer
+carries their one-line excerpt (services/replayer/excerpt.py): what the service said, for the
+dead letter and the logs.
 
 Retries are bounded twice (attempts and total time), use jittered exponential backoff, and
 log and count each scheduled retry. Retryable statuses (429, 5xx…) are retried the same way;
@@ -36,10 +42,12 @@ without an answer (a keep-alive connection the service had closed); it carries t
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
 
 import aiohttp
+from aiohttp import hdrs
 from prometheus_client import Histogram
 from tenacity import (
     AsyncRetrying,
@@ -54,18 +62,32 @@ from tenacity import (
 from yarl import URL
 
 from services.replayer.classify import TRANSPORT_ERRORS, Verdict, classify_status
+from services.replayer.excerpt import EXCERPT_BYTES, excerpt
 from services.replayer.metrics import UPSTREAM_DURATION, UPSTREAM_RETRIES
 from services.replayer.request import ReplayRequest
 from shared.logs import get_logger
 from shared.settings import ReplayerSettings
 
-__all__ = ["Upstream", "UpstreamError"]
+__all__ = ["Answer", "Upstream", "UpstreamError"]
 
 log = get_logger("xr.replayer")
 
 # How much of a response body is read (and dropped) to keep its connection for reuse; a body
 # longer than this is not read on, its connection is closed instead.
 _DRAIN_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The service's answer to one attempt: its status and, for a status other than 2xx, an
+    excerpt of its body (`""` for a 2xx or an empty body)."""
+
+    status: int
+    excerpt: str = ""
+
+
+# The answers of the hot path, built once: a 2xx keeps nothing of its body.
+_BARE_2XX = {status: Answer(status) for status in range(200, 300)}
 
 
 class UpstreamError(Exception):
@@ -112,26 +134,26 @@ class Upstream:
         if session is not None:
             await session.close()
 
-    async def call(self, request: ReplayRequest, service: str) -> int:
-        """The status of the last attempt; UpstreamError if no attempt got one."""
+    async def call(self, request: ReplayRequest, service: str) -> Answer:
+        """The answer to the last attempt; UpstreamError if no attempt got one."""
         started = time.monotonic()
-        first: int | _AttemptError
+        first: Answer | _AttemptError
         try:
             first = await self._once(request, service)
         except _AttemptError as exc:
             first = exc
         else:
-            if classify_status(first) is not Verdict.RETRY:
+            if classify_status(first.status) is not Verdict.RETRY:
                 return first
         return await self._retry(request, service, first, time.monotonic() - started)
 
     async def _retry(
-        self, request: ReplayRequest, service: str, first: int | _AttemptError, spent_s: float
-    ) -> int:
+        self, request: ReplayRequest, service: str, first: Answer | _AttemptError, spent_s: float
+    ) -> Answer:
         s = self._settings
         handed_over = False
 
-        async def attempt() -> int:
+        async def attempt() -> Answer:
             nonlocal handed_over
             if not handed_over:  # the first attempt already happened, in call()
                 handed_over = True
@@ -145,16 +167,16 @@ class Upstream:
             | stop_after_delay(max(0.0, s.retry_total_s - spent_s)),
             wait=self._waits(),
             retry=retry_if_exception_type(_AttemptError)
-            | retry_if_result(lambda status: classify_status(status) is Verdict.RETRY),
+            | retry_if_result(lambda answer: classify_status(answer.status) is Verdict.RETRY),
             before_sleep=lambda state: _scheduled(state, service),
             retry_error_callback=_last_outcome,
             reraise=False,
         )
         try:
-            status: int = await retrying(attempt)
+            answer: Answer = await retrying(attempt)
         except _AttemptError as exc:
             raise UpstreamError(str(exc)) from exc.__cause__
-        return status
+        return answer
 
     def _waits(self) -> wait_exponential_jitter | wait_none:
         if not self._wait:
@@ -164,7 +186,7 @@ class Upstream:
             multiplier=s.retry_base_s, max=s.retry_max_s, jitter=s.retry_base_s
         )
 
-    async def _once(self, request: ReplayRequest, service: str) -> int:
+    async def _once(self, request: ReplayRequest, service: str) -> Answer:
         session = self._session
         assert session is not None, "Upstream used outside `async with`"
         started = time.perf_counter()
@@ -176,8 +198,11 @@ class Upstream:
                 data=request.body,
                 allow_redirects=False,
             ) as response:
-                await _drain(response)
-                return response.status
+                status = response.status
+                if 200 <= status < 300:  # the hot path: nothing of the body is kept
+                    await _drain(response)
+                    return _BARE_2XX[status]
+                return await _answer(response)
         except TRANSPORT_ERRORS as exc:
             raise _AttemptError(f"{type(exc).__name__}: {exc}") from exc
         finally:
@@ -190,15 +215,43 @@ class Upstream:
         return child
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
-    """Read and drop at most `_DRAIN_BYTES` of the body; close the connection if more is left.
+async def _answer(response: aiohttp.ClientResponse) -> Answer:
+    """A non-2xx answer: its status and the excerpt of the body's head, kept while draining."""
+    kept = _Kept()
+    whole = await _drain(response, kept)
+    said = excerpt(
+        bytes(kept.head), response.headers.get(hdrs.CONTENT_ENCODING), size=kept.size, whole=whole
+    )
+    return Answer(response.status, said)
+
+
+class _Kept:
+    """The first `EXCERPT_BYTES` of a body, and how many bytes of it were read in all."""
+
+    __slots__ = ("head", "size")
+
+    def __init__(self) -> None:
+        self.head = bytearray()
+        self.size = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        room = EXCERPT_BYTES - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+
+
+async def _drain(response: aiohttp.ClientResponse, kept: _Kept | None = None) -> bool:
+    """Read at most `_DRAIN_BYTES` of the body; close the connection if more is left. True if
+    the body was read to its end. `kept` (a non-2xx answer) keeps its head as it goes by.
 
     The status is the outcome, so the body is read only to hand a kept-alive connection back
     to the pool: a typical short body is drained, a large or endless one is cut off by
-    closing the connection (memory per call stays one read buffer, whatever the service
-    sends). A body that stalls is still bounded by the attempt's total timeout. An error
-    while draining does not undo the status already received: the service has answered, and
-    treating it as a transport failure would call it a second time.
+    closing the connection (memory per call stays one read buffer plus at most
+    `EXCERPT_BYTES` kept, whatever the service sends). A body that stalls is still bounded by
+    the attempt's total timeout. An error while draining does not undo the status already
+    received: the service has answered, and treating it as a transport failure would call it
+    a second time.
     """
     budget = _DRAIN_BYTES
     try:
@@ -207,31 +260,40 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
             if not chunk:
                 break
             budget -= len(chunk)
+            if kept is not None:
+                kept.add(chunk)
     except TRANSPORT_ERRORS:
         pass  # the body broke off or timed out after the status: the status stands
-    if not response.content.at_eof():
-        response.close()
+    if response.content.at_eof():
+        return True
+    response.close()
+    return False
 
 
 def _scheduled(state: RetryCallState, service: str) -> None:
     UPSTREAM_RETRIES.labels(service).inc()
-    outcome = state.outcome
-    detail = (
-        ""
-        if outcome is None
-        else (repr(outcome.exception()) if outcome.failed else f"status {outcome.result()}")
-    )
     log.info(
         "replayer.upstream_retry",
         service=service,
         attempt=state.attempt_number,
         wait_s=round(state.upcoming_sleep, 3),
-        cause=detail,
+        **_cause(state),
     )
 
 
-def _last_outcome(state: RetryCallState) -> int:
-    """When retries stop: the last status, or re-raise the last transport error."""
+def _cause(state: RetryCallState) -> dict[str, str]:
+    """What the retried attempt got: a transport error, or a status and what the service said."""
+    outcome = state.outcome
+    if outcome is None:
+        return {"cause": ""}
+    if outcome.failed:
+        return {"cause": repr(outcome.exception())}
+    answer: Answer = outcome.result()
+    return {"cause": f"status {answer.status}", "service_answer": answer.excerpt}
+
+
+def _last_outcome(state: RetryCallState) -> Answer:
+    """When retries stop: the last answer, or re-raise the last transport error."""
     assert state.outcome is not None
-    result: int = state.outcome.result()  # re-raises the last exception, if it failed
+    result: Answer = state.outcome.result()  # re-raises the last exception, if it failed
     return result

@@ -5,8 +5,10 @@ selection: `--service S`, `--reason X`, `--since T` (ISO-8601 time, or an age su
 `30m`, `2h`, `7d`), or one message by `--seq N`. Messages are read one by one with direct
 gets (`next_by_subj`), so no consumer is created.
 
-* `list`: one table row per dead letter;
-* `show`: every header and a body preview of the selected dead letters;
+* `list`: one table row per dead letter (its `Xr-Dlq-Error`, which ends with what the
+  service said for a replayer's `http_<status>` letter, cut to fit the row);
+* `show`: every header (the whole `Xr-Dlq-Error`) and a body preview of the selected dead
+  letters;
 * `replay`: publishes the original event back onto the stream it did not get through (same
   event id, so the service's idempotency and the replayer's version check still hold), then
   deletes the dead letter; progress on stderr. That is the region's own replay stream for a
@@ -28,6 +30,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from email.header import Header, decode_header
 
 import nats.errors
 from nats.js import JetStreamContext
@@ -97,7 +100,7 @@ async def _select(js: JetStreamContext, sel: Selection) -> AsyncIterator[RawStre
     stream = dlq_stream(sel.region)
     if sel.seq is not None:
         with contextlib.suppress(NotFoundError):
-            msg = await js.get_msg(stream, seq=sel.seq)
+            msg = _plain(await js.get_msg(stream, seq=sel.seq))
             if sel.matches(msg):
                 yield msg
         return
@@ -105,12 +108,30 @@ async def _select(js: JetStreamContext, sel: Selection) -> AsyncIterator[RawStre
     seq = 1
     while True:
         try:
-            msg = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+            msg = _plain(await js.get_msg(stream, seq=seq, subject=subject, next=True))
         except NotFoundError:
             return
         if sel.matches(msg):
             yield msg
         seq = int(msg.seq or seq) + 1
+
+
+def _plain(msg: RawStreamMsg) -> RawStreamMsg:
+    """`msg` with every header value a `str`. `get_msg` parses headers with the email parser,
+    which hands a non-ASCII value (a service's answer in `Xr-Dlq-Error`, say) back as an
+    `email.header.Header` holding the raw bytes; they are UTF-8, as NATS headers are."""
+    if msg.headers:
+        msg.headers = {name: _text(value) for name, value in msg.headers.items()}
+    return msg
+
+
+def _text(value: str | Header) -> str:
+    if isinstance(value, str):
+        return value
+    return "".join(
+        part.decode("utf-8", errors="replace") if isinstance(part, bytes) else part
+        for part, _charset in decode_header(value)
+    )
 
 
 async def _list(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) -> int:

@@ -7,7 +7,8 @@ applied twice. `script[path]` is a list of statuses to answer first (then 2xx); 
 many bytes (`None`: endless); `streamed[path]` then holds how many bytes the service managed
 to write before the body ended or the client hung up (set once the handler has finished).
 A path in `stalls` gets its status and one chunk of body, then nothing until the recorder
-closes.
+closes. `bodies[path]` lists the (body, headers) of the next answers to that path, one per
+call, in order (then none).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Recorder:
     streamed: dict[str, int] = field(default_factory=dict)
     peers: list[int] = field(default_factory=list)  # client port of every call
     stalls: set[str] = field(default_factory=set)
+    bodies: dict[str, list[tuple[bytes, dict[str, str]]]] = field(default_factory=dict)
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     calls: list[Call] = field(default_factory=list)
     succeeded: dict[str, Call] = field(default_factory=dict)
@@ -109,7 +111,7 @@ class Recorder:
                 return await self._stall(request, status)
             if key_path in self.streams:
                 return await self._stream(request, status, self.streams[key_path])
-            return web.Response(status=status)
+            return self._answer(key_path, status)
         finally:
             self.in_flight_keys.discard(key_path)
 
@@ -141,6 +143,13 @@ class Recorder:
         await response.write(_CHUNK[:1024])
         await self._closing.wait()
         return response
+
+    def _answer(self, path: str, status: int) -> web.Response:
+        queue = self.bodies.get(path)
+        if not queue:
+            return web.Response(status=status)
+        body, headers = queue.pop(0)
+        return web.Response(status=status, body=body, headers=headers)
 
     def _status(self, path: str) -> int:
         if self.down:

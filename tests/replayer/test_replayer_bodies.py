@@ -94,6 +94,6 @@ async def test_a_small_body_is_drained_and_the_connection_reused(settings: Setti
         async with Upstream(settings.replayer, wait=False) as up:
             for _ in range(3):
                 request = build_request(make_event("/catalog/small"), services)
-                assert await up.call(request, "catalog") == 200
+                assert (await up.call(request, "catalog")).status == 200
     assert len(set(service.peers)) == 1, service.peers
     assert service.streamed["/catalog/small"] == 4096
