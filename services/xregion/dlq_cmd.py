@@ -2,8 +2,10 @@
 
 Dead letters live in `XR_DLQ_<region>` (shared/dlq.py). Every action works on a
 selection: `--service S`, `--reason X`, `--since T` (ISO-8601 time, or an age such as `90s`,
-`30m`, `2h`, `7d`), or one message by `--seq N`. Messages are read one by one with direct
-gets (`next_by_subj`), so no consumer is created.
+`30m`, `2h`, `7d`), or one message by `--seq N`. Messages are read one by one with the
+stream's message-get API (`next_by_subj`; not the direct form, whose answer would add its
+`Nats-Subject`/`Nats-Sequence`/... headers to what `replay` republishes), so no consumer is
+created.
 
 * `list`: one table row per dead letter (its `Xr-Dlq-Error`, which ends with what the
   service said for a replayer's `http_<status>` letter, cut to fit the row);
