@@ -18,13 +18,21 @@ region's own DLQ instead (`shared/dlq.py`, stream `XR_DLQ_<REGION>`):
 `xregion dlq replay` sends such a letter back to the events stream, as a valid event again,
 once the operator has raised the limit that refused it.
 
-`file()` returns once the DLQ stream acked the letter, or raises `DeadLetterError`: the
-letter may not be stored, and the caller keeps the event (in the outbox) to try again.
+If the DLQ refuses the letter itself for good (its own `max_msg_size` lower, say), a slim
+letter is filed instead: only the headers that name the event (id, origin, service, method,
+path, key, HLC, trace) and the `Xr-Dlq-*` ones, no body, `Xr-Dlq-Body` saying what was left
+out and why. It cannot be replayed, but the write is on record. If even that is refused, there
+is nowhere left to keep the event: `DeadLetterRefusedError`, and the caller drops it with an
+error line naming it rather than retrying it for ever.
+
+`file()` returns once the DLQ stream acked a letter, or raises `DeadLetterError`: the letter
+may not be stored, and the caller keeps the event (in the outbox) to try again.
 
 Errors::
 
     Exception
-     └── DeadLetterError   the dead letter was not acked by the DLQ stream in time
+     └── DeadLetterError          the dead letter was not acked by the DLQ stream in time
+          └── DeadLetterRefusedError  the DLQ refuses even the slim letter, for good
 """
 
 from __future__ import annotations
@@ -32,15 +40,37 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 
-from services.bridge.publisher import EventPublisher, PublishError
-from shared.dlq import PUBLISH_REFUSED, dead_letter, fit
-from shared.envelope import EventTooLargeError
+from services.bridge.publisher import EventPublisher, PublishError, PublishRefusedError
+from shared.dlq import HDR_DLQ_BODY, PUBLISH_REFUSED, DeadLetter, dead_letter, fit
+from shared.envelope import (
+    HDR_EVENT_ID,
+    HDR_HLC,
+    HDR_KEY,
+    HDR_METHOD,
+    HDR_MSG_ID,
+    HDR_ORIGIN,
+    HDR_PATH,
+    HDR_SERVICE,
+    HDR_TRACE,
+    EventTooLargeError,
+)
 
-__all__ = ["DeadLetterError", "DeadLetters"]
+__all__ = ["DeadLetterError", "DeadLetterRefusedError", "DeadLetters"]
 
 
 class DeadLetterError(Exception):
     """The dead letter was not stored (as far as the bridge knows): keep the event."""
+
+
+class DeadLetterRefusedError(DeadLetterError):
+    """The DLQ refuses even the slim letter for good: no retry can store the event."""
+
+
+# What a slim letter keeps of the event's headers (besides its `Xr-Dlq-*` ones): its name.
+_NAMING = (
+    HDR_MSG_ID, HDR_EVENT_ID, HDR_ORIGIN, HDR_SERVICE, HDR_METHOD, HDR_PATH, HDR_KEY, HDR_HLC,
+    HDR_TRACE,
+)  # fmt: skip
 
 
 class DeadLetters:
@@ -82,8 +112,32 @@ class DeadLetters:
             now=dt.datetime.now(dt.UTC),
             msg_id=f"pub:{event_id}",
         )
-        to, letter_headers, body = fit(letter, self._max_payload())
+        letter = fit(letter, self._max_payload())
         try:
-            await self._publisher.publish(to, letter_headers, body, timeout_s=self._timeout_s)
+            await self._send(letter)
+        except PublishRefusedError as refused:
+            try:
+                await self._send(_slim(letter, refused))
+            except PublishRefusedError as exc:
+                raise DeadLetterRefusedError(
+                    f"{letter[0]} refuses even a letter without body: {exc}"
+                ) from exc
+
+    async def _send(self, letter: DeadLetter) -> None:
+        """Publish `letter`; PublishRefusedError passes, any other failure is DeadLetterError."""
+        to, headers, body = letter
+        try:
+            await self._publisher.publish(to, headers, body, timeout_s=self._timeout_s)
+        except PublishRefusedError:
+            raise
         except (PublishError, EventTooLargeError) as exc:
             raise DeadLetterError(f"dead letter not stored in {to}: {exc}") from exc
+
+
+def _slim(letter: DeadLetter, refused: PublishRefusedError) -> DeadLetter:
+    """The letter with only the headers that name the event, and no body."""
+    to, headers, body = letter
+    kept = {k: v for k, v in headers.items() if k in _NAMING or k.lower().startswith("xr-dlq-")}
+    dropped = headers.get(HDR_DLQ_BODY) or f"dropped {len(body)} bytes"
+    kept[HDR_DLQ_BODY] = f"{dropped}, and the request headers: the DLQ refused them ({refused})"
+    return DeadLetter((to, kept, b""))

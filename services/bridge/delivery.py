@@ -15,6 +15,9 @@ region's DLQ (`deadletters.py`, awaiting the DLQ's ack within `publish_timeout_s
 `failed` and logged once (`bridge.event.refused`, error level); the client then gets 503
 `event_not_stored` (proxy.py). If the dead letter cannot be stored either (NATS trouble), the
 event goes to the outbox like any other, so nothing is lost, and the drainer files it later.
+If the DLQ refuses even a slim letter for good, the event is stored nowhere: `failed`, the
+same 503, and the error line is all that is left of it (spooled, it would only block its key
+in the outbox for ever).
 
 Outcomes (the `outcome` label of `xr_bridge_events_total`):
 
@@ -32,7 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from services.bridge.deadletters import DeadLetterError, DeadLetters
+from services.bridge.deadletters import DeadLetterError, DeadLetterRefusedError, DeadLetters
 from services.bridge.metrics import EVENTS, PUBLISH_DURATION
 from services.bridge.outbox import Outbox, OutboxError
 from services.bridge.publisher import EventPublisher, PublishRefusedError, PublishUnknownError
@@ -114,8 +117,9 @@ class Delivery:
             except PublishUnknownError as exc:
                 reason = str(exc)
             except PublishRefusedError as exc:
-                if await self._dead_letter(event, subject, headers, payload, exc):
-                    return Delivered(Outcome.FAILED, dead_lettered=True)
+                filed = await self._dead_letter(event, subject, headers, payload, exc)
+                if filed is not None:  # in the DLQ, or refused by it too: never stored
+                    return Delivered(Outcome.FAILED, dead_lettered=filed)
                 reason = f"{exc}, and its dead letter was not stored"
         return Delivered(await self._spool(event, subject, headers, payload, reason))
 
@@ -148,24 +152,28 @@ class Delivery:
         headers: Mapping[str, str],
         payload: bytes,
         refused: PublishRefusedError,
-    ) -> bool:
-        """File a refused event in the DLQ; whether the DLQ stored it. One error line."""
+    ) -> bool | None:
+        """File a refused event in the DLQ. True: stored; False: the DLQ refuses it too, for
+        good (nowhere to keep it); None: not stored this time (spool it). One error line."""
+        filed: bool | None = True
         problem = None
         try:
             await self._dead_letters.file(
                 subject, headers, payload, event_id=event.event_id, error=str(refused)
             )
+        except DeadLetterRefusedError as exc:
+            filed, problem = False, str(exc)
         except DeadLetterError as exc:
-            problem = str(exc)
+            filed, problem = None, str(exc)
         log.error(
             "bridge.event.refused",
             err_code=refused.err_code,
             error=str(refused),
-            dead_lettered=problem is None,
+            dead_lettered=filed is True,
             dead_letter_error=problem,
             **_fields(event),
         )
-        return problem is None
+        return filed
 
     async def _spool(
         self,

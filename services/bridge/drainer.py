@@ -16,14 +16,16 @@ out only if the letter would not fit max_payload, reason `publish_refused`, `Nat
 and logged once (`bridge.outbox.refused`, error level, with its event id); the rest of its
 batch is published in the same pass. If the dead letter is not stored (NATS trouble), the
 entry stays and the pass counts as failed, like an unacked publish (a warning per entry and
-pass, `bridge.outbox.dead_letter_failed`).
+pass, `bridge.outbox.dead_letter_failed`). If the DLQ refuses even a slim letter for good,
+the entry is dropped (`failed`, an error line `bridge.outbox.dropped` naming the event and
+its key): kept, it would fail every pass for ever.
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from services.bridge.deadletters import DeadLetterError, DeadLetters
+from services.bridge.deadletters import DeadLetterError, DeadLetterRefusedError, DeadLetters
 from services.bridge.metrics import EVENTS, OUTBOX_DRAINED
 from services.bridge.outbox import Outbox, OutboxEntry, OutboxError
 from services.bridge.publisher import EventPublisher, PublishRefusedError, PublishUnknownError
@@ -129,6 +131,13 @@ class Drainer:
                 event_id=entry.event_id,
                 error=refusal,
             )
+        except DeadLetterRefusedError as exc:  # nowhere to keep it: kept, it blocks for ever
+            EVENTS.labels(entry.subject.rpartition(".")[2], "failed").inc()
+            log.error(
+                "bridge.outbox.dropped", refusal=refusal, error=str(exc), dead_lettered=False,
+                key=entry.key, **_about(entry),
+            )  # fmt: skip
+            return True
         except DeadLetterError as exc:
             log.warning(
                 "bridge.outbox.dead_letter_failed", refusal=refusal, error=str(exc), **_about(entry)

@@ -63,16 +63,19 @@ from tests.harness.wait import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 SMALL_LIMIT = 600  # an event's headers take about 400 bytes
+SLIM_FITS = 1200  # a dead letter's headers take about 700 bytes, its body 1 KiB more
+NOTHING_FITS = 64
 BIG_BODY = b"B" * 1024
 _TRANSIENT = (NoStreamResponseError, ServiceUnavailableError, TimeoutError)
 
 
-class EventsLimit:
-    """`XR_EVENTS_US_EAST`'s max_msg_size, set for one test and put back after it."""
+class StreamLimit:
+    """A stream's max_msg_size (default `XR_EVENTS_US_EAST`'s), set for one test and put back
+    after it."""
 
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, stream: str = events_stream(REGION)) -> None:
         self._js = js
-        self._stream = events_stream(REGION)
+        self._stream = stream
         self._old: int | None = None
 
     async def set(self, limit: int) -> None:
@@ -91,9 +94,19 @@ class EventsLimit:
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def small_events(js: JetStreamContext) -> AsyncIterator[EventsLimit]:
-    limit = EventsLimit(js)
+async def small_events(js: JetStreamContext) -> AsyncIterator[StreamLimit]:
+    limit = StreamLimit(js)
     await limit.set(SMALL_LIMIT)
+    try:
+        yield limit
+    finally:
+        await limit.restore()
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def dlq_limit(js: JetStreamContext) -> AsyncIterator[StreamLimit]:
+    """The DLQ's own max_msg_size, for a test to set; put back after it."""
+    limit = StreamLimit(js, dlq_stream(REGION))
     try:
         yield limit
     finally:
@@ -141,7 +154,7 @@ def assert_refused_letter(letter: RawStreamMsg, event_id: str, body: bytes) -> N
 
 
 async def test_the_stream_refusal_is_told_apart_from_an_unknown_outcome(
-    reader: NatsConnection, small_events: EventsLimit
+    reader: NatsConnection, small_events: StreamLimit
 ) -> None:
     _, headers, payload = entry_for("refused-probe", BIG_BODY)
     async with Publisher(reader, max_inflight=4) as publisher:
@@ -159,7 +172,7 @@ async def test_a_refused_write_answers_503_and_is_kept_in_the_dlq(
     upstream: TestUpstream,
     js: JetStreamContext,
     tmp_path: Path,
-    small_events: EventsLimit,
+    small_events: StreamLimit,
 ) -> None:
     service = "refused-live"
     failed, published = events_counted(service, "failed"), events_counted(service, "published")
@@ -203,7 +216,7 @@ async def test_a_refused_write_answers_503_and_is_kept_in_the_dlq(
 
 
 async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_same_pass(
-    reader: NatsConnection, js: JetStreamContext, tmp_path: Path, small_events: EventsLimit
+    reader: NatsConnection, js: JetStreamContext, tmp_path: Path, small_events: StreamLimit
 ) -> None:
     service = "refused-outbox"
     subject = events_subject(REGION, service)
@@ -259,7 +272,7 @@ async def test_a_replayed_dead_letter_is_a_valid_event_in_the_events_stream(
     upstream: TestUpstream,
     js: JetStreamContext,
     tmp_path: Path,
-    small_events: EventsLimit,
+    small_events: StreamLimit,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     service = "refused-replay"
@@ -293,3 +306,87 @@ async def test_a_replayed_dead_letter_is_a_valid_event_in_the_events_stream(
     )  # fmt: skip
     ack: Any = await js.publish(subject, payload, headers=headers)
     assert (ack.duplicate, ack.seq) == (True, stored.seq)
+
+
+async def test_a_dlq_that_refuses_the_letter_gets_a_slim_one_without_body(
+    bridge_cluster: SuperCluster,
+    upstream: TestUpstream,
+    js: JetStreamContext,
+    tmp_path: Path,
+    small_events: StreamLimit,
+    dlq_limit: StreamLimit,
+) -> None:
+    await dlq_limit.set(SLIM_FITS)  # under the whole letter (body 1 KiB), over a slim one
+    service = "refused-slim"
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
+    async with running_bridge(settings) as bridge, http_client() as http:
+        reply = await send(
+            http, "PUT", bridge.url, f"/{service}/big", data=BIG_BODY,
+            headers={"Content-Type": "application/octet-stream"},
+        )  # fmt: skip
+        assert reply.status == 503, reply.body
+        assert "kept in the dead-letter stream XR_DLQ_US_EAST" in reply.json()["detail"]
+        assert bridge.outbox.depth == 0
+
+    (letter,) = await dead_letters(js, service)
+    headers = letter.headers or {}
+    assert not letter.data
+    assert "the DLQ refused them" in headers[HDR_DLQ_BODY]
+    assert "err_code 10054" in headers[HDR_DLQ_BODY]
+    assert headers[HDR_MSG_ID] == f"pub:{headers[HDR_EVENT_ID]}"
+    assert headers[HDR_DLQ_REASON] == PUBLISH_REFUSED
+    assert headers["Xr-Path"] == f"/{service}/big"
+    assert not [name for name in headers if name.lower().startswith("xr-req-")]
+
+
+async def test_a_dlq_that_refuses_even_a_slim_letter_never_blocks_the_outbox(
+    bridge_cluster: SuperCluster,
+    upstream: TestUpstream,
+    reader: NatsConnection,
+    js: JetStreamContext,
+    tmp_path: Path,
+    small_events: StreamLimit,
+    dlq_limit: StreamLimit,
+) -> None:
+    await dlq_limit.set(NOTHING_FITS)
+    service = "refused-nowhere"
+    failed = events_counted(service, "failed")
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
+    with capture_logs() as logs:
+        async with running_bridge(settings) as bridge, http_client() as http:
+            reply = await send(http, "PUT", bridge.url, f"/{service}/big", data=BIG_BODY)
+            assert reply.status == 503, reply.body
+            assert "could not be stored for replication" in reply.json()["detail"]
+            assert bridge.outbox.depth == 0  # spooled, it would block its key for ever
+    (line,) = [e for e in logs if e["event"] == "bridge.event.refused"]
+    assert line["dead_lettered"] is False
+    assert "refuses even a letter without body" in line["dead_letter_error"]
+
+    refused, headers, payload = entry_for(service, BIG_BODY)
+    good = entry_for(service, b"good")
+    async with (
+        Outbox(tmp_path / "outbox.sqlite3", max_bytes=reader.max_payload) as outbox,
+        Publisher(reader, max_inflight=4) as publisher,
+    ):
+        for event, event_headers, event_payload in ((refused, headers, payload), good):
+            await outbox.put(
+                event.event_id, event.key, events_subject(REGION, service), event_headers,
+                event_payload,
+            )  # fmt: skip
+        letters = DeadLetters(
+            publisher, region=REGION, max_payload=lambda: reader.max_payload, timeout_s=5
+        )
+        drainer = Drainer(
+            outbox, publisher, dead_letters=letters, batch=10, timeout_s=5,
+            backoff=Backoff(0.01, 0.05),
+        )  # fmt: skip
+        with capture_logs() as drain_logs:
+            assert await drainer.drain_pass(), "the refused entry was kept for another pass"
+        assert outbox.depth == 0
+    (dropped,) = [e for e in drain_logs if e["event"] == "bridge.outbox.dropped"]
+    assert (dropped["event_id"], dropped["key"], dropped["log_level"]) == (
+        refused.event_id, refused.key, "error",
+    )  # fmt: skip
+    assert [s.event.event_id for s in await stored_events(js, service)] == [good[0].event_id]
+    assert await dead_letters(js, service) == []
+    assert events_counted(service, "failed") == failed + 2
