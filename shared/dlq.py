@@ -57,7 +57,14 @@ from shared.envelope import (
     HDR_DLQ_STATUS,
     HDR_DLQ_TARGET,
     HDR_EVENT_ID,
+    HDR_HLC,
+    HDR_KEY,
+    HDR_METHOD,
     HDR_MSG_ID,
+    HDR_ORIGIN,
+    HDR_PATH,
+    HDR_SERVICE,
+    HDR_TRACE,
     wire_size,
 )
 from shared.regions import REGION_RE, SERVICE_RE, dlq_subject, events_subject, replay_subject
@@ -72,6 +79,7 @@ __all__ = [
     "one_line",
     "path_of",
     "replay_message",
+    "slim",
 ]
 
 # `Xr-Dlq-Reason` of an event a target region refused for good (filed by the broadcaster).
@@ -84,6 +92,13 @@ PUBLISH_REFUSED = "publish_refused"
 # (an oversized frame makes the server close the connection for good, NATS_NOTES §2.2).
 HDR_DLQ_BODY = "Xr-Dlq-Body"
 
+# What a slim letter keeps of its event's headers: what names the event and the write.
+_NAMING = frozenset(
+    {
+        HDR_MSG_ID, HDR_EVENT_ID, HDR_ORIGIN, HDR_SERVICE, HDR_METHOD, HDR_PATH, HDR_KEY,
+        HDR_HLC, HDR_TRACE,
+    }
+)  # fmt: skip
 _UNKNOWN = "unknown"
 _ERROR_MAX = 512
 _CUT = "..."
@@ -154,6 +169,17 @@ def fit(letter: DeadLetter, max_payload: int) -> DeadLetter:
         return letter
     dropped = {**headers, HDR_DLQ_BODY: f"dropped {len(payload)} bytes: over max_payload"}
     return DeadLetter((subject, dropped, b""))
+
+
+def slim(letter: DeadLetter, why: str) -> DeadLetter:
+    """`letter` with only the headers that name its event (and its `Xr-Dlq-*` ones) and no
+    body, for a DLQ that refuses the whole letter for good (`why`): the write stays on record,
+    though it can no longer be replayed (`Xr-Dlq-Body` says what was left out)."""
+    subject, headers, payload = letter
+    kept = {k: v for k, v in headers.items() if k in _NAMING or _is_ours(k)}
+    dropped = headers.get(HDR_DLQ_BODY) or f"dropped {len(payload)} bytes"
+    kept[HDR_DLQ_BODY] = f"{dropped}, and the request headers: the DLQ refused them ({why})"
+    return DeadLetter((subject, kept, b""))
 
 
 def replay_message(

@@ -41,19 +41,8 @@ import datetime as dt
 from collections.abc import Callable, Mapping
 
 from services.bridge.publisher import EventPublisher, PublishError, PublishRefusedError
-from shared.dlq import HDR_DLQ_BODY, PUBLISH_REFUSED, DeadLetter, dead_letter, fit
-from shared.envelope import (
-    HDR_EVENT_ID,
-    HDR_HLC,
-    HDR_KEY,
-    HDR_METHOD,
-    HDR_MSG_ID,
-    HDR_ORIGIN,
-    HDR_PATH,
-    HDR_SERVICE,
-    HDR_TRACE,
-    EventTooLargeError,
-)
+from shared.dlq import PUBLISH_REFUSED, DeadLetter, dead_letter, fit, slim
+from shared.envelope import EventTooLargeError
 
 __all__ = ["DeadLetterError", "DeadLetterRefusedError", "DeadLetters"]
 
@@ -64,13 +53,6 @@ class DeadLetterError(Exception):
 
 class DeadLetterRefusedError(DeadLetterError):
     """The DLQ refuses even the slim letter for good: no retry can store the event."""
-
-
-# What a slim letter keeps of the event's headers (besides its `Xr-Dlq-*` ones): its name.
-_NAMING = (
-    HDR_MSG_ID, HDR_EVENT_ID, HDR_ORIGIN, HDR_SERVICE, HDR_METHOD, HDR_PATH, HDR_KEY, HDR_HLC,
-    HDR_TRACE,
-)  # fmt: skip
 
 
 class DeadLetters:
@@ -117,7 +99,7 @@ class DeadLetters:
             await self._send(letter)
         except PublishRefusedError as refused:
             try:
-                await self._send(_slim(letter, refused))
+                await self._send(slim(letter, str(refused)))
             except PublishRefusedError as exc:
                 raise DeadLetterRefusedError(
                     f"{letter[0]} refuses even a letter without body: {exc}"
@@ -132,12 +114,3 @@ class DeadLetters:
             raise
         except (PublishError, EventTooLargeError) as exc:
             raise DeadLetterError(f"dead letter not stored in {to}: {exc}") from exc
-
-
-def _slim(letter: DeadLetter, refused: PublishRefusedError) -> DeadLetter:
-    """The letter with only the headers that name the event, and no body."""
-    to, headers, body = letter
-    kept = {k: v for k, v in headers.items() if k in _NAMING or k.lower().startswith("xr-dlq-")}
-    dropped = headers.get(HDR_DLQ_BODY) or f"dropped {len(body)} bytes"
-    kept[HDR_DLQ_BODY] = f"{dropped}, and the request headers: the DLQ refused them ({refused})"
-    return DeadLetter((to, kept, b""))

@@ -41,7 +41,11 @@ Failures: the publisher (`publisher.py`) says whether a failure is permanent or 
   redelivery is not stored twice). Only once the DLQ stream acked it is the source acked for
   this target (outcome `dead_lettered`, one error line); then the lane goes on. Dead letters
   are local publishes, so they bypass the target's gate; one that fails is retried by the
-  dead-letter task after a backoff of its own, and the source is never acked without it.
+  dead-letter task after a backoff of its own, and the source is never acked without it. A
+  DLQ that refuses the letter itself for good (its own limits) gets a slim one at once (the
+  headers that name the event, no body: `shared.dlq.slim`); if it refuses that too, the event
+  is given up: the source is acked (outcome `dropped`, an error line `broadcaster.dropped`),
+  since retrying it would hold its key back for ever.
 
 Other targets have their own consumer, window, breaker and subscriptions, so a slow, paused
 or unreachable target never holds them back. Held events are kept alive with `in_progress()`
@@ -67,8 +71,9 @@ the target's replayer acks it as `stale` (last-writer-wins, DESIGN §5a). Retrie
 instance never reorder. A dead letter that would exceed `max_payload` is filed without its
 body (`Xr-Dlq-Body`; always so for a frame refused as over `max_payload`): the event itself
 stays in the events stream until its age limit. A consumer provisioned again starts from the
-beginning of the stream (deliver all): what the target already has is dropped by its
-duplicate window, older events reach its replayer again (duplicate or stale there).
+beginning of the stream (deliver all) unless `xregion provision --broadcast-start` says
+otherwise: what the target already has is dropped by its duplicate window, older events reach
+its replayer again (duplicate or stale there).
 """
 
 from __future__ import annotations
@@ -92,7 +97,7 @@ from services.broadcaster.policy import Route, RouteCache
 from services.broadcaster.publisher import Failure, Publisher, frame_size
 from services.broadcaster.puller import Puller, PullFailedError, PullStalledError
 from services.broadcaster.window import Held, Window
-from shared.dlq import FORWARD_REFUSED, DeadLetter, dead_letter, fit
+from shared.dlq import FORWARD_REFUSED, DeadLetter, dead_letter, fit, slim
 from shared.envelope import HDR_DLQ_TARGET, HDR_MSG_ID
 from shared.logs import get_logger
 from shared.natsconn import Backoff, NatsConnection
@@ -132,6 +137,10 @@ class Pending:
     # Set once the target refused the event for good (the dead letter's error): from then on
     # the event is dead-lettered instead of forwarded.
     refused: str | None = None
+    # Set once the DLQ refused the whole dead letter for good (why): a slim one goes instead.
+    slimmed: str | None = None
+    # Set once the DLQ refused the slim letter too: the event is given up (acked, logged).
+    dropped: str | None = None
 
 
 class Forwarder:
@@ -483,7 +492,9 @@ class Forwarder:
     def _failed(self, held: Held[Pending], failure: Failure) -> None:
         """The publish was not acked: a transient failure waits for the gate and goes again;
         a permanent refusal is dead-lettered; a failed dead letter is sent again later."""
-        if held.item.refused is not None:
+        if held.item.refused is not None and failure.permanent:
+            self._dead_letter_refused(held, failure.reason)
+        elif held.item.refused is not None:
             self._dead_letter_failed(held, failure.reason)
         elif failure.permanent:
             self._refuse(held, failure)
@@ -544,6 +555,9 @@ class Forwarder:
             self._refused.clear()
             self._refused_event.clear()
             for held in ready:
+                if held.item.dropped is not None:
+                    await self._dropped(held)
+                    continue
                 subject, headers, payload = self._dead_letter(held)
                 await self._publisher.publish(held, subject, payload, headers)
 
@@ -562,7 +576,34 @@ class Forwarder:
         # and `xregion dlq replay` sends it back to that target.
         headers[HDR_MSG_ID] = f"fwd:{self.target}:{held.seq}"
         headers[HDR_DLQ_TARGET] = self.target
-        return fit(DeadLetter((subject, headers, payload)), self._conn.nc.max_payload)
+        letter = fit(DeadLetter((subject, headers, payload)), self._conn.nc.max_payload)
+        return letter if pending.slimmed is None else slim(letter, pending.slimmed)
+
+    def _dead_letter_refused(self, held: Held[Pending], reason: str) -> None:
+        """The DLQ refused the dead letter for good (its own limits): a slim letter next, and
+        if that is refused too, the event is given up rather than retried for ever."""
+        pending = held.item
+        if pending.slimmed is None:
+            pending.slimmed = reason
+        else:
+            pending.dropped = reason
+        self._queue_dead_letter(held)
+
+    async def _dropped(self, held: Held[Pending]) -> None:
+        """Neither the target nor this region's DLQ can ever store the event: ack the source
+        so its key goes on; the error line is all that is left of it."""
+        pending = held.item
+        await self._ack(pending.msg)
+        self._count(pending.route, "dropped")
+        log.error(
+            "broadcaster.dropped",
+            target=self.target,
+            **_about(pending.route),
+            stream_seq=held.seq,
+            error=pending.refused,
+            dead_letter_error=pending.dropped,
+        )
+        await self._next_in_lane(held)
 
     async def _dead_lettered(self, held: Held[Pending]) -> None:
         """The DLQ stored the dead letter: now the source may be acked for this target."""

@@ -12,7 +12,9 @@ FORWARDED = Counter(
     "(the target had it already), canary, malformed (forwarded undecoded, the target's "
     "replayer dead-letters it), skipped (the target does not need it), retried (one failed "
     "publish attempt that will be retried), dead_lettered (the target refused it for good: "
-    "filed in this region's DLQ with reason forward_refused)",
+    "filed in this region's DLQ with reason forward_refused), dropped (refused for good by the "
+    "target and by this region's DLQ, even without its body: acked, logged as "
+    "broadcaster.dropped)",
     ["origin", "target", "outcome"],
 )
 BACKLOG = Gauge(

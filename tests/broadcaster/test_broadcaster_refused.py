@@ -5,14 +5,16 @@ eu-west takes everything."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.js.api import DiscardPolicy, RawStreamMsg, StreamConfig
 from nats.js.errors import NotFoundError
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
@@ -24,6 +26,7 @@ from services.broadcaster.service import Broadcaster
 from services.xregion.dlq_cmd import Selection, run_dlq
 from services.xregion.supercluster import SuperCluster
 from services.xregion.trace_cmd import run_trace
+from shared.dlq import HDR_DLQ_BODY
 from shared.envelope import (
     HDR_DLQ_AT,
     HDR_DLQ_ERROR,
@@ -94,9 +97,13 @@ async def _acked_past(js: JetStreamContext, target: str, seq: int) -> bool:
     return info.ack_floor is not None and (info.ack_floor.stream_seq or 0) >= seq
 
 
-def _dead_lettered(target: str) -> float:
-    labels = {"origin": ORIGIN, "target": target, "outcome": "dead_lettered"}
+def _outcome(target: str, outcome: str) -> float:
+    labels = {"origin": ORIGIN, "target": target, "outcome": outcome}
     return REGISTRY.get_sample_value("xr_broadcaster_forwarded_total", labels) or 0.0
+
+
+def _dead_lettered(target: str) -> float:
+    return _outcome(target, "dead_lettered")
 
 
 async def test_a_refused_event_is_dead_lettered_and_its_key_goes_on(
@@ -169,40 +176,110 @@ async def test_a_refused_event_is_dead_lettered_and_its_key_goes_on(
     assert await _dead_letter(js, producer.service) is None
 
 
+async def _set_dlq(js: JetStreamContext, config: StreamConfig) -> None:
+    async def update() -> bool:
+        await js.update_stream(config)
+        return True
+
+    await wait_until(update, 15, interval=0.2, ignore=JS_TRANSIENT, message=config.name or "")
+
+
+@contextlib.asynccontextmanager
+async def _dlq_changed(js: JetStreamContext, **changes: Any) -> AsyncIterator[StreamConfig]:
+    """This region's DLQ stream with `changes` to its config (yields the old one), put back
+    afterwards, also if the test put it back itself."""
+    old = (await js.stream_info(dlq_stream(ORIGIN))).config
+    await _set_dlq(js, dataclasses.replace(old, **changes))
+    try:
+        yield old
+    finally:
+        await _set_dlq(js, old)
+
+
 async def test_the_source_waits_for_a_dead_letter_that_cannot_be_stored(
     cluster: SuperCluster, js: JetStreamContext, small_replay: None
 ) -> None:
-    # The region's own DLQ refuses the dead letter too: the source must stay unacked and the
-    # key must wait, and the dead letter goes again until the DLQ takes it.
+    # The region's own DLQ cannot take the dead letter for now (full, discarding new messages:
+    # err_code 10077, which may pass): the source must stay unacked and the key must wait, and
+    # the dead letter goes again until the DLQ takes it.
     producer = Producer(js, "refused-dlq-down", keys=1)
     _, big_seq = await _send_big(producer)
     await producer.send(1)
-    old = await _set_max_msg_size(js, dlq_stream(ORIGIN), SMALL_LIMIT)
-    try:
-        with capture_logs() as logs:
-            async with Broadcaster(bc_settings(cluster)) as broadcaster:
-                await wait_until(
-                    lambda: any(e["event"] == "broadcaster.dead_letter_failed" for e in logs),
-                    20,
-                    message="the dead letter was refused by the DLQ",
-                )
-                assert not await _acked_past(js, REFUSING, big_seq), "acked without dead letter"
-                assert await count_replay(js, REFUSING, producer.service) == 0, "the key waits"
-                assert await _dead_letter(js, producer.service) is None
+    await js.publish(
+        dlq_subject(ORIGIN, ORIGIN, "dlq-filler"), b"", headers={"Nats-Msg-Id": uuid7_str()}
+    )
+    held = (await js.stream_info(dlq_stream(ORIGIN))).state.messages
+    with capture_logs() as logs:
+        async with (
+            _dlq_changed(js, max_msgs=held, discard=DiscardPolicy.NEW) as old,
+            Broadcaster(bc_settings(cluster)) as broadcaster,
+        ):
+            await wait_until(
+                lambda: any(e["event"] == "broadcaster.dead_letter_failed" for e in logs),
+                20,
+                message="the dead letter was refused by the DLQ",
+            )
+            assert not await _acked_past(js, REFUSING, big_seq), "acked without dead letter"
+            assert await count_replay(js, REFUSING, producer.service) == 0, "the key waits"
+            assert await _dead_letter(js, producer.service) is None
 
-                await _set_max_msg_size(js, dlq_stream(ORIGIN), old)
-                await wait_until(
-                    lambda: _counts_are(js, producer.service, {REFUSING: 1, ACCEPTING: 2}),
-                    20,
-                    message="the key went on once the dead letter was stored",
-                )
-                assert await _dead_letter(js, producer.service) is not None
-                await wait_until(
-                    lambda: _acked_past(js, REFUSING, big_seq), 10, message="source acked"
-                )
-                assert broadcaster.forwarders[ACCEPTING].gate.state is State.CLOSED
-    finally:
-        await _set_max_msg_size(js, dlq_stream(ORIGIN), old)
+            await _set_dlq(js, old)
+            await wait_until(
+                lambda: _counts_are(js, producer.service, {REFUSING: 1, ACCEPTING: 2}),
+                20,
+                message="the key went on once the dead letter was stored",
+            )
+            letter = await _dead_letter(js, producer.service)
+            assert letter is not None
+            assert letter.data == b"b" * BIG_BODY  # the whole letter: nothing was refused for good
+            await wait_until(lambda: _acked_past(js, REFUSING, big_seq), 10, message="source acked")
+            assert broadcaster.forwarders[ACCEPTING].gate.state is State.CLOSED
+
+
+async def test_a_dlq_that_refuses_the_letter_for_good_gets_a_slim_one(
+    cluster: SuperCluster, js: JetStreamContext, small_replay: None
+) -> None:
+    producer = Producer(js, "refused-dlq-slim", keys=1)
+    big_id, big_seq = await _send_big(producer)
+    await producer.send(1)
+    # The whole letter (8 KiB of body) is over the DLQ's limit, a slim one is not.
+    async with _dlq_changed(js, max_msg_size=SMALL_LIMIT), Broadcaster(bc_settings(cluster)):
+        await wait_until(
+            lambda: _counts_are(js, producer.service, {REFUSING: 1, ACCEPTING: 2}),
+            20,
+            message="the key went on once the slim letter was stored",
+        )
+        await wait_until(lambda: _acked_past(js, REFUSING, big_seq), 10, message="source acked")
+    letter = await _dead_letter(js, producer.service)
+    assert letter is not None
+    headers = letter.headers or {}
+    assert not letter.data
+    assert (headers[HDR_EVENT_ID], headers[HDR_DLQ_TARGET]) == (big_id, REFUSING)
+    assert headers[HDR_MSG_ID] == f"fwd:{REFUSING}:{big_seq}"
+    assert "the DLQ refused them" in headers[HDR_DLQ_BODY]
+    assert "message size exceeds maximum allowed" in headers[HDR_DLQ_BODY]
+
+
+async def test_a_dlq_that_refuses_even_a_slim_letter_never_holds_the_key_back(
+    cluster: SuperCluster, js: JetStreamContext, small_replay: None
+) -> None:
+    producer = Producer(js, "refused-dlq-nowhere", keys=1)
+    big_id, big_seq = await _send_big(producer)
+    await producer.send(1)
+    dropped = _outcome(REFUSING, "dropped")
+    with capture_logs() as logs:
+        async with _dlq_changed(js, max_msg_size=64), Broadcaster(bc_settings(cluster)):
+            await wait_until(
+                lambda: _counts_are(js, producer.service, {REFUSING: 1, ACCEPTING: 2}),
+                20,
+                message="the key went on without any dead letter",
+            )
+            await wait_until(lambda: _acked_past(js, REFUSING, big_seq), 10, message="source acked")
+    assert await _dead_letter(js, producer.service) is None
+    assert _outcome(REFUSING, "dropped") == dropped + 1
+    (line,) = [e for e in logs if e["event"] == "broadcaster.dropped"]
+    assert (line["event_id"], line["target"], line["log_level"]) == (big_id, REFUSING, "error")
+    assert "message size exceeds maximum allowed" in line["dead_letter_error"]
 
 
 async def _refused(conn: NatsConnection, subject: str, payload: bytes) -> Failure:
