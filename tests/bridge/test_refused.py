@@ -143,6 +143,17 @@ def entry_for(service: str, body: bytes) -> tuple[Event, dict[str, str], bytes]:
     return event, headers, payload
 
 
+def drainer_for(outbox: Outbox, publisher: Publisher, reader: NatsConnection) -> Drainer:
+    """A drainer of `outbox` as the bridge wires it, with short backoffs."""
+    letters = DeadLetters(
+        publisher, region=REGION, max_payload=lambda: reader.max_payload, timeout_s=5
+    )
+    return Drainer(
+        outbox, publisher, dead_letters=letters, batch=10, timeout_s=5,
+        backoff=Backoff(0.01, 0.05),
+    )  # fmt: skip
+
+
 def assert_refused_letter(letter: RawStreamMsg, event_id: str, body: bytes) -> None:
     headers = letter.headers or {}
     assert headers[HDR_EVENT_ID] == event_id
@@ -236,13 +247,7 @@ async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_s
             *good,
         ]:
             await outbox.put(event.event_id, event.key, subject, headers, payload)
-        letters = DeadLetters(
-            publisher, region=REGION, max_payload=lambda: reader.max_payload, timeout_s=5
-        )
-        drainer = Drainer(
-            outbox, publisher, dead_letters=letters, batch=10, timeout_s=5,
-            backoff=Backoff(0.01, 0.05),
-        )  # fmt: skip
+        drainer = drainer_for(outbox, publisher, reader)
         with capture_logs() as logs:
             assert await drainer.drain_pass(), "the pass failed: something is left for retries"
         assert outbox.depth == 0
@@ -373,13 +378,7 @@ async def test_a_dlq_that_refuses_even_a_slim_letter_never_blocks_the_outbox(
                 event.event_id, event.key, events_subject(REGION, service), event_headers,
                 event_payload,
             )  # fmt: skip
-        letters = DeadLetters(
-            publisher, region=REGION, max_payload=lambda: reader.max_payload, timeout_s=5
-        )
-        drainer = Drainer(
-            outbox, publisher, dead_letters=letters, batch=10, timeout_s=5,
-            backoff=Backoff(0.01, 0.05),
-        )  # fmt: skip
+        drainer = drainer_for(outbox, publisher, reader)
         with capture_logs() as drain_logs:
             assert await drainer.drain_pass(), "the refused entry was kept for another pass"
         assert outbox.depth == 0
