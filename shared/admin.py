@@ -14,12 +14,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 
+from shared.lifecycle import Closeable
 from shared.netaddr import split_listen
 
 __all__ = ["AdminServer", "CheckResult", "Health", "ReadinessCheck"]
@@ -46,7 +46,7 @@ class CheckResult:
 ReadinessCheck = Callable[[], CheckResult]
 
 
-class AdminServer:
+class AdminServer(Closeable):
     """An aiohttp server for the admin endpoints; an async context manager."""
 
     def __init__(
@@ -96,14 +96,6 @@ class AdminServer:
     async def __aenter__(self) -> Self:
         await self.start()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)

@@ -19,12 +19,12 @@ dropped: an ack then times out and the message is redelivered (its version recor
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 from typing import Self
 
 import nats.errors
 from nats.aio.client import Client
 
+from shared.lifecycle import Closeable
 from shared.logs import get_logger
 
 __all__ = ["Coalescer"]
@@ -35,7 +35,7 @@ _Frame = tuple[str, bytes, str, dict[str, str] | None]
 _SEND_ERRORS = (nats.errors.Error, OSError)
 
 
-class Coalescer:
+class Coalescer(Closeable):
     """Queues publishes and sends them `delay_s` later, together; an async context manager."""
 
     def __init__(self, nc: Client, *, delay_s: float = 0.001) -> None:
@@ -48,14 +48,6 @@ class Coalescer:
 
     async def __aenter__(self) -> Self:
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def publish(
         self,

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.errors import APIError, NoStreamResponseError
+
+from shared.lifecycle import Closeable
 
 __all__ = ["FramePublisher", "KvCas"]
 
@@ -48,7 +49,7 @@ class FramePublisher(Protocol):
     ) -> None: ...
 
 
-class KvCas:
+class KvCas(Closeable):
     """Compare-and-set updates in one bucket; an async context manager (the subscription)."""
 
     def __init__(
@@ -67,14 +68,6 @@ class KvCas:
         self._inbox = self._nc.new_inbox() + "."
         self._sub = await self._nc.subscribe(self._inbox + "*", cb=self._on_reply)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         sub, self._sub = self._sub, None

@@ -21,13 +21,13 @@ import asyncio
 import random
 import ssl
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 
 import nats
 from nats.aio.client import Client, Server
 from nats.js import JetStreamContext
 
+from shared.lifecycle import Closeable
 from shared.logs import get_logger
 from shared.metrics import NATS_CONNECTED, NATS_DISCONNECTS, NATS_ERRORS, NATS_RECONNECTS
 from shared.settings import NatsSettings
@@ -59,7 +59,7 @@ class Backoff:
         self.attempt = 0
 
 
-class NatsConnection:
+class NatsConnection(Closeable):
     """One NATS client for one service process; see the module docstring."""
 
     def __init__(self, settings: NatsSettings, *, service: str, name: str | None = None) -> None:
@@ -119,14 +119,6 @@ class NatsConnection:
     async def __aenter__(self) -> Self:
         await self.connect()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _connect_options(self) -> dict[str, Any]:
         s = self._settings

@@ -33,10 +33,10 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Self, TypeVar
 
 from services.bridge.metrics import OUTBOX_DEPTH
+from shared.lifecycle import Closeable
 
 __all__ = ["Outbox", "OutboxEntry", "OutboxError", "OutboxFullError", "OutboxLockedError"]
 
@@ -79,7 +79,7 @@ class OutboxEntry:
     spooled_at: float  # Unix time
 
 
-class Outbox:
+class Outbox(Closeable):
     """A FIFO of events on disk; an async context manager. See the module docstring."""
 
     def __init__(self, path: Path, *, max_bytes: int) -> None:
@@ -134,14 +134,6 @@ class Outbox:
     async def __aenter__(self) -> Self:
         await self.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def put(
         self, event_id: str, key: str, subject: str, headers: Mapping[str, str], payload: bytes

@@ -32,7 +32,6 @@ import asyncio
 import itertools
 import json
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any, Protocol, Self
 
 import nats.errors
@@ -41,6 +40,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
 from shared.envelope import EventTooLargeError, wire_size
+from shared.lifecycle import Closeable
 from shared.natsconn import NatsConnection
 from shared.pubacks import describe, is_permanent
 
@@ -95,7 +95,7 @@ class EventPublisher(Protocol):
     ) -> object: ...
 
 
-class Publisher:
+class Publisher(Closeable):
     """JetStream publishes with a bounded number in flight; an async context manager (it
     owns the ack inbox subscription). See the module docstring."""
 
@@ -132,14 +132,6 @@ class Publisher:
     async def __aenter__(self) -> Self:
         await self.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def publish(
         self,

@@ -27,7 +27,6 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import nats.errors
@@ -46,7 +45,7 @@ from services.bridge.upstream import Upstream
 from services.bridge.versions import LocalVersions
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
-from shared.lifecycle import ServiceError
+from shared.lifecycle import Closeable, ServiceError
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import Backoff, NatsConnectError, NatsConnection
@@ -97,7 +96,7 @@ def outbox_path(data_dir: Path, listen: str) -> Path:
     return data_dir / "bridge" / f"outbox-{re.sub(r'[^A-Za-z0-9.-]+', '_', listen)}.sqlite3"
 
 
-class Bridge:
+class Bridge(Closeable):
     """A running bridge; an async context manager. See the module docstring."""
 
     def __init__(self, settings: Settings, *, hlc: Hlc | None = None) -> None:
@@ -141,14 +140,6 @@ class Bridge:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """The shutdown sequence (module docstring); idempotent."""

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from types import TracebackType
 from typing import Self
 
 import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from shared.lifecycle import Closeable
 from shared.settings import BridgeSettings
 
 __all__ = [
@@ -60,7 +60,7 @@ class UpstreamBrokeOffError(UpstreamError):
     """The upstream's response body ended early (connection lost, timeout, bad framing)."""
 
 
-class Upstream:
+class Upstream(Closeable):
     """A pooled HTTP client for the upstream services; an async context manager."""
 
     def __init__(self, settings: BridgeSettings) -> None:
@@ -100,14 +100,6 @@ class Upstream:
     async def __aenter__(self) -> Self:
         await self.open()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def send(
         self, method: str, url: str, headers: CIMultiDict[str], body: RequestBody

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from types import TracebackType
 from typing import Self
 
 import nats.errors
@@ -66,6 +65,7 @@ from nats.js.kv import KeyValue
 from services.bridge.metrics import VERSION_RECORDS
 from shared.coalesce import Coalescer
 from shared.kvcas import KvCas
+from shared.lifecycle import Closeable
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
@@ -96,7 +96,7 @@ _CLAIM_POLL_S = 0.005
 _CLAIM_POLL_MAX_S = 0.1
 
 
-class LocalVersions:
+class LocalVersions(Closeable):
     """Writes the version records of local writes; see the module docstring."""
 
     def __init__(
@@ -128,14 +128,6 @@ class LocalVersions:
         await self._cas.__aenter__()
         await self.bind()
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Send the queued compare-and-sets, stop listening for answers (records still

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Any, Self
 
 from nats.micro import add_service
@@ -40,7 +39,7 @@ from services.broadcaster.pause import PauseWatcher
 from services.broadcaster.policy import Policy, RouteCache
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
-from shared.lifecycle import ServiceError
+from shared.lifecycle import Closeable, ServiceError
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import NatsConnectError, NatsConnection
@@ -72,7 +71,7 @@ class BroadcasterStartError(BroadcasterError):
     pass
 
 
-class Broadcaster:
+class Broadcaster(Closeable):
     """A running broadcaster; an async context manager. See the module docstring."""
 
     def __init__(self, settings: Settings, *, hlc: Hlc | None = None) -> None:
@@ -109,14 +108,6 @@ class Broadcaster:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """The shutdown sequence (module docstring); idempotent."""

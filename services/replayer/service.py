@@ -25,7 +25,6 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Self
 
 import nats.errors
@@ -41,7 +40,7 @@ from services.replayer.versions import VersionStore
 from shared.admin import AdminServer, CheckResult, Health
 from shared.coalesce import Coalescer
 from shared.kvcas import KvCas
-from shared.lifecycle import ServiceError
+from shared.lifecycle import Closeable, ServiceError
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import NatsConnectError, NatsConnection
@@ -75,7 +74,7 @@ class ReplayerStartError(ReplayerError):
     pass
 
 
-class Replayer:
+class Replayer(Closeable):
     """A running replayer; an async context manager. See the module docstring.
 
     `retry_waits=False` removes the in-process retry waits (tests).
@@ -117,14 +116,6 @@ class Replayer:
             await self.aclose()
             raise
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """The shutdown sequence (module docstring); idempotent."""

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Self
 
 import aiohttp
@@ -65,6 +64,7 @@ from services.replayer.classify import TRANSPORT_ERRORS, Verdict, classify_statu
 from services.replayer.excerpt import EXCERPT_BYTES, excerpt
 from services.replayer.metrics import UPSTREAM_DURATION, UPSTREAM_RETRIES
 from services.replayer.request import ReplayRequest
+from shared.lifecycle import Closeable
 from shared.logs import get_logger
 from shared.settings import ReplayerSettings
 
@@ -98,7 +98,7 @@ class _AttemptError(Exception):
     """One attempt failed at the transport level (translated from aiohttp/timeouts)."""
 
 
-class Upstream:
+class Upstream(Closeable):
     """The pooled HTTP client for local services; an async context manager."""
 
     def __init__(self, settings: ReplayerSettings, *, wait: bool = True) -> None:
@@ -120,14 +120,6 @@ class Upstream:
             trust_env=False,
         )
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         session, self._session = self._session, None
