@@ -117,9 +117,9 @@ class Delivery:
             except PublishUnknownError as exc:
                 reason = str(exc)
             except PublishRefusedError as exc:
-                filed = await self._dead_letter(event, subject, headers, payload, exc)
-                if filed is not None:  # in the DLQ, or refused by it too: never stored
-                    return Delivered(Outcome.FAILED, dead_lettered=filed)
+                settled = await self._dead_letter(event, subject, headers, payload, exc)
+                if settled is not None:
+                    return settled
                 reason = f"{exc}, and its dead letter was not stored"
         return Delivered(await self._spool(event, subject, headers, payload, reason))
 
@@ -152,28 +152,29 @@ class Delivery:
         headers: Mapping[str, str],
         payload: bytes,
         refused: PublishRefusedError,
-    ) -> bool | None:
-        """File a refused event in the DLQ. True: stored; False: the DLQ refuses it too, for
-        good (nowhere to keep it); None: not stored this time (spool it). One error line."""
-        filed: bool | None = True
+    ) -> Delivered | None:
+        """File a refused event in the DLQ: `failed`, kept there or (the DLQ refuses it too,
+        for good) nowhere; None when the letter was not stored this time (spool the event).
+        One error line."""
+        settled: Delivered | None = Delivered(Outcome.FAILED, dead_lettered=True)
         problem = None
         try:
             await self._dead_letters.file(
                 subject, headers, payload, event_id=event.event_id, error=str(refused)
             )
         except DeadLetterRefusedError as exc:
-            filed, problem = False, str(exc)
+            settled, problem = Delivered(Outcome.FAILED), str(exc)
         except DeadLetterError as exc:
-            filed, problem = None, str(exc)
+            settled, problem = None, str(exc)
         log.error(
             "bridge.event.refused",
             err_code=refused.err_code,
             error=str(refused),
-            dead_lettered=filed is True,
+            dead_lettered=problem is None,
             dead_letter_error=problem,
             **_fields(event),
         )
-        return filed
+        return settled
 
     async def _spool(
         self,
