@@ -362,7 +362,7 @@ class Proxy:
         )
 
     async def _make_durable(self, write: _Write, record: _Record) -> Delivered:
-        """Publish or spool, shielded: a cancelled handler must not lose an applied write.
+        """Publish or spool (a cancelled handler hands its event on: `Delivery.deliver`).
 
         The write's version record (services/bridge/versions.py) is started by `_forward`
         once the response is out (or failed): the response does not wait for it unless too
@@ -372,13 +372,9 @@ class Proxy:
         """
         event = write.event
         started = time.perf_counter()
-        task = self._tasks.spawn(
-            self._delivery.deliver(
-                event, write.subject, write.headers, write.payload, wire_bytes=write.wire_bytes
-            ),
-            name=f"deliver-{event.event_id}",
+        delivered = await self._delivery.deliver(
+            event, write.subject, write.headers, write.payload, wire_bytes=write.wire_bytes
         )
-        delivered = await asyncio.shield(task)
         record.publish_ms = round((time.perf_counter() - started) * 1000, 3)
         record.outcome = delivered.outcome.value
         return delivered

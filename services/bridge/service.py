@@ -241,6 +241,7 @@ class Bridge(Closeable):
             timeout_s=self._settings.bridge.publish_timeout_s,
             connected=lambda: self._conn.is_connected,
             on_spooled=drainer.wake,
+            tasks=self._deliveries,
         )
 
     def _proxy(

@@ -5,7 +5,7 @@ tests/bridge/test_refused.py for events the stream refuses for good)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 import pytest
@@ -20,6 +20,7 @@ from shared.envelope import HDR_DLQ_REASON, Event, EventTooLargeError, new_trace
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
 from shared.natsconn import Backoff
+from shared.tasks import TaskSet
 from tests.harness.wait import wait_until
 
 
@@ -56,6 +57,8 @@ class ScriptedPublisher:
         self.refused: set[str] = set()
         self.acked: list[str] = []
         self.letters: list[tuple[str, dict[str, str], bytes]] = []
+        self.gate: asyncio.Event | None = None  # when set: each publish waits for it
+        self.waiting = 0
 
     async def publish(
         self,
@@ -67,6 +70,12 @@ class ScriptedPublisher:
         wire_bytes: int | None = None,
     ) -> object:
         msg_id = headers["Nats-Msg-Id"]
+        if self.gate is not None:
+            self.waiting += 1
+            try:
+                await self.gate.wait()
+            finally:
+                self.waiting -= 1
         if msg_id in self.too_large:
             raise EventTooLargeError(10, 5)
         if msg_id in self.refused:
@@ -87,6 +96,25 @@ def drainer_for(outbox: Outbox, publisher: ScriptedPublisher, *, batch: int) -> 
         batch=batch,
         timeout_s=1.0,
         backoff=Backoff(0.01, 0.05),
+    )
+
+
+def delivery_for(
+    outbox: Outbox,
+    publisher: ScriptedPublisher,
+    *,
+    tasks: TaskSet | None = None,
+    connected: Callable[[], bool] = lambda: True,
+    on_spooled: Callable[[], None] = lambda: None,
+) -> Delivery:
+    return Delivery(
+        publisher,
+        outbox,
+        dead_letters=dead_letters(publisher),
+        timeout_s=1.0,
+        connected=connected,
+        on_spooled=on_spooled,
+        tasks=TaskSet("deliveries") if tasks is None else tasks,
     )
 
 
@@ -189,14 +217,7 @@ async def test_drainer_keeps_a_refused_entry_until_its_dead_letter_is_stored(
 
 async def test_delivery_dead_letters_a_refused_event_or_spools_it(outbox: Outbox) -> None:
     publisher = ScriptedPublisher()
-    delivery = Delivery(
-        publisher,
-        outbox,
-        dead_letters=dead_letters(publisher),
-        timeout_s=1.0,
-        connected=lambda: True,
-        on_spooled=lambda: None,
-    )
+    delivery = delivery_for(outbox, publisher)
     refused, unstored = event("/r"), event("/s")
     publisher.refused = {refused.event_id, unstored.event_id}
     headers_r = {"Nats-Msg-Id": refused.event_id}
@@ -221,14 +242,7 @@ async def test_delivery_publishes_or_spools_and_keeps_key_order(outbox: Outbox) 
     publisher = ScriptedPublisher()
     drainer = drainer_for(outbox, publisher, batch=10)
     connected = True
-    delivery = Delivery(
-        publisher,
-        outbox,
-        dead_letters=dead_letters(publisher),
-        timeout_s=1.0,
-        connected=lambda: connected,
-        on_spooled=drainer.wake,
-    )
+    delivery = delivery_for(outbox, publisher, connected=lambda: connected, on_spooled=drainer.wake)
 
     async def deliver(key: str) -> tuple[str, Outcome]:
         e = event(key)
@@ -262,3 +276,47 @@ async def test_delivery_publishes_or_spools_and_keeps_key_order(outbox: Outbox) 
     publisher.too_large = {too_large.event_id}
     headers_d = {"Nats-Msg-Id": too_large.event_id}
     assert await delivery.deliver(too_large, "s", headers_d, b"") == Delivered(Outcome.FAILED)
+
+
+async def test_a_cancelled_caller_hands_its_event_to_a_delivery_of_its_own(
+    outbox: Outbox,
+) -> None:
+    """The publish runs in the caller's task; a caller cancelled while it waits for the ack
+    (the HTTP server's shutdown deadline) must not take the event with it."""
+    publisher = ScriptedPublisher()
+    tasks = TaskSet("deliveries")
+    delivery = delivery_for(outbox, publisher, tasks=tasks)
+    e = event("/c")
+    publisher.gate = asyncio.Event()
+    caller = asyncio.get_running_loop().create_task(
+        delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
+    )
+    await wait_until(lambda: publisher.waiting == 1, 5)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert len(tasks) == 1  # the event's new delivery, publishing it again under its id
+    publisher.gate.set()
+    assert await tasks.wait(5)
+    assert publisher.acked == [e.event_id]
+    assert outbox.depth == 0
+
+
+async def test_a_caller_cancelled_while_its_event_is_spooled_does_not_stop_the_spool(
+    outbox: Outbox,
+) -> None:
+    publisher = ScriptedPublisher()
+    publisher.down = True
+    tasks = TaskSet("deliveries")
+    delivery = delivery_for(outbox, publisher, tasks=tasks)
+    e = event("/s")
+    caller = asyncio.get_running_loop().create_task(
+        delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
+    )
+    await wait_until(lambda: len(tasks) == 1, 5, interval=0)  # the spool has started
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert await tasks.wait(5)
+    assert [entry.event_id for entry in await outbox.oldest(10)] == [e.event_id]
+    assert outbox.depth == 1  # the row and the count, not one without the other
