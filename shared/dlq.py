@@ -65,8 +65,8 @@ from shared.envelope import (
     HDR_PATH,
     HDR_SERVICE,
     HDR_TRACE,
-    wire_size,
 )
+from shared.frames import wire_size
 from shared.regions import REGION_RE, SERVICE_RE, dlq_subject, events_subject, replay_subject
 
 __all__ = [

@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from shared.frames import wire_size
 from shared.hlc import HlcStamp, InvalidHlcError
 from shared.ids import is_uuid7
 from shared.regions import InvalidNameError, validate_region, validate_service
@@ -79,7 +80,6 @@ __all__ = [
     "parse_traceparent",
     "req_headers_from",
     "signing_input",
-    "wire_size",
 ]
 
 HDR_MSG_ID = "Nats-Msg-Id"
@@ -150,10 +150,6 @@ _VALUE_BAD_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
 _SIG_RE = re.compile(r"[!-9;-~]+:[!-~]+")
 _TRACE_RE = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}")
 _TRACE_ANY_RE = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
-
-# nats-py's HPUB header block: "NATS/1.0\r\n" + "Key: Value\r\n" per header + "\r\n".
-_NATS_HDR_FIXED = len(b"NATS/1.0\r\n") + len(b"\r\n")
-_NATS_LINE_EXTRA = len(b": ") + len(b"\r\n")
 
 
 class EnvelopeError(ValueError):
@@ -515,28 +511,6 @@ def _check_msg_id(msg_id: str | None, event_id: str) -> None:
 
 
 # --- size and signing ---
-
-
-def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
-    """Bytes nats-py 2.16 sends as HPUB header block plus payload: what max_payload limits.
-
-    Mirrors `Client._send_publish`: names and values are stripped, empty names skipped, CR/LF
-    in values become spaces (one byte for one, so the size needs no translation), everything
-    is UTF-8. The HPUB control line is not counted (the server limits it separately, by
-    max_control_line). Runs for every event the bridge builds: ASCII text is counted without
-    encoding it.
-    """
-    size = _NATS_HDR_FIXED + len(payload)
-    for name, value in headers.items():
-        key = name.strip()
-        if key:
-            shown = value.strip()
-            size += _utf8_len(key) + _utf8_len(shown) + _NATS_LINE_EXTRA
-    return size
-
-
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode())
 
 
 def check_fits(headers: Mapping[str, str], payload: bytes, max_payload: int) -> None:

@@ -102,12 +102,13 @@ class Delivery:
         headers: Mapping[str, str],
         payload: bytes,
         *,
-        wire_bytes: int | None = None,
+        block: bytes | None = None,
     ) -> Delivered:
         """Make the event durable somewhere; never raises for NATS or disk trouble, and a
         cancelled caller never loses the event (module docstring, "Cancelled callers").
 
-        `wire_bytes`: the frame's size, if the caller measured it already.
+        `block`: the header block of `headers`, if the caller built it already
+        (`shared.frames.header_block`).
         """
         if not self._connected():
             reason = "NATS disconnected"
@@ -115,14 +116,14 @@ class Delivery:
             reason = "an earlier event of this key is in the outbox"
         else:
             try:
-                outcome = await self._publish(event, subject, headers, payload, wire_bytes)
+                outcome = await self._publish(event, subject, headers, payload, block)
             except PublishUnknownError as exc:
                 reason = str(exc)
             except PublishRefusedError as exc:
                 return await self._settle(event, subject, headers, payload, exc)
             except asyncio.CancelledError:
                 _ = self._tasks.spawn(
-                    self.deliver(event, subject, headers, payload, wire_bytes=wire_bytes),
+                    self.deliver(event, subject, headers, payload, block=block),
                     name=f"deliver-{event.event_id}",
                 )
                 raise
@@ -169,14 +170,14 @@ class Delivery:
         subject: str,
         headers: Mapping[str, str],
         payload: bytes,
-        wire_bytes: int | None,
+        block: bytes | None,
     ) -> Outcome:
         """`published`, or `failed` for a frame that can never fit NATS; raises
         PublishUnknownError and PublishRefusedError."""
         started = time.perf_counter()
         try:
             await self._publisher.publish(
-                subject, headers, payload, timeout_s=self._timeout_s, wire_bytes=wire_bytes
+                subject, headers, payload, timeout_s=self._timeout_s, block=block
             )
         except EventTooLargeError as exc:
             log.error("bridge.event.too_large", error=str(exc), **_fields(event))

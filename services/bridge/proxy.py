@@ -51,8 +51,8 @@ from shared.envelope import (
     MalformedEventError,
     encode,
     max_body_for,
-    wire_size,
 )
+from shared.frames import header_block
 from shared.hlc import Hlc
 from shared.ids import uuid7_str
 from shared.logs import get_logger
@@ -134,7 +134,7 @@ class _Write:
     subject: str
     headers: dict[str, str]
     payload: bytes
-    wire_bytes: int  # headers + payload as NATS counts them against max_payload
+    block: bytes  # the NATS header block of `headers`, sent as it is
 
 
 def problem(status: int, code: str, detail: str) -> web.Response:
@@ -293,11 +293,14 @@ class Proxy:
         if self._signer is not None:
             event = self._signer.sign(event)
         headers, payload = encode(event)
-        size, limit = wire_size(headers, payload), self._max_payload()
+        # The block is built here, where the size must be known anyway, and sent as it is
+        # after the upstream's 2xx: encoding the headers then would delay the response.
+        block = header_block(headers)
+        size, limit = len(block) + len(payload), self._max_payload()
         if size > limit:
             raise _Refused(413, "too_large_to_replicate", str(EventTooLargeError(size, limit)))
         subject = events_subject(self._config.region, route.service)
-        return _Write(event, subject, headers, payload, size)
+        return _Write(event, subject, headers, payload, block)
 
     async def _forward(
         self, request: web.BaseRequest, route: Route, plan: _Plan, record: _Record
@@ -373,7 +376,7 @@ class Proxy:
         event = write.event
         started = time.perf_counter()
         delivered = await self._delivery.deliver(
-            event, write.subject, write.headers, write.payload, wire_bytes=write.wire_bytes
+            event, write.subject, write.headers, write.payload, block=write.block
         )
         record.publish_ms = round((time.perf_counter() - started) * 1000, 3)
         record.outcome = delivered.outcome.value

@@ -39,7 +39,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import PubAck
 
-from shared.envelope import EventTooLargeError, wire_size
+from shared.envelope import EventTooLargeError
+from shared.frames import header_block, send_hpub
 from shared.lifecycle import Closeable
 from shared.natsconn import NatsConnection
 from shared.pubacks import describe, is_permanent
@@ -91,7 +92,7 @@ class EventPublisher(Protocol):
         payload: bytes,
         *,
         timeout_s: float,
-        wire_bytes: int | None = None,
+        block: bytes | None = None,
     ) -> object: ...
 
 
@@ -140,13 +141,17 @@ class Publisher(Closeable):
         payload: bytes,
         *,
         timeout_s: float,
-        wire_bytes: int | None = None,
+        block: bytes | None = None,
     ) -> PubAck:
         """Publish and await the ack; see the module docstring for the errors.
 
-        `wire_bytes` is the frame's size if the caller already measured it (`wire_size`).
+        `block`: the header block of `headers` (`shared.frames.header_block`), if the caller
+        built it already (it is sent as it is). Raises nats.errors.BadHeaderError for a
+        header name that is not a token.
         """
-        size = wire_size(headers, payload) if wire_bytes is None else wire_bytes
+        if block is None:
+            block = header_block(headers)
+        size = len(block) + len(payload)
         if size > self._conn.max_payload:  # it would close the connection for good
             raise EventTooLargeError(size, self._conn.max_payload)
         if self._sub is None:
@@ -156,28 +161,28 @@ class Publisher(Closeable):
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._slots:
-                    return await self._attempts(subject, dict(headers), payload)
+                    return await self._attempts(subject, block, payload)
         except TimeoutError as exc:
             raise PublishUnknownError(f"no JetStream ack within {timeout_s:g} s") from exc
         except (nats.errors.Error, OSError) as exc:
             raise PublishUnknownError(f"JetStream publish failed: {exc!r}") from exc
 
-    async def _attempts(self, subject: str, headers: dict[str, str], payload: bytes) -> PubAck:
+    async def _attempts(self, subject: str, block: bytes, payload: bytes) -> PubAck:
         # Runs under the caller's deadline, which also bounds these retries.
         while True:
             try:
-                return await self._attempt(subject, headers, payload)
+                return await self._attempt(subject, block, payload)
             except _NoStream:
                 await asyncio.sleep(_NO_STREAM_RETRY_S)
 
-    async def _attempt(self, subject: str, headers: dict[str, str], payload: bytes) -> PubAck:
+    async def _attempt(self, subject: str, block: bytes, payload: bytes) -> PubAck:
         if self._is_closed():  # closed while this waited for a slot or between attempts
             raise PublishUnknownError("the publisher closed before the event was sent")
         reply = f"{self._inbox}{next(self._ids)}"
         waiting: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._acks[reply] = waiting
         try:
-            await self._conn.nc.publish(subject, payload, reply=reply, headers=headers)
+            await send_hpub(self._conn.nc, subject, reply, block, payload)
             return _pub_ack(await waiting)
         except asyncio.CancelledError:
             # aclose() cancelled the ack we waited for; a cancellation of this task itself

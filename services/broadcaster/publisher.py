@@ -42,6 +42,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from shared.frames import wire_size
 from shared.pubacks import PERMANENT_ERR_CODES, describe, is_permanent
 
 __all__ = ["PERMANENT_ERR_CODES", "Failure", "Publisher", "frame_size", "is_permanent"]
@@ -49,8 +50,6 @@ __all__ = ["PERMANENT_ERR_CODES", "Failure", "Publisher", "frame_size", "is_perm
 T = TypeVar("T")
 
 _NO_RESPONDERS = "503"
-# "NATS/1.0\r\n" ... "\r\n": the header block around the header lines.
-_HEADER_BLOCK_BYTES = 12
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +68,9 @@ def _refusal(error: object) -> str:
 
 
 def frame_size(payload: bytes, headers: dict[str, str] | None) -> int:
-    """The bytes the server counts against `max_payload`: payload plus the header block as
-    nats-py writes it (`Name: value\r\n`, names and values stripped)."""
-    if headers is None:
-        return len(payload)
-    lines = sum(
-        len(name.strip().encode()) + len(value.strip().encode()) + 4
-        for name, value in headers.items()
-    )
-    return len(payload) + _HEADER_BLOCK_BYTES + lines
+    """The bytes the server counts against `max_payload`: the payload, plus the header block
+    as nats-py writes it when there are headers (`shared.frames.wire_size`)."""
+    return len(payload) if headers is None else wire_size(headers, payload)
 
 
 @dataclass(slots=True)

@@ -67,7 +67,7 @@ class ScriptedPublisher:
         payload: bytes,
         *,
         timeout_s: float,
-        wire_bytes: int | None = None,
+        block: bytes | None = None,
     ) -> object:
         msg_id = headers["Nats-Msg-Id"]
         if self.gate is not None:

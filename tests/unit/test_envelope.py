@@ -7,6 +7,7 @@ import dataclasses
 import uuid
 from collections.abc import Callable
 
+import nats.errors
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -40,8 +41,8 @@ from shared.envelope import (
     parse_traceparent,
     req_headers_from,
     signing_input,
-    wire_size,
 )
+from shared.frames import header_block, wire_size
 from shared.hlc import LOGICAL_MAX, WALL_MS_MAX, HlcStamp
 from shared.ids import uuid7_str
 
@@ -528,6 +529,7 @@ def test_wire_size_of_a_real_event_matches_nats_py() -> None:
     block, body, total = nats_frame(headers, payload)
     assert body == payload
     assert wire_size(headers, payload) == total == len(block) + len(payload)
+    assert header_block(headers) == block
 
 
 nats_keys = st.builds(
@@ -543,8 +545,17 @@ nats_values = st.text(st.characters(codec="utf-8"), max_size=40)
 @given(st.dictionaries(nats_keys, nats_values, max_size=8), st.binary(max_size=64))
 def test_wire_size_matches_nats_py_for_any_headers(headers: dict[str, str], payload: bytes) -> None:
     headers["   "] = "nats-py skips a name that strips to nothing"
-    _, _, total = nats_frame(headers, payload)
+    block, _, total = nats_frame(headers, payload)
     assert wire_size(headers, payload) == total
+    assert header_block(headers) == block  # what shared.frames.send_hpub sends as it is
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "Bad:Name", "Bad\x00", "Bé"])
+def test_header_block_refuses_a_name_nats_py_refuses(name: str) -> None:
+    with pytest.raises(nats.errors.BadHeaderError):
+        header_block({name: "v"})
+    with pytest.raises(nats.errors.BadHeaderError):
+        nats_frame({name: "v"}, b"")
 
 
 def test_wire_size_counts_the_bare_header_block() -> None:
