@@ -29,7 +29,12 @@ same events stream with a `Nats-Msg-Id` (a plain nats-py request: no event envel
 signing, no validation, no outbox, no version record, no metrics, no log line, no
 `X-Forwarded-*`, no streaming) and awaits its ack before answering. Its row is what this
 machine allows such a process: the bridge's figures are read against it as well as against
-direct.
+direct. "Half load" is half of the *bridge's* maximum; the floor is also driven at half of its
+own maximum (mode `own`, with direct at the same rate), which is the target read for the floor
+itself. The report also gives the share of one core the bridge's and the floor's process use
+at the bridge's half load: a Python process spends much more CPU per request when it idles
+between requests (cold caches, wake-ups) than when saturated, so half of the maximum rate is
+far more than half of a core, and p50 grows with it.
 
 Each target is warmed up (1 s, not counted), then driven closed-loop at `--concurrency`
 (its maximum throughput), then open-loop (requests sent on a fixed schedule, whatever the
@@ -207,7 +212,7 @@ class Phase:
     round: int
     kind: str  # reads | writes
     path: str  # direct | bridge | bridge-nov (no version records) | floor
-    mode: str  # max | half
+    mode: str  # max | half | own (the floor at half of its own maximum, and direct alike)
     requests: int
     errors: int
     seconds: float
@@ -511,6 +516,17 @@ async def _round(
         phases += [
             await _phase(rnd, kind, path, "half", base(path), pids(path), opened) for path in paths
         ]
+        if "floor" in paths:  # "half load" read for the floor itself: half of *its* maximum
+            own = functools.partial(
+                _open_loop,
+                rate=maximum["floor"].rps / 2,
+                seconds=seconds,
+                connections=concurrency,
+            )
+            phases += [
+                await _phase(rnd, kind, path, "own", base(path), pids(path), own)
+                for path in ("direct", "floor")
+            ]
     return phases
 
 
@@ -551,21 +567,32 @@ def _floor_line(kind: str, phases: list[Phase], rounds: list[int]) -> str | None
     """The floor forwarder against direct, and the bridge against the floor (medians)."""
     if not any(p.path == "floor" for p in phases):
         return None
-    floor_ratio, floor_added, bridge_vs_floor = [], [], []
+    floor_ratio, floor_added, own_added, bridge_vs_floor = [], [], [], []
+    busy: dict[str, list[float]] = {"bridge": [], "floor": []}
     for rnd in rounds:
         by = {(p.path, p.mode): p for p in phases if p.round == rnd}
         floor_max, direct_half = by[("floor", "max")], by[("direct", "half")]
         floor_ratio.append(floor_max.rps / by[("direct", "max")].rps)
         floor_added.append(by[("floor", "half")].p50_ms - direct_half.p50_ms)
+        own_added.append(by[("floor", "own")].p50_ms - by[("direct", "own")].p50_ms)
         bridge_vs_floor.append(by[("bridge", "max")].rps / floor_max.rps)
+        for path in busy:  # share of one core its process used at the bridge's half load
+            half = by[(path, "half")]
+            busy[path].append(half.rps * half.cpu_per_1k["bridge"] / 1000)
     return (
         f"  floor for {_LABELS[kind]} (bare aiohttp + nats-py forwarder): throughput "
-        f"{statistics.median(floor_ratio):.2f}x direct (rounds: "
-        f"{', '.join(f'{r:.2f}' for r in floor_ratio)}); added p50 at half load "
-        f"{statistics.median(floor_added):.3f} ms (rounds: "
-        f"{', '.join(f'{a:.3f}' for a in floor_added)}); bridge/floor throughput "
-        f"{statistics.median(bridge_vs_floor):.2f}x"
+        f"{statistics.median(floor_ratio):.2f}x direct (rounds: {_listed(floor_ratio, 2)}); "
+        f"added p50 at the bridge's half load {statistics.median(floor_added):.3f} ms "
+        f"(rounds: {_listed(floor_added, 3)}), at half of its own maximum "
+        f"{statistics.median(own_added):.3f} ms (rounds: {_listed(own_added, 3)}); "
+        f"bridge/floor throughput {statistics.median(bridge_vs_floor):.2f}x\n"
+        f"  process busy at the bridge's half load (share of one core): bridge "
+        f"{statistics.median(busy['bridge']):.0%}, floor {statistics.median(busy['floor']):.0%}"
     )
+
+
+def _listed(values: list[float], digits: int) -> str:
+    return ", ".join(f"{v:.{digits}f}" for v in values)
 
 
 def _versions_cost(rnd: int, by: dict[tuple[str, str], Phase]) -> str:
