@@ -39,7 +39,9 @@ far more than half of a core, and p50 grows with it.
 Each target is warmed up (1 s, not counted), then driven closed-loop at `--concurrency`
 (its maximum throughput), then open-loop (requests sent on a fixed schedule, whatever the
 answers do) at half of the bridge's measured maximum for that kind, the same rate for every
-target: "added p50 at half load" is the bridge's p50 minus the direct p50 at that rate. For
+target: "added p50 at half load" is the bridge's p50 minus the direct p50 at that rate
+(`--rate R` drives those phases at R req/s instead, to compare two builds at the same load:
+a build that raises the bridge's maximum also raises its half load). For
 every phase: requests/s, p50/p99 latency, and CPU seconds per 1,000 requests of the bridge,
 the upstream, nats-server and the load generator (all on the same machine, competing for the
 same cores). Everything is repeated `--rounds` times; the verdict uses the median round.
@@ -343,8 +345,18 @@ async def _phase(
     )
 
 
+@dataclass(frozen=True)
+class Drive:
+    """How each target is driven: phase length, connections, and the open-loop rate (None:
+    half of the bridge's maximum for that kind)."""
+
+    seconds: float
+    concurrency: int
+    rate: float | None = None
+
+
 async def _bench(
-    seconds: float, concurrency: int, rounds: int, workdir: Path, log_level: str = "info"
+    drive: Drive, rounds: int, workdir: Path, log_level: str = "info"
 ) -> tuple[list[Phase], Wakeup]:
     from services.xregion.natsconf import build_topology
     from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
@@ -428,9 +440,7 @@ async def _bench(
             }
             phases: list[Phase] = []
             for rnd in range(1, rounds + 1):
-                phases += await _round(
-                    rnd, seconds, concurrency, targets, (up_pid, store, store_pid), nats_pids
-                )
+                phases += await _round(rnd, drive, targets, (up_pid, store, store_pid), nats_pids)
             wakeup = await _publish_round_trips(nats.client_urls(REGION)[0])
             return phases, wakeup
 
@@ -477,14 +487,14 @@ async def _publish_round_trips(nats_url: str, count: int = 1500) -> Wakeup:
 
 async def _round(
     rnd: int,
-    seconds: float,
-    concurrency: int,
+    drive: Drive,
     targets: dict[str, tuple[str, int]],
     upstreams: tuple[int, str, int],
     nats_pids: list[int],
 ) -> list[Phase]:
     """Reads and writes against the echo upstream, then writes against the demo service."""
     up_pid, store, store_pid = upstreams
+    seconds, concurrency = drive.seconds, drive.concurrency
     phases: list[Phase] = []
     closed = functools.partial(_closed_loop, concurrency=concurrency, seconds=seconds)
     warm = functools.partial(_closed_loop, concurrency=concurrency, seconds=1.0)
@@ -509,7 +519,8 @@ async def _round(
             for path in paths
         }
         phases += maximum.values()
-        half_rate = maximum["bridge"].rps / 2  # half of the bridge's maximum, for every path
+        # Half of the bridge's maximum, the same for every path (or the rate asked for).
+        half_rate = drive.rate or maximum["bridge"].rps / 2
         opened = functools.partial(
             _open_loop, rate=half_rate, seconds=seconds, connections=concurrency
         )
@@ -614,6 +625,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="per phase")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=1, help="repeat everything N times")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="drive the 'half' phases at this many req/s instead of half of the bridge's "
+        "maximum: compares two builds at the same load (a faster bridge raises its own half load)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--bridge-log-level",
@@ -641,8 +659,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         workdir.mkdir(parents=True, exist_ok=True)
         phases, wakeup = uvloop.run(
-            _bench(args.seconds, args.concurrency, args.rounds, workdir, args.bridge_log_level)
+            _bench(
+                Drive(args.seconds, args.concurrency, args.rate),
+                args.rounds,
+                workdir,
+                args.bridge_log_level,
+            )
         )
+    if args.rate is not None:
+        print(f"'half' phases driven at {args.rate:g} req/s (--rate), not at half of a maximum")
     print(_report(phases))
     print(wakeup.report())
     if args.json is not None:

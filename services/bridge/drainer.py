@@ -19,11 +19,20 @@ entry stays and the pass counts as failed, like an unacked publish (a warning pe
 pass, `bridge.outbox.dead_letter_failed`). If the DLQ refuses even a slim letter for good,
 the entry is dropped (`failed`, an error line `bridge.outbox.dropped` naming the event and
 its key): kept, it would fail every pass for ever.
+
+Version records: a write spooled because NATS was down got no version record either (its
+record failed with the publish, `services/bridge/versions.py`), and nothing would write it
+later, so an older event replayed here once NATS is back could overwrite it. Given `record`,
+a pass records every entry JetStream acked before deleting it (a record never raises; one
+already written makes this one `superseded` at no cost). A bridge that stops in between
+leaves the entry, which the next pass publishes again (a duplicate JetStream drops) and
+records again.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from services.bridge.deadletters import DeadLetterError, DeadLetterRefusedError, DeadLetters
 from services.bridge.metrics import EVENTS, OUTBOX_DRAINED
@@ -54,7 +63,9 @@ class Drainer:
         batch: int,
         timeout_s: float,
         backoff: Backoff,
+        record: Callable[[OutboxEntry], Awaitable[object]] | None = None,
     ) -> None:
+        self._record = record
         self._outbox = outbox
         self._publisher = publisher
         self._dead_letters = dead_letters
@@ -96,6 +107,14 @@ class Drainer:
         try:
             entries = await self._outbox.oldest(self._batch)
             results = await asyncio.gather(*(self._publish(e) for e in entries))
+            if self._record is not None:
+                await asyncio.gather(
+                    *(
+                        self._record(e)
+                        for e, done in zip(entries, results, strict=True)
+                        if done == _ACKED
+                    )
+                )
             await self._outbox.remove(
                 e.seq for e, done in zip(entries, results, strict=True) if done != _KEPT
             )

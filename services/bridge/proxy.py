@@ -312,6 +312,8 @@ class Proxy:
         try:
             if write is not None and applied:
                 delivered = await self._make_durable(write, record)
+                if delivered.outcome is Outcome.SPOOLED:
+                    to_record = False  # the drainer records it once it is published
                 if to_record and self._versions is not None and self._versions.saturated:
                     to_record = False  # recorded now, before the response: the backpressure
                     await asyncio.shield(self._record_version(write))

@@ -46,7 +46,10 @@ by as much the window in which an older replayed event could overtake it.
 
 A record never fails the client's write: when NATS is down, the bucket cannot be bound or the
 record cannot be written in time, the write goes on, the failure is counted
-(`xr_bridge_version_records_total{outcome="failed"}`) and logged once.
+(`xr_bridge_version_records_total{outcome="failed"}`) and logged once. A write whose event was
+spooled (NATS down, or an earlier event of its key still in the outbox) is recorded by the
+outbox drainer once the event is published (`record_published`), not when it is answered:
+NATS is likely down then, and its record would only fail.
 
 The bucket is bound at start (`js.key_value`, never created: `xregion provision` does that).
 If it cannot be bound then, the bridge still starts, and binding is retried at most every
@@ -57,6 +60,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Self
 
 import nats.errors
@@ -64,6 +68,7 @@ from nats.js.kv import KeyValue
 
 from services.bridge.metrics import VERSION_RECORDS
 from shared.coalesce import Coalescer
+from shared.envelope import MalformedEventError, decode
 from shared.kvcas import KvCas
 from shared.lifecycle import Closeable
 from shared.logs import get_logger
@@ -205,6 +210,18 @@ class LocalVersions(Closeable):
             )
         VERSION_RECORDS.labels(service, outcome).inc()
         return outcome
+
+    async def record_published(self, headers: Mapping[str, str], payload: bytes) -> str:
+        """`record` for a write known only by its event as published (an outbox entry once
+        it is drained); `failed`, logged, if the event cannot be read."""
+        try:
+            event = decode(headers, payload)
+        except MalformedEventError as exc:
+            log.warning("bridge.version.unreadable", bucket=self._bucket, error=str(exc))
+            return "failed"
+        return await self.record(
+            event.service, event.key, str(event.hlc), event.event_id, trace_id=event.trace_id
+        )
 
     async def _record(self, service: str, key: str, hlc: str, event_id: str) -> str:
         if not self._conn.is_connected:

@@ -18,11 +18,16 @@ from nats.js.kv import KeyValue
 from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
+from services.bridge.outbox import Outbox
+from services.bridge.service import outbox_path
 from services.bridge.versions import LocalVersions
 from services.xregion.supercluster import SuperCluster
-from shared.hlc import HlcStamp
+from shared.envelope import Event, encode, new_traceparent
+from shared.hlc import Hlc, HlcStamp
+from shared.ids import uuid7_str
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
+from shared.regions import events_subject
 from shared.tasks import TaskSet
 from shared.versions import Record, cas_write, read_record, record_key
 from tests.bridge.helpers import (
@@ -98,6 +103,45 @@ async def test_the_record_is_written_while_the_bridge_runs(
     assert record is not None
     assert record.event_id == reply.headers["Xr-Event-Id"]
     assert record.state == "applied"
+
+
+async def test_a_spooled_write_is_recorded_when_the_outbox_drains(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """A write spooled while NATS was down got no record then (it failed with the publish);
+    here the bridge that spooled it is gone, and the next one drains it at start."""
+    service = "spooled"
+    kv = await js.key_value(versions_bucket(REGION))
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
+    event = Event(
+        event_id=uuid7_str(),
+        origin=REGION,
+        service=service,
+        method="PUT",
+        path=f"/{service}/k/echo",
+        hlc=Hlc().now(),
+        key=f"/{service}/k/echo",
+        body=b"spooled",
+        trace=new_traceparent(),
+    )
+    headers, payload = encode(event)
+    path = outbox_path(settings.data_dir, settings.bridge.listen)
+    path.parent.mkdir(parents=True)
+    async with Outbox(path, max_bytes=1_000_000) as outbox:
+        await outbox.put(
+            event.event_id, event.key, events_subject(REGION, service), headers, payload
+        )
+    async with running_bridge(settings):
+        pass  # the outbox is drained before the bridge is up
+    assert [e.event.event_id for e in await stored_events(js, service)] == [event.event_id]
+    record = await _record(kv, service, event.key)
+    assert record is not None
+    assert (record.hlc, record.event_id, record.state) == (
+        str(event.hlc),
+        event.event_id,
+        "applied",
+    )
+    assert _count(service, "recorded") == 1
 
 
 async def test_writes_go_on_when_the_version_bucket_is_missing(
