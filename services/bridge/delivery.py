@@ -103,12 +103,15 @@ class Delivery:
         payload: bytes,
         *,
         block: bytes | None = None,
+        hand_off: bool = True,
     ) -> Delivered:
         """Make the event durable somewhere; never raises for NATS or disk trouble, and a
         cancelled caller never loses the event (module docstring, "Cancelled callers").
 
         `block`: the header block of `headers`, if the caller built it already
-        (`shared.frames.header_block`).
+        (`shared.frames.header_block`). `hand_off=False` (the delivery a cancelled caller
+        handed its event to): a cancellation ends the delivery, as the shutdown deadline
+        means it to.
         """
         if not self._connected():
             reason = "NATS disconnected"
@@ -122,10 +125,11 @@ class Delivery:
             except PublishRefusedError as exc:
                 return await self._settle(event, subject, headers, payload, exc)
             except asyncio.CancelledError:
-                _ = self._tasks.spawn(
-                    self.deliver(event, subject, headers, payload, block=block),
-                    name=f"deliver-{event.event_id}",
-                )
+                if hand_off:
+                    _ = self._tasks.spawn(
+                        self.deliver(event, subject, headers, payload, block=block, hand_off=False),
+                        name=f"deliver-{event.event_id}",
+                    )
                 raise
             else:
                 return _counted(event, Delivered(outcome))

@@ -300,6 +300,19 @@ async def test_a_cancelled_caller_hands_its_event_to_a_delivery_of_its_own(
     assert await tasks.wait(5)
     assert publisher.acked == [e.event_id]
     assert outbox.depth == 0
+    # The shutdown deadline cancels that delivery too: it ends there, handing nothing on.
+    publisher.gate.clear()
+    caller = asyncio.get_running_loop().create_task(
+        delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
+    )
+    await wait_until(lambda: publisher.waiting == 1, 5)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await wait_until(lambda: publisher.waiting == 1 and len(tasks) == 1, 5)
+    await tasks.cancel("shutdown deadline")
+    assert len(tasks) == 0
+    assert publisher.waiting == 0
 
 
 async def test_a_caller_cancelled_while_its_event_is_spooled_does_not_stop_the_spool(
