@@ -22,7 +22,8 @@ Errors::
      └── PublishError
           ├── PublishUnknownError   not acked in time (timeout, no stream, NATS down, error)
           └── PublishRefusedError   the stream refused this message for good (.err_code,
-                                    .description): do not retry, dead-letter it
+                                    .description), or it cannot be sent (a header name
+                                    that is not a token, err_code 0): do not retry
     EventTooLargeError (shared.envelope)   the frame can never be published: do not retry
 """
 
@@ -67,8 +68,9 @@ class PublishUnknownError(PublishError):
 
 
 class PublishRefusedError(PublishError):
-    """The stream refused the message itself (`shared.pubacks.PERMANENT_ERR_CODES`): sending
-    it again unchanged can never succeed."""
+    """The stream refused the message itself (`shared.pubacks.PERMANENT_ERR_CODES`), or it
+    can never be sent (a header name nats-py refuses, `err_code` 0): sending it again
+    unchanged can never succeed."""
 
     def __init__(self, err_code: int, description: str) -> None:
         super().__init__(
@@ -146,11 +148,14 @@ class Publisher(Closeable):
         """Publish and await the ack; see the module docstring for the errors.
 
         `block`: the header block of `headers` (`shared.frames.header_block`), if the caller
-        built it already (it is sent as it is). Raises nats.errors.BadHeaderError for a
-        header name that is not a token.
+        built it already (it is sent as it is). A header name that is not a token (as in an
+        outbox entry edited by hand) is a PublishRefusedError: no retry can send it.
         """
         if block is None:
-            block = header_block(headers)
+            try:
+                block = header_block(headers)
+            except nats.errors.BadHeaderError as exc:
+                raise PublishRefusedError(0, f"{exc} (not a token)") from exc
         size = len(block) + len(payload)
         if size > self._conn.max_payload:  # it would close the connection for good
             raise EventTooLargeError(size, self._conn.max_payload)

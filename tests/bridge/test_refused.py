@@ -235,6 +235,9 @@ async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_s
     # Over the server's max_payload (possible after the cluster lowered it).
     too_large, large_headers, large_payload = entry_for(service, b"L" * reader.max_payload)
     good = [entry_for(service, b"good %d" % n) for n in range(3)]
+    # A header name nats-py refuses to send (an outbox edited by hand): no retry can send it.
+    unsendable, bad_headers, bad_payload = entry_for(service, b"bad header")
+    bad_headers = {**bad_headers, "Bad Name": "x"}
     failed = events_counted(service, "failed")
     drained = REGISTRY.get_sample_value("xr_bridge_outbox_drained_total") or 0.0
     async with (
@@ -244,6 +247,7 @@ async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_s
         for event, headers, payload in [
             (refused, refused_headers, refused_payload),
             (too_large, large_headers, large_payload),
+            (unsendable, bad_headers, bad_payload),
             *good,
         ]:
             await outbox.put(event.event_id, event.key, subject, headers, payload)
@@ -255,20 +259,26 @@ async def test_the_drainer_files_refused_entries_and_publishes_the_rest_in_the_s
     stored = await stored_events(js, service)
     assert [s.event.event_id for s in stored] == [event.event_id for event, _, _ in good]
     filed = {(m.headers or {})[HDR_EVENT_ID]: m for m in await dead_letters(js, service)}
-    assert sorted(filed) == sorted([refused.event_id, too_large.event_id])
+    assert sorted(filed) == sorted([refused.event_id, too_large.event_id, unsendable.event_id])
     assert_refused_letter(filed[refused.event_id], refused.event_id, BIG_BODY)
     slim = filed[too_large.event_id]
     assert (slim.headers or {})[HDR_DLQ_REASON] == PUBLISH_REFUSED
     assert "max_payload" in (slim.headers or {})[HDR_DLQ_ERROR]
     assert HDR_DLQ_BODY in (slim.headers or {})
     assert not slim.data
-    assert events_counted(service, "failed") == failed + 2
+    # Its letter carries the same header: only a slim one can be sent.
+    bad = filed[unsendable.event_id].headers or {}
+    assert "invalid header: 'Bad Name'" in bad[HDR_DLQ_ERROR]
+    assert "Bad Name" not in bad
+    assert events_counted(service, "failed") == failed + 3
     # Drained counts what JetStream acked, not what was dead-lettered.
     assert REGISTRY.get_sample_value("xr_bridge_outbox_drained_total") == drained + 3
     (drained_line,) = [e for e in logs if e["event"] == "bridge.outbox.drained"]
     assert drained_line["events"] == 3
     lines = [e for e in logs if e["event"] == "bridge.outbox.refused"]
-    assert sorted(e["event_id"] for e in lines) == sorted([refused.event_id, too_large.event_id])
+    assert sorted(e["event_id"] for e in lines) == sorted(
+        [refused.event_id, too_large.event_id, unsendable.event_id]
+    )
     assert all(e["log_level"] == "error" and e["service"] == service for e in lines)
 
 
