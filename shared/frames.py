@@ -13,6 +13,7 @@ having nats-py encode the headers a second time, on the critical path of a write
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -26,9 +27,6 @@ _NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _NEWLINES = str.maketrans({"\r": " ", "\n": " "})
 _HDR_FIXED = len(b"NATS/1.0\r\n") + len(b"\r\n")
 _LINE_EXTRA = len(b": ") + len(b"\r\n")
-# Header names already found valid: the codec's own, and the allow-listed request headers.
-_VALID_NAMES: set[str] = set()
-_VALID_NAMES_MAX = 4096
 
 
 def wire_size(headers: Mapping[str, str], payload: bytes) -> int:
@@ -60,8 +58,8 @@ def header_block(headers: Mapping[str, str]) -> bytes:
         key = name.strip()
         if not key:
             continue  # the client skips a name that strips to nothing
-        if key not in _VALID_NAMES:
-            _check_name(key)
+        if not _is_token(key):
+            raise nats.errors.BadHeaderError(key)
         text = value.strip()
         if "\r" in text or "\n" in text:
             text = text.translate(_NEWLINES)
@@ -70,11 +68,10 @@ def header_block(headers: Mapping[str, str]) -> bytes:
     return "\r\n".join(lines).encode()
 
 
-def _check_name(key: str) -> None:
-    if not _NAME_RE.fullmatch(key):
-        raise nats.errors.BadHeaderError(key)
-    if len(_VALID_NAMES) < _VALID_NAMES_MAX:
-        _VALID_NAMES.add(key)
+# The names are few (the codec's own, the allow-listed request headers): checked once each.
+@functools.lru_cache(maxsize=4096)
+def _is_token(key: str) -> bool:
+    return _NAME_RE.fullmatch(key) is not None
 
 
 async def send_hpub(nc: Client, subject: str, reply: str, block: bytes, payload: bytes) -> None:

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+import nats
+import nats.errors
 import pytest
 from nats.aio.msg import Msg
 
 from services.bridge.publisher import Publisher, PublishUnknownError
+from shared.frames import header_block, send_hpub
 from shared.natsconn import NatsConnection
 from shared.regions import events_stream, events_subject
 from tests.bridge.helpers import REGION
@@ -97,3 +100,30 @@ async def test_closing_fails_every_waiting_publish_at_once_and_sends_nothing_mor
     assert time.monotonic() - started < 2
     await reader.nc.flush()
     assert seen == [b"first"]  # nothing is published by a closed publisher
+
+
+async def test_a_prebuilt_frame_arrives_as_the_clients_own_publish_would(
+    reader: NatsConnection,
+) -> None:
+    """`send_hpub` bypasses nats-py's header encoding: a subscriber must not tell the two
+    apart (headers, payload, reply), and a closed client refuses it like `publish`."""
+    headers = {"Nats-Msg-Id": "frame-1", "Xr-Path": "/a?b=c d", "Xr-Req-Note": "é\r\nx"}
+    got: list[Msg] = []
+
+    async def keep(msg: Msg) -> None:
+        got.append(msg)
+
+    nc = reader.nc
+    await nc.subscribe("xr.frames.test", cb=keep)
+    await nc.flush()
+    await nc.publish("xr.frames.test", b"payload", reply="r.1", headers=headers)
+    await send_hpub(nc, "xr.frames.test", "r.1", header_block(headers), b"payload")
+    await wait_until(lambda: len(got) == 2, 5, message="both messages")
+    own, prebuilt = ((m.headers, m.data, m.reply) for m in got)
+    assert prebuilt == own
+    assert own[0] == {**headers, "Xr-Req-Note": "é  x"}
+
+    closed = await nats.connect(nc.connected_url.geturl() if nc.connected_url else "")
+    await closed.close()
+    with pytest.raises(nats.errors.ConnectionClosedError):
+        await send_hpub(closed, "xr.frames.test", "", header_block({}), b"")
