@@ -48,7 +48,8 @@ INFLIGHT_REQUESTS = Gauge("xr_bridge_inflight_requests", "Requests being handled
 VERSION_RECORDS = Counter(
     "xr_bridge_version_records_total",
     "Local writes recorded in the region's version bucket, by what happened: recorded, "
-    "superseded (the record already held a newer version), failed (KV unavailable)",
+    "superseded (the record already held a newer version), failed (an attempt failed: KV "
+    "unavailable or contended; tried again later), given_up (no attempt left)",
     ["service", "outcome"],
 )
 

@@ -46,10 +46,17 @@ by as much the window in which an older replayed event could overtake it.
 
 A record never fails the client's write: when NATS is down, the bucket cannot be bound or the
 record cannot be written in time, the write goes on, the failure is counted
-(`xr_bridge_version_records_total{outcome="failed"}`) and logged once. A write whose event was
-spooled (NATS down, or an earlier event of its key still in the outbox) is recorded by the
-outbox drainer once the event is published (`record_published`), not when it is answered:
-NATS is likely down then, and its record would only fail.
+(`xr_bridge_version_records_total{outcome="failed"}`, one per failed attempt) and logged. The
+record is then tried again after `retry_delays_s` (1, 5 and 30 s): a write left unrecorded
+would let an older event replayed later be applied over it, and the causes pass (NATS back,
+a replayer's claim on a newer version released or applied). Retries wait in timers, at most
+`_MAX_RETRIES` at a time (more are given up at once); `aclose` gives up those still waiting,
+with one log line. A record given up is counted `given_up`. A retry that finds a newer write
+of the same key recorded already is `superseded`.
+
+A write whose event was spooled (NATS down, or an earlier event of its key still in the
+outbox) is recorded by the outbox drainer once the event is published (`record_published`),
+not when it is answered: NATS is likely down then, and its record would only fail.
 
 The bucket is bound at start (`js.key_value`, never created: `xregion provision` does that).
 If it cannot be bound then, the bridge still starts, and binding is retried at most every
@@ -59,6 +66,7 @@ If it cannot be bound then, the bridge still starts, and binding is retried at m
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import Mapping
 from typing import Self
@@ -84,6 +92,10 @@ log = get_logger("xr.bridge")
 _REBIND_S = 5.0
 
 
+# `record`'s arguments for a retry: service, key, hlc, event id, trace id, attempt.
+_Retry = tuple[str, str, str, str, str, int]
+
+
 class _Unavailable(Exception):
     """The record cannot even be attempted (NATS down, bucket not bound)."""
 
@@ -99,6 +111,9 @@ _KV_ERRORS = (_Unavailable, _Contended, TimeoutError, nats.errors.Error, OSError
 # pause, doubling up to the maximum, until the claim is settled (or the record times out).
 _CLAIM_POLL_S = 0.005
 _CLAIM_POLL_MAX_S = 0.1
+# A failed record is tried again after each of these pauses, then given up.
+_RETRY_DELAYS_S = (1.0, 5.0, 30.0)
+_MAX_RETRIES = 10_000
 
 
 class LocalVersions(Closeable):
@@ -114,8 +129,14 @@ class LocalVersions(Closeable):
         max_inflight: int,
         cache_keys: int = 100_000,
         coalesce_s: float = 0.0,
+        retry_delays_s: tuple[float, ...] = _RETRY_DELAYS_S,
     ) -> None:
         self._conn = conn
+        self._retry_delays_s = retry_delays_s
+        self._waiting_retries: dict[int, tuple[asyncio.TimerHandle, _Retry]] = {}
+        self._retry_ids = itertools.count()
+        self._retries = TaskSet("version-retries")
+        self._closed = False
         self._bucket = versions_bucket(region)
         self._owner = owner
         self._timeout_s = timeout_s
@@ -135,8 +156,21 @@ class LocalVersions(Closeable):
         return self
 
     async def aclose(self) -> None:
-        """Send the queued compare-and-sets, stop listening for answers (records still
-        waiting for one time out)."""
+        """Give up the retries still waiting, send the queued compare-and-sets, stop
+        listening for answers (records still waiting for one time out)."""
+        self._closed = True
+        for timer, (service, *_) in self._waiting_retries.values():
+            timer.cancel()
+            VERSION_RECORDS.labels(service, "given_up").inc()
+        if self._waiting_retries:
+            log.warning(
+                "bridge.versions.retries_given_up",
+                bucket=self._bucket,
+                records=len(self._waiting_retries),
+                note="the bridge is stopping: these writes stay unrecorded",
+            )
+        self._waiting_retries.clear()
+        await self._retries.cancel("the bridge is stopping")
         if self._coalescer is not None:
             await self._coalescer.aclose()
         try:
@@ -190,16 +224,18 @@ class LocalVersions(Closeable):
         self._inflight -= 1
 
     async def record(
-        self, service: str, key: str, hlc: str, event_id: str, *, trace_id: str
+        self, service: str, key: str, hlc: str, event_id: str, *, trace_id: str, attempt: int = 0
     ) -> str:
         """Raise the record of (service, key) to this write; the outcome (`recorded`,
-        `superseded` or `failed`), never an exception for KV trouble. Awaited directly, it
-        does not count against `max_inflight` (`start` does)."""
+        `superseded` or `failed`), never an exception for KV trouble. A failed record is
+        tried again later (module docstring). Awaited directly, it does not count against
+        `max_inflight` (`start` does)."""
         try:
             async with asyncio.timeout(self._timeout_s):  # the whole record, a rebind included
                 outcome = await self._record(service, key, hlc, event_id)
         except _KV_ERRORS as exc:
             outcome = "failed"
+            retry = (service, key, hlc, event_id, trace_id, attempt + 1)
             log.warning(
                 "bridge.version.failed",
                 event_id=event_id,
@@ -207,9 +243,30 @@ class LocalVersions(Closeable):
                 trace_id=trace_id,
                 bucket=self._bucket,
                 error=_describe(exc),
+                attempt=attempt + 1,
+                retry_in_s=self._retry_later(retry, attempt),
             )
         VERSION_RECORDS.labels(service, outcome).inc()
         return outcome
+
+    def _retry_later(self, retry: _Retry, attempt: int) -> float | None:
+        """Schedule `retry` (`record`'s arguments); the pause, or None if given up."""
+        full = len(self._waiting_retries) + len(self._retries) >= _MAX_RETRIES
+        if attempt >= len(self._retry_delays_s) or self._closed or full:
+            VERSION_RECORDS.labels(retry[0], "given_up").inc()
+            return None
+        delay = self._retry_delays_s[attempt]
+        token = next(self._retry_ids)
+        timer = asyncio.get_running_loop().call_later(delay, self._retry_due, token)
+        self._waiting_retries[token] = (timer, retry)
+        return delay
+
+    def _retry_due(self, token: int) -> None:
+        _, (service, key, hlc, event_id, trace_id, attempt) = self._waiting_retries.pop(token)
+        _ = self._retries.spawn(
+            self.record(service, key, hlc, event_id, trace_id=trace_id, attempt=attempt),
+            name=f"version-retry-{event_id}",
+        )
 
     async def record_published(self, headers: Mapping[str, str], payload: bytes) -> str:
         """`record` for a write known only by its event as published (an outbox entry once
