@@ -288,13 +288,17 @@ async def test_a_cancelled_caller_hands_its_event_to_a_delivery_of_its_own(
     delivery = delivery_for(outbox, publisher, tasks=tasks)
     e = event("/c")
     publisher.gate = asyncio.Event()
-    caller = asyncio.get_running_loop().create_task(
-        delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
-    )
-    await wait_until(lambda: publisher.waiting == 1, 5)
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+
+    async def cancelled_while_publishing() -> None:
+        caller = asyncio.get_running_loop().create_task(
+            delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
+        )
+        await wait_until(lambda: publisher.waiting == 1, 5)
+        caller.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+
+    await cancelled_while_publishing()
     assert len(tasks) == 1  # the event's new delivery, publishing it again under its id
     publisher.gate.set()
     assert await tasks.wait(5)
@@ -302,13 +306,7 @@ async def test_a_cancelled_caller_hands_its_event_to_a_delivery_of_its_own(
     assert outbox.depth == 0
     # The shutdown deadline cancels that delivery too: it ends there, handing nothing on.
     publisher.gate.clear()
-    caller = asyncio.get_running_loop().create_task(
-        delivery.deliver(e, "s", {"Nats-Msg-Id": e.event_id}, b"")
-    )
-    await wait_until(lambda: publisher.waiting == 1, 5)
-    caller.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await caller
+    await cancelled_while_publishing()
     await wait_until(lambda: publisher.waiting == 1 and len(tasks) == 1, 5)
     await tasks.cancel("shutdown deadline")
     assert len(tasks) == 0

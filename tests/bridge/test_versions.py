@@ -50,6 +50,17 @@ def _count(service: str, outcome: str) -> float:
     return REGISTRY.get_sample_value("xr_bridge_version_records_total", labels) or 0.0
 
 
+async def _claimed(kv: KeyValue, kv_key: str) -> tuple[Record, Record, int]:
+    """A record applied at e10, then claimed by a replayer for e30 (newer): (the applied
+    record, the claim, the claim's revision)."""
+    applied = Record(str(HlcStamp(10, 0)), "e10", "applied", "replayer-x", 0.0)
+    claim = Record(str(HlcStamp(30, 0)), "e30", "claimed", "replayer-x", time.time() + 60)
+    applied_rev = await cas_write(kv, kv_key, applied, None)
+    claim_rev = await cas_write(kv, kv_key, claim, applied_rev)
+    assert claim_rev is not None
+    return applied, claim, claim_rev
+
+
 async def _record(kv: KeyValue, service: str, key: str) -> Record | None:
     record, _ = await read_record(kv, record_key(service, key))
     return record
@@ -233,11 +244,7 @@ async def test_a_replayers_newer_claim_is_waited_out(
     service, key = f"claimed-{settled_as}", "/claimed/1"
     kv = await js.key_value(versions_bucket(REGION))
     kv_key = record_key(service, key)
-    applied = Record(str(HlcStamp(10, 0)), "e10", "applied", "replayer-x", 0.0)
-    claim = Record(str(HlcStamp(30, 0)), "e30", "claimed", "replayer-x", time.time() + 60)
-    applied_rev = await cas_write(kv, kv_key, applied, None)
-    claim_rev = await cas_write(kv, kv_key, claim, applied_rev)
-    assert claim_rev is not None
+    applied, claim, claim_rev = await _claimed(kv, kv_key)
 
     tasks = TaskSet("test-claims")
     versions = LocalVersions(reader, region=REGION, owner="test", timeout_s=20, max_inflight=8)
@@ -289,11 +296,7 @@ async def test_a_failed_record_is_tried_again_and_lands_once_the_claim_is_releas
     service, key = "claimed-retry", "/claimed/3"
     kv = await js.key_value(versions_bucket(REGION))
     kv_key = record_key(service, key)
-    applied = Record(str(HlcStamp(10, 0)), "e10", "applied", "replayer-x", 0.0)
-    claim = Record(str(HlcStamp(30, 0)), "e30", "claimed", "replayer-x", time.time() + 60)
-    applied_rev = await cas_write(kv, kv_key, applied, None)
-    claim_rev = await cas_write(kv, kv_key, claim, applied_rev)
-    assert claim_rev is not None
+    applied, _, claim_rev = await _claimed(kv, kv_key)
     versions = LocalVersions(
         reader, region=REGION, owner="test", timeout_s=0.3, max_inflight=8, retry_delays_s=(0.5,)
     )
