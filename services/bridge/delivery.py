@@ -20,8 +20,9 @@ same 503, and the error line is all that is left of it (spooled, it would only b
 in the outbox for ever).
 
 Cancelled callers: the publish runs in the caller's task (the request's handler), because a
-task of its own costs the response two hand-offs on the event loop, about 60 µs at 600
-writes/s (bench/bench_bridge.py). A caller can still be cancelled on the way (the HTTP server's
+task of its own costs the response two hand-offs on the event loop (timed in the bridge at
+600 writes/s: 24 µs from the upstream's answer to the publish, 50 µs from the ack back to the
+handler). A caller can still be cancelled on the way (the HTTP server's
 shutdown deadline): the event is then handed to a new delivery in a task of its own, which
 publishes it again under the same `Nats-Msg-Id` (JetStream drops the copy if the first attempt
 landed after all) or spools it. What follows a failed publish (dead letter, outbox) always

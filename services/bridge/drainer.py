@@ -22,8 +22,9 @@ its key): kept, it would fail every pass for ever.
 
 Version records: a write spooled because NATS was down got no version record either (its
 record failed with the publish, `services/bridge/versions.py`), and nothing would write it
-later, so an older event replayed here once NATS is back could overwrite it. Given `record`,
-a pass records every entry JetStream acked before deleting it (a record never raises; one
+later, so an older event replayed here once NATS is back could overwrite it. Given `record`
+(`LocalVersions.record_published`), a pass records every entry JetStream acked before deleting
+it (a record never raises; one
 already written makes this one `superseded` at no cost). A bridge that stops in between
 leaves the entry, which the next pass publishes again (a duplicate JetStream drops) and
 records again.
@@ -32,7 +33,7 @@ records again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from services.bridge.deadletters import DeadLetterError, DeadLetterRefusedError, DeadLetters
 from services.bridge.metrics import EVENTS, OUTBOX_DRAINED
@@ -63,7 +64,7 @@ class Drainer:
         batch: int,
         timeout_s: float,
         backoff: Backoff,
-        record: Callable[[OutboxEntry], Awaitable[object]] | None = None,
+        record: Callable[[Mapping[str, str], bytes], Awaitable[object]] | None = None,
     ) -> None:
         self._record = record
         self._outbox = outbox
@@ -110,7 +111,7 @@ class Drainer:
             if self._record is not None:
                 await asyncio.gather(
                     *(
-                        self._record(e)
+                        self._record(e.headers, e.payload)
                         for e, done in zip(entries, results, strict=True)
                         if done == _ACKED
                     )

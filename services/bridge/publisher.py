@@ -75,6 +75,8 @@ class PublishRefusedError(PublishError):
     def __init__(self, err_code: int, description: str) -> None:
         super().__init__(
             f"JetStream refused the event for good: {description} (err_code {err_code})"
+            if err_code
+            else f"the event can never be sent: {description}"
         )
         self.err_code = err_code
         self.description = description
@@ -155,7 +157,7 @@ class Publisher(Closeable):
             try:
                 block = header_block(headers)
             except nats.errors.BadHeaderError as exc:
-                raise PublishRefusedError(0, f"{exc} (not a token)") from exc
+                raise PublishRefusedError(0, f"{exc} (a header name must be a token)") from exc
         size = len(block) + len(payload)
         if size > self._conn.max_payload:  # it would close the connection for good
             raise EventTooLargeError(size, self._conn.max_payload)

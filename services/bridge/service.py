@@ -37,7 +37,7 @@ from services.bridge.deadletters import DeadLetters
 from services.bridge.delivery import Delivery
 from services.bridge.drainer import Drainer
 from services.bridge.headers import DEFAULT_FORWARDED
-from services.bridge.outbox import Outbox, OutboxEntry, OutboxError
+from services.bridge.outbox import Outbox, OutboxError
 from services.bridge.proxy import Proxy, ProxyConfig
 from services.bridge.publisher import Publisher
 from services.bridge.routing import RouteConflictError, RouteTable
@@ -88,15 +88,6 @@ class BridgeConfigError(BridgeError):
 
 class BridgeStartError(BridgeError):
     pass
-
-
-def _drained_record(versions: LocalVersions) -> Callable[[OutboxEntry], Awaitable[str]]:
-    """The version record of a write the outbox drainer just published."""
-
-    def record(entry: OutboxEntry) -> Awaitable[str]:
-        return versions.record_published(entry.headers, entry.payload)
-
-    return record
 
 
 def outbox_path(data_dir: Path, listen: str) -> Path:
@@ -187,7 +178,7 @@ class Bridge(Closeable):
             batch=s.outbox_batch,
             timeout_s=s.publish_timeout_s,
             backoff=Backoff(s.outbox_retry_base_s, s.outbox_retry_max_s),
-            record=_drained_record(versions) if s.record_local_versions else None,
+            record=versions.record_published if s.record_local_versions else None,
         )
         await self._drain_at_start(drainer)
         self._stack.push_async_callback(self._stop_drainer, drainer)

@@ -51,8 +51,9 @@ record is then tried again after `retry_delays_s` (1, 5 and 30 s): a write left 
 would let an older event replayed later be applied over it, and the causes pass (NATS back,
 a replayer's claim on a newer version released or applied). Retries wait in timers, at most
 `_MAX_RETRIES` at a time (more are given up at once); `aclose` gives up those still waiting,
-with one log line. A record given up is counted `given_up`. A retry that finds a newer write
-of the same key recorded already is `superseded`.
+with one log line, and lets those under way end (within `timeout_s`). A record given up is
+counted `given_up`. A retry that finds a newer write of the same key recorded already is
+`superseded`.
 
 A write whose event was spooled (NATS down, or an earlier event of its key still in the
 outbox) is recorded by the outbox drainer once the event is published (`record_published`),
@@ -170,7 +171,8 @@ class LocalVersions(Closeable):
                 note="the bridge is stopping: these writes stay unrecorded",
             )
         self._waiting_retries.clear()
-        await self._retries.cancel("the bridge is stopping")
+        if not await self._retries.wait(self._timeout_s):  # retries under way: let them end
+            await self._retries.cancel("the bridge is stopping")
         if self._coalescer is not None:
             await self._coalescer.aclose()
         try:
