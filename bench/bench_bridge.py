@@ -565,8 +565,8 @@ def _report(phases: list[Phase]) -> str:
                 lines.append(_versions_cost(rnd, by))
         lines.append(
             f"{_LABELS[kind]}: bridge/direct throughput {statistics.median(ratios):.2f}x "
-            f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); added p50 at half load "
-            f"{statistics.median(added):.3f} ms (rounds: {', '.join(f'{a:.3f}' for a in added)})"
+            f"(rounds: {_listed(ratios, 2)}); added p50 at half load "
+            f"{statistics.median(added):.3f} ms (rounds: {_listed(added, 3)})"
         )
         floor = _floor_line(kind, [p for p in phases if p.kind == kind], rounds)
         if floor:
