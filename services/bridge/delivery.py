@@ -114,17 +114,18 @@ class Delivery:
         handed its event to): a cancellation ends the delivery, as the shutdown deadline
         means it to.
         """
+        failure: str | PublishRefusedError  # why the event is not published: spool, DLQ
         if not self._connected():
-            reason = "NATS disconnected"
+            failure = "NATS disconnected"
         elif self._outbox.holds(event.key):
-            reason = "an earlier event of this key is in the outbox"
+            failure = "an earlier event of this key is in the outbox"
         else:
             try:
                 outcome = await self._publish(event, subject, headers, payload, block)
             except PublishUnknownError as exc:
-                reason = str(exc)
+                failure = str(exc)
             except PublishRefusedError as exc:
-                return await self._settle(event, subject, headers, payload, exc)
+                failure = exc
             except asyncio.CancelledError:
                 if hand_off:
                     _ = self._tasks.spawn(
@@ -134,24 +135,10 @@ class Delivery:
                 raise
             else:
                 return _counted(event, Delivered(outcome))
-        return await self._settle(event, subject, headers, payload, reason)
-
-    async def _settle(
-        self,
-        event: Event,
-        subject: str,
-        headers: Mapping[str, str],
-        payload: bytes,
-        failure: str | PublishRefusedError,
-    ) -> Delivered:
-        """Dead-letter a refused event, spool any other, in a task of its own that a
-        cancelled caller does not stop half way (a row in the outbox, say, and the counts
-        not yet raised)."""
-        task = self._tasks.spawn(
-            self._dead_letter_or_spool(event, subject, headers, payload, failure),
-            name=f"settle-{event.event_id}",
-        )
-        return await asyncio.shield(task)
+        # Dead letter or outbox, in a task of its own that a cancelled caller does not stop
+        # half way (a row in the outbox, say, and the counts not yet raised).
+        settling = self._dead_letter_or_spool(event, subject, headers, payload, failure)
+        return await asyncio.shield(self._tasks.spawn(settling, name=f"settle-{event.event_id}"))
 
     async def _dead_letter_or_spool(
         self,

@@ -22,9 +22,8 @@ from services.bridge.outbox import Outbox
 from services.bridge.service import outbox_path
 from services.bridge.versions import LocalVersions
 from services.xregion.supercluster import SuperCluster
-from shared.envelope import Event, encode, new_traceparent
-from shared.hlc import Hlc, HlcStamp
-from shared.ids import uuid7_str
+from shared.envelope import encode
+from shared.hlc import HlcStamp
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.regions import events_subject
@@ -41,6 +40,7 @@ from tests.bridge.helpers import (
 )
 from tests.bridge.upstream_app import TestUpstream
 from tests.harness.wait import wait_until
+from tests.replayer.helpers import make_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -124,17 +124,7 @@ async def test_a_spooled_write_is_recorded_when_the_outbox_drains(
     service = "spooled"
     kv = await js.key_value(versions_bucket(REGION))
     settings = service_settings(tmp_path, bridge_cluster, upstream, service)
-    event = Event(
-        event_id=uuid7_str(),
-        origin=REGION,
-        service=service,
-        method="PUT",
-        path=f"/{service}/k/echo",
-        hlc=Hlc().now(),
-        key=f"/{service}/k/echo",
-        body=b"spooled",
-        trace=new_traceparent(),
-    )
+    event = make_event(f"/{service}/k/echo", service=service, origin=REGION, body=b"spooled")
     headers, payload = encode(event)
     path = outbox_path(settings.data_dir, settings.bridge.listen)
     path.parent.mkdir(parents=True)
