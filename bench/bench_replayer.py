@@ -7,7 +7,9 @@ One run boots a local 3-region NATS super-cluster (1 server per region), provisi
 with the default settings, and starts a fast aiohttp service in its own process (it answers
 200 at once and counts calls per `Idempotency-Key`). For each instance count in `--runs`:
 
-* `--events` events (`--keys` distinct keys, 256-byte body, stream order = HLC order) are
+* `--events` events (`--keys` distinct keys, 256-byte body, stream order = HLC order; a
+  share `--apply-share`, default half, are `apply` PATCHes on keys of their own, the rest
+  `replace` PUTs; with `--creates` every event is an `apply` POST to one collection key) are
   published into XR_REPLAY_EU_WEST with publish_async windows, under a service name of their
   own (`bench-<n>`), so every run starts from fresh version records;
 * that many `xregion replayer --config` processes are started (real processes: per-process
@@ -27,7 +29,8 @@ exit status 1. `--profile DIR` runs the replayers under cProfile (DIR/<run>-<n>.
 All processes share this machine's cores: with 2 replayers, nats-server and the service on
 2 cores, the per-process rate is bounded by the CPU per event of all of them together.
 
-Target (issue 5): >= 3,000 events/s per replayer process.
+Targets: >= 3,000 events/s per replayer process with half the events `apply`; >= 2,000
+creates/s into one collection through one replayer (`--creates --runs 1`).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class _Counts:
         if event_id in self.seen:
             self.repeats += 1
         self.seen.add(event_id)
+        if "/notes/" in path:
+            return  # `apply` events: applied once each, in any order across instances
         if hlc <= self.newest.get(path, ""):
             self.out_of_order += 1
         else:
@@ -186,8 +191,18 @@ class Run:
 
 class Bench:
     def __init__(
-        self, workdir: Path, events: int, keys: int, log_level: str, profile: Path | None
+        self,
+        workdir: Path,
+        events: int,
+        keys: int,
+        log_level: str,
+        profile: Path | None,
+        *,
+        apply_share: float = 0.5,
+        creates: bool = False,
     ) -> None:
+        self.apply_share = apply_share
+        self.creates = creates
         self.workdir = workdir
         self.events = events
         self.keys = keys
@@ -299,12 +314,18 @@ class Bench:
         pending: list[asyncio.Future[Any]] = []
         started = time.perf_counter()
         for n in range(self.events):
-            path = f"/{service}/items/{n % self.keys}"
+            applies = self.creates or (n % 1000) < self.apply_share * 1000
+            kind, method = ("notes", "PATCH") if applies else ("items", "PUT")
+            path = f"/{service}/{kind}/{n % self.keys}"
+            if self.creates:  # every event a create into one collection: one key
+                method, path = "POST", f"/{service}/notes/all"
             event = Event(
-                event_id=uuid7_str(), origin=ORIGIN, service=service, method="PUT", path=path,
+                event_id=uuid7_str(), origin=ORIGIN, service=service, method=method, path=path,
                 hlc=hlc.now(), key=path, body=BODY, trace=new_traceparent(),
+                rule="apply" if applies else "replace",
             )  # fmt: skip
-            self.newest[path] = event.event_id
+            if not applies:
+                self.newest[path] = event.event_id
             headers, payload = encode(event)
             pending.append(await js.publish_async(subject, payload, headers=headers))
             if len(pending) >= 2000:
@@ -418,7 +439,10 @@ def _report(runs: list[Run]) -> None:
 
 async def _main(args: argparse.Namespace, workdir: Path) -> list[Run]:
     runs = [int(n) for n in args.runs.split(",")]
-    bench = Bench(workdir, args.events, args.keys, args.log_level, args.profile)
+    bench = Bench(
+        workdir, args.events, args.keys, args.log_level, args.profile,
+        apply_share=args.apply_share, creates=args.creates,
+    )  # fmt: skip
     return await bench.run(runs)
 
 
@@ -427,6 +451,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=50_000, help="backlog per run")
     parser.add_argument("--keys", type=int, default=5_000, help="distinct keys per run")
     parser.add_argument("--runs", default="1,2", help="replayer processes per run")
+    parser.add_argument(
+        "--apply-share", type=float, default=0.5,
+        help="share of the events that are `apply` PATCHes (on keys of their own)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--creates", action="store_true",
+        help="every event a create (`apply` POST) into one collection: one key",
+    )  # fmt: skip
     parser.add_argument(
         "--log-level",
         default="info",

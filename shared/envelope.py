@@ -54,6 +54,7 @@ __all__ = [
     "HDR_REPLAYED_FROM",
     "HDR_REPLAYED_SIG",
     "HDR_REQ_PREFIX",
+    "HDR_RULE",
     "HDR_SCHEMA",
     "HDR_SERVICE",
     "HDR_SIG",
@@ -63,6 +64,7 @@ __all__ = [
     "HTTP_IDEMPOTENCY_KEY",
     "HTTP_TRACEPARENT",
     "PASSTHROUGH_PREFIXES",
+    "RULES",
     "SCHEMA_VERSION",
     "EnvelopeError",
     "Event",
@@ -70,9 +72,11 @@ __all__ = [
     "MalformedEventError",
     "Reason",
     "ReqHeaders",
+    "Rule",
     "canary_target",
     "check_fits",
     "decode",
+    "default_rule",
     "encode",
     "max_body_for",
     "new_traceparent",
@@ -90,6 +94,9 @@ HDR_METHOD = "Xr-Method"
 HDR_PATH = "Xr-Path"
 HDR_HLC = "Xr-Hlc"
 HDR_KEY = "Xr-Key"
+# The replication rule of the write (`replace` or `apply`, docs/DESIGN.md "Write rules"):
+# carried and signed so that every region decides the same way.
+HDR_RULE = "Xr-Rule"
 HDR_REQ_PREFIX = "Xr-Req-"
 HDR_TRACE = "Xr-Trace"
 HDR_TARGETS = "Xr-Targets"
@@ -125,6 +132,12 @@ HEADER_BUDGET_BYTES = 16 * 1024
 # `Xr-` headers other parts of xregion add to stored messages; decode() ignores them.
 PASSTHROUGH_PREFIXES = ("Xr-Dlq-", "Xr-Replayed-", "Xr-Canary")
 
+Rule = Literal["replace", "apply"]
+RULES: tuple[Rule, ...] = ("replace", "apply")
+# Rules by HTTP method when neither the event nor the configuration names one: a PUT or a
+# DELETE sets a resource's whole state, anything else adds to it or changes part of it.
+_REPLACE_METHODS = frozenset({"PUT", "DELETE"})
+
 Reason = Literal[
     "missing_header", "duplicate_header", "unknown_header", "bad_header", "unsupported_schema"
 ]
@@ -135,7 +148,7 @@ _FIELD_HEADERS = frozenset(
     h.lower()
     for h in (
         *(HDR_MSG_ID, HDR_EVENT_ID, HDR_ORIGIN, HDR_SERVICE, HDR_METHOD, HDR_PATH),
-        *(HDR_HLC, HDR_KEY, HDR_TRACE, HDR_TARGETS, HDR_SCHEMA, HDR_SIG),
+        *(HDR_HLC, HDR_KEY, HDR_RULE, HDR_TRACE, HDR_TARGETS, HDR_SCHEMA, HDR_SIG),
     )
 )
 _REQ_PREFIX_LOWER = HDR_REQ_PREFIX.lower()
@@ -196,6 +209,7 @@ class Event:
     trace: str
     req_headers: ReqHeaders = ()
     targets: tuple[str, ...] | None = None
+    rule: Rule | None = None
     schema: int = SCHEMA_VERSION
     sig: str | None = None
 
@@ -209,8 +223,15 @@ class Event:
         _ensure(HDR_KEY, _check_key(self.key))
         _ensure(HDR_TRACE, _check_trace(self.trace))
         _ensure(HDR_TARGETS, _check_targets(self.targets))
+        _ensure(HDR_RULE, _check_rule(self.rule))
         _ensure(HDR_SIG, _check_sig(self.sig))
         _check_req_headers(self.req_headers)
+
+    @property
+    def effective_rule(self) -> Rule:
+        """The rule this event is decided by: its own, else its method's default (an event
+        written before events carried a rule)."""
+        return self.rule if self.rule is not None else default_rule(self.method)
 
     @property
     def trace_id(self) -> str:
@@ -305,6 +326,17 @@ def _check_targets(targets: tuple[str, ...] | None) -> str | None:
         return f"names a region twice: {_show(','.join(targets))}"
     problems = (_check_region(t) for t in targets)
     return next((p for p in problems if p is not None), None)
+
+
+def _check_rule(value: str | None) -> str | None:
+    if value is None or value in RULES:
+        return None
+    return f"expected 'replace' or 'apply', got {_show(str(value))}"
+
+
+def default_rule(method: str) -> Rule:
+    """The rule HTTP semantics give `method` (PUT and DELETE replace, the rest apply)."""
+    return "replace" if method in _REPLACE_METHODS else "apply"
 
 
 def _check_sig(value: str | None) -> str | None:
@@ -415,6 +447,8 @@ def encode(event: Event) -> tuple[dict[str, str], bytes]:
         HDR_HLC: str(event.hlc),
         HDR_KEY: event.key,
     }
+    if event.rule is not None:
+        headers[HDR_RULE] = event.rule
     for name, value in event.req_headers:
         headers[_req_header(name)] = value
     headers[HDR_TRACE] = event.trace
@@ -447,6 +481,7 @@ def decode(headers: Mapping[str, str] | None, payload: bytes) -> Event:
         trace=_required(fields, HDR_TRACE),
         req_headers=tuple(sorted(req.items())),
         targets=_optional_targets(fields.get(HDR_TARGETS.lower())),
+        rule=fields.get(HDR_RULE.lower()),  # type: ignore[arg-type]  # checked by Event
         sig=fields.get(HDR_SIG.lower()),
     )
     _check_msg_id(fields.get(HDR_MSG_ID.lower()), event.event_id)
@@ -533,6 +568,8 @@ def signing_input(event: Event) -> bytes:
 
     UTF-8 text: one `name=value` line, each ending in "\\n", for schema, event-id, origin,
     service, method, path, hlc, key, trace and targets (comma-joined, empty when None), then
+    `rule=<rule>` when the event carries one (absent from events written before rules, so
+    their signatures still verify; stripping the header from a newer event breaks its), then
     one `req.<name>=<value>` line per forwarded header in name order, then
     `body-sha256=<hex digest of the body>` with no newline after it. Field values cannot
     contain a newline, so the encoding is unambiguous.
@@ -550,6 +587,8 @@ def signing_input(event: Event) -> bytes:
         f"trace={event.trace}",
         f"targets={targets}",
     ]
+    if event.rule is not None:
+        lines.append(f"rule={event.rule}")
     lines.extend(f"req.{name}={value}" for name, value in event.req_headers)
     lines.append(f"body-sha256={hashlib.sha256(event.body).hexdigest()}")
     return "\n".join(lines).encode()

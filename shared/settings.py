@@ -36,6 +36,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from shared.envelope import Rule, default_rule
 from shared.regions import InvalidNameError, key_belongs_to, validate_region, validate_service
 
 __all__ = [
@@ -299,6 +300,21 @@ class SigningSettings(_Section):
         return self
 
 
+def _upper_methods(rules: dict[str, Rule]) -> dict[str, Rule]:
+    upper = {method.upper(): rule for method, rule in rules.items()}
+    for method in upper:
+        if not _METHOD_RE.fullmatch(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+    return upper
+
+
+def _prefix_matches(prefix: str, path: str) -> bool:
+    """Segment-boundary prefix match (the bridge's routing rule)."""
+    if prefix.endswith("/"):
+        return path.startswith(prefix)
+    return path == prefix or path.startswith(prefix + "/")
+
+
 class ServiceSettings(_Section):
     upstream: str
     routes: StrList = Field(min_length=1)
@@ -307,8 +323,49 @@ class ServiceSettings(_Section):
     targets: Literal["all"] | StrList = "all"
     allow_request_targets: bool = False
     key: str = "path"
+    # Replication rule per method, over the defaults (PUT, DELETE replace; others apply).
+    rules: dict[str, Rule] = Field(default_factory=dict)
+    # Per path prefix (longest match wins), rules per method over `rules`.
+    route_rules: dict[str, dict[str, Rule]] = Field(default_factory=dict)
+    # Where a create names the resource it makes: "json:<field>" keys an `apply` POST to
+    # PATH by PATH/<that top-level JSON field>, so the item's later writes share its key.
+    create_key: str | None = None
 
     _split = field_validator("routes", "replicate", "exclude", mode="before")(_split_list)
+
+    def rule_for(self, method: str, path: str) -> Rule:
+        """The replication rule of a `method` write to `path` (no query string)."""
+        best = ""
+        for prefix, by_method in self.route_rules.items():
+            if method in by_method and _prefix_matches(prefix, path) and len(prefix) > len(best):
+                best = prefix
+        if best:
+            return self.route_rules[best][method]
+        return self.rules.get(method) or default_rule(method)
+
+    def effective_rules(self) -> dict[str, Rule]:
+        """Method -> rule for every replicated method (for `--check-config`)."""
+        return {m: self.rules.get(m) or default_rule(m) for m in self.replicate}
+
+    @field_validator("rules")
+    @classmethod
+    def _rule_methods(cls, rules: dict[str, Rule]) -> dict[str, Rule]:
+        return _upper_methods(rules)
+
+    @field_validator("route_rules")
+    @classmethod
+    def _route_rule_methods(cls, rules: dict[str, dict[str, Rule]]) -> dict[str, dict[str, Rule]]:
+        for prefix in rules:
+            if not prefix.startswith("/"):
+                raise ValueError(f"route_rules: {prefix!r} must be a path prefix")
+        return {prefix: _upper_methods(by_method) for prefix, by_method in rules.items()}
+
+    @field_validator("create_key")
+    @classmethod
+    def _create_key_form(cls, value: str | None) -> str | None:
+        if value is None or (value.startswith("json:") and len(value) > len("json:")):
+            return value
+        raise ValueError(f"create_key must be 'json:<field>', got {value!r}")
 
     @field_validator("targets", mode="before")
     @classmethod
@@ -480,4 +537,7 @@ def redacted_dump(settings: Settings) -> dict[str, Any]:
     password = settings.nats.password
     data["nats"]["password"] = None if password is None else "***"
     data["nats"]["servers"] = [_USERINFO_RE.sub("//***@", url) for url in data["nats"]["servers"]]
+    for name, service in settings.services.items():
+        # What every replicated method does once defaults and overrides are merged.
+        data["services"][name]["rules"] = service.effective_rules()
     return data

@@ -25,7 +25,15 @@ from dataclasses import dataclass
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
-__all__ = ["CAS_ATTEMPTS", "Record", "cas_write", "read_record", "record_key"]
+__all__ = [
+    "CAS_ATTEMPTS",
+    "Record",
+    "apply_mark_key",
+    "cas_write",
+    "marker_key",
+    "read_record",
+    "record_key",
+]
 
 CAS_ATTEMPTS = 5
 
@@ -64,6 +72,16 @@ class Record:
 
 def record_key(service: str, key: str) -> str:
     return f"{service}.{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+
+def marker_key(service: str, event_id: str) -> str:
+    """The applied marker of one `apply` event (services/replayer/versions.py)."""
+    return f"{service}.ev.{event_id}"
+
+
+def apply_mark_key(service: str, key: str) -> str:
+    """The newest applied `apply` version of a key (services/replayer/versions.py)."""
+    return f"{record_key(service, key)}.a"
 
 
 async def read_record(kv: KeyValue, kv_key: str) -> tuple[Record | None, int | None]:

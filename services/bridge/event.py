@@ -7,6 +7,7 @@ before the service sees it, never after it has happened.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from services.bridge.routing import Route
 from shared.envelope import Event, new_traceparent, parse_traceparent
 from shared.hlc import HlcStamp
 
-__all__ = ["WriteRequest", "build_event", "trace_context"]
+__all__ = ["WriteRequest", "build_event", "create_key", "trace_context"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,10 @@ def build_event(
     """
     if lookup is None:
         lookup = CIMultiDict(request.headers)
+    rule = route.rule_for(request.method, request.path)
+    key = None
+    if rule == "apply" and request.method == "POST" and route.settings.create_key is not None:
+        key = create_key(route.settings.create_key, request.path, request.body)
     return Event(
         event_id=event_id,
         origin=origin,
@@ -65,9 +70,24 @@ def build_event(
         method=request.method,
         path=request.path_qs,
         hlc=hlc,
-        key=route.key.key_for(request.path, lookup),
+        key=key or route.key.key_for(request.path, lookup),
+        rule=rule,
         body=request.body,
         trace=trace_context(request.headers),
         req_headers=event_headers(request.headers, forward),
         targets=targets,
     )
+
+
+def create_key(rule: str, path: str, body: bytes) -> str | None:
+    """The key of the resource a create makes, by `rule` ("json:<field>"): `path/<value>`;
+    None when the body does not name it (the create is then keyed like any write)."""
+    field = rule.removeprefix("json:")
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    value = document.get(field) if isinstance(document, dict) else None
+    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+        return None
+    return f"{path.rstrip('/')}/{value}"

@@ -308,7 +308,10 @@ class Proxy:
         response = await self._send(request, route, plan, record)
         write = plan.write
         applied = write is not None and 200 <= response.status < 300
-        to_record = applied and self._versions is not None
+        # Only a `replace` write sets its key's version: a local `apply` write (a create, a
+        # partial update) must never make another region's event of the key stale.
+        replaces = write is not None and write.event.effective_rule == "replace"
+        to_record = applied and replaces and self._versions is not None
         try:
             if write is not None and applied:
                 delivered = await self._make_durable(write, record)

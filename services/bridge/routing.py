@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from shared.envelope import MalformedEventError, parse_targets
+from shared.envelope import MalformedEventError, Rule, parse_targets
 from shared.settings import ServiceSettings
 
 __all__ = [
@@ -98,6 +98,7 @@ class Route:
     key: KeyRule
     targets: tuple[str, ...] | None  # None: every region
     allow_request_targets: bool
+    settings: ServiceSettings  # for the replication rules (`rule_for`) and `create_key`
 
     @classmethod
     def from_settings(cls, name: str, service: ServiceSettings) -> Route:
@@ -109,7 +110,11 @@ class Route:
             key=KeyRule(service.key),
             targets=None if service.targets == "all" else tuple(service.targets),
             allow_request_targets=service.allow_request_targets,
+            settings=service,
         )
+
+    def rule_for(self, method: str, path: str) -> Rule:
+        return self.settings.rule_for(method, path)
 
     def replicates(self, method: str, path: str) -> bool:
         """Whether a successful `method` on `path` (no query string) becomes an event."""

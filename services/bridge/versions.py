@@ -278,6 +278,8 @@ class LocalVersions(Closeable):
         except MalformedEventError as exc:
             log.warning("bridge.version.unreadable", bucket=self._bucket, error=str(exc))
             return "failed"
+        if event.effective_rule != "replace":
+            return "not_versioned"  # an `apply` write sets no version (proxy._forward)
         return await self.record(
             event.service, event.key, str(event.hlc), event.event_id, trace_id=event.trace_id
         )

@@ -2,8 +2,10 @@
 `Retry` (nak with delay) or `Poison` (dead letter, then ack).
 
 Order of checks: canary (record, never call) → decode → signature → request (service, method,
-path) → version claim (stale / duplicate / busy) → the call, with short in-process retries →
-classification. The service is called only while this event holds the key's claim.
+path) → version claim by the event's rule (`replace`: the key's record; `apply`: the key's
+record, then the event's own marker; stale / duplicate / busy) → the call, with short
+in-process retries → classification. The service is called only while this event holds its
+claim (the key's, or its marker's).
 
 An outcome after an HTTP answer (a 4xx dead letter, a 5xx/429 retry, `retries_exhausted`,
 `too_old`) carries the last answer's status and the excerpt of its body (`answer`), which the
@@ -21,7 +23,7 @@ import nats.errors
 from prometheus_client import Histogram
 
 from services.replayer.classify import Verdict, classify_status
-from services.replayer.metrics import CANARY_AGE, LAG, VERSION_RECORD_FAILURES
+from services.replayer.metrics import CANARY_AGE, CONFLICTS, LAG, VERSION_RECORD_FAILURES
 from services.replayer.outcomes import Done, Poison, Retry
 from services.replayer.pathsafe import percent_encode_non_ascii
 from services.replayer.request import ReplayRequest, RequestError, build_request
@@ -89,7 +91,9 @@ class Applier:
             return Done.CANARY
         event = self._decode(delivery)
         request = self._request(event)
-        result = await self._versions.claim(event)
+        applies = event.effective_rule == "apply"
+        claims = self._versions.claim_apply if applies else self._versions.claim
+        result = await claims(event)
         if result.verdict is ClaimVerdict.STALE:
             return Done.STALE
         if result.verdict is ClaimVerdict.DUPLICATE:
@@ -97,7 +101,10 @@ class Applier:
         if result.claim is None:  # BUSY: another event of this key is being applied
             self._check_age(event, delivery, "key claimed by another event")
             raise Retry(self._settings.claim_busy_delay_s, "key_busy")
-        return await self._call(event, delivery, request, result.claim)
+        done = await self._call(event, delivery, request, result.claim, repeat=result.repeat)
+        if applies and event.method != "POST" and done is not Done.STALE:
+            await self._apply_mark(event)
+        return done
 
     def _decode(self, delivery: Delivery) -> Event:
         try:
@@ -129,7 +136,13 @@ class Applier:
         return {HDR_REPLAYED_SIG: self._signer.sign_bytes(data)}
 
     async def _call(
-        self, event: Event, delivery: Delivery, request: ReplayRequest, claim: Claim
+        self,
+        event: Event,
+        delivery: Delivery,
+        request: ReplayRequest,
+        claim: Claim,
+        *,
+        repeat: bool = False,
     ) -> Done:
         try:
             answer = await self._upstream.call(request, event.service)
@@ -137,6 +150,8 @@ class Applier:
             await claim.release()
             raise self._retry_or_poison(event, delivery, str(exc)) from exc
         verdict = classify_status(answer.status)
+        if repeat and _settles_repeat(event.method, answer.status):
+            verdict = Verdict.APPLIED  # what the earlier call did is already there
         if verdict is Verdict.RETRY:
             await claim.release()
             raise self._retry_or_poison(event, delivery, _answered(answer), answer)
@@ -145,7 +160,22 @@ class Applier:
             raise Poison(f"http_{answer.status}", _answered(answer), answer.status, answer.excerpt)
         await self._mark_applied(event, claim)
         self._lag(event.origin).observe(max(0.0, self._clock() - event.hlc.wall_time_s))
+        if repeat:
+            log.warning("replayer.repeated_call", status=answer.status)
+            return Done.REPEATED
         return Done.APPLIED if verdict is Verdict.APPLIED else Done.STALE
+
+    async def _apply_mark(self, event: Event) -> None:
+        """Count an `apply` event applied after a newer one of its key as a conflict (the
+        call has happened: a failure to record is logged, never a retry)."""
+        try:
+            in_order = await self._versions.raise_apply_mark(event)
+        except (TimeoutError, nats.errors.Error) as exc:
+            log.warning("replayer.apply_mark_failed", event_id=event.event_id, error=repr(exc))
+            return
+        if not in_order:
+            CONFLICTS.labels(event.origin, event.service, "out_of_order").inc()
+            log.info("replayer.conflict", kind="out_of_order", key=event.key)
 
     async def _mark_applied(self, event: Event, claim: Claim) -> None:
         """Record the applied version. The call has happened: if the record cannot be
@@ -202,6 +232,12 @@ class Applier:
         """Let the age of the newest canary grow while none arrives (called periodically)."""
         for origin, newest in self._canaries.items():
             CANARY_AGE.labels(origin, self._region).set(max(0.0, self._clock() - newest))
+
+
+def _settles_repeat(method: str, status: int) -> bool:
+    """A repeated call refused because its first call landed: a create that exists (409,
+    412) or a delete of what is gone (404, 410) is the effect the event wanted."""
+    return status in (409, 412) or (method == "DELETE" and status in (404, 410))
 
 
 def _answered(answer: Answer) -> str:

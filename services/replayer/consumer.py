@@ -39,7 +39,7 @@ from structlog.contextvars import bound_contextvars
 from services.replayer.apply import Applier, Delivery
 from services.replayer.metrics import EVENTS, INFLIGHT, REPLAY_BACKLOG
 from services.replayer.outcomes import Done, Poison, Retry
-from services.replayer.partitions import KeyedRunner, order_key
+from services.replayer.partitions import KeyedRunner, commutes, order_key
 from shared.coalesce import Coalescer
 from shared.dlq import dead_letter, fit, path_of
 from shared.envelope import HDR_EVENT_ID, HDR_TRACE
@@ -182,7 +182,9 @@ class ReplayConsumer:
     def _dispatch(self, msg: Msg) -> None:
         self._held[id(msg)] = msg
         INFLIGHT.set(len(self._held))
-        self._runner.submit(order_key(msg.headers), lambda: self._process(msg))
+        self._runner.submit(
+            order_key(msg.headers), lambda: self._process(msg), shared=commutes(msg.headers)
+        )
 
     async def _process(self, msg: Msg) -> None:
         headers = msg.headers or {}

@@ -6,6 +6,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CANARY_AGE",
+    "CONFLICTS",
     "DLQ_MESSAGES",
     "EVENTS",
     "INFLIGHT",
@@ -18,7 +19,7 @@ __all__ = [
 
 EVENTS = Counter(
     "xr_replayer_events_total",
-    "Events handled, by outcome (applied|stale|duplicate|retried|dead_lettered)",
+    "Events handled, by outcome (applied|stale|duplicate|repeated|retried|dead_lettered)",
     ["origin", "service", "outcome"],
 )
 LAG = Histogram(
@@ -31,6 +32,12 @@ UPSTREAM_DURATION = Histogram(
     "xr_replayer_upstream_duration_seconds",
     "Duration of one call to a local service",
     ["service"],
+)
+CONFLICTS = Counter(
+    "xr_replayer_conflicts_total",
+    "Events applied although their key had seen a newer write (nothing skipped), by kind: "
+    "out_of_order (an apply event older than the newest apply event applied to its key)",
+    ["origin", "service", "kind"],
 )
 UPSTREAM_RETRIES = Counter(
     "xr_replayer_upstream_retries_total",

@@ -9,7 +9,7 @@
 its response body (services/replayer/excerpt.py, `""` for none).
 
 A handler that returns gives a `Done` value naming the ack label (`applied`, `stale`,
-`duplicate`, `canary`).
+`duplicate`, `repeated`, `canary`).
 """
 
 from __future__ import annotations
@@ -23,6 +23,9 @@ class Done(enum.StrEnum):
     APPLIED = "applied"
     STALE = "stale"
     DUPLICATE = "duplicate"
+    # Called again after an earlier call of the same event may have landed (its claim was
+    # never settled: a replayer killed mid-call); the service saw the same Idempotency-Key.
+    REPEATED = "repeated"
     CANARY = "canary"
 
 

@@ -10,6 +10,9 @@ consumer, and order is enforced at two levels:
 1. **Within an instance** (`KeyedRunner`): messages are submitted in the order the consumer
    delivers them (stream order); a message whose key already has one in the runner waits for
    it to finish (chained tasks), so one key never has two calls in flight in one process.
+   Creates (`apply` POSTs) are the exception: they wait for the key's earlier other writes
+   and hold back its later ones, but not each other, so creates to one collection run in
+   parallel.
 2. **Across instances** (`versions.VersionStore`): before calling, an instance *claims* the
    key in the versions bucket with a compare-and-set on the record's revision. A claim is only
    granted to a version newer than every version the record has seen (or to the same event
@@ -31,11 +34,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
-from shared.envelope import HDR_KEY, HDR_SERVICE
+from shared.envelope import HDR_KEY, HDR_METHOD, HDR_RULE, HDR_SERVICE, default_rule
 from shared.logs import get_logger
 
-__all__ = ["KeyedRunner", "order_key"]
+__all__ = ["KeyedRunner", "commutes", "order_key"]
 
 log = get_logger("xr.replayer")
 
@@ -52,32 +56,67 @@ def order_key(headers: Mapping[str, str] | None) -> str | None:
     return f"{service}\x00{key}"
 
 
+def commutes(headers: Mapping[str, str] | None) -> bool:
+    """Whether an event is a create (`apply` POST): creates of one key need no order among
+    themselves (each adds its own resource), only against the key's other writes."""
+    if not headers or headers.get(HDR_METHOD) != "POST":
+        return False
+    rule = headers.get(HDR_RULE)
+    return (rule or default_rule("POST")) == "apply"
+
+
+@dataclass(slots=True)
+class _Lane:
+    """One key's tail: the last exclusive job, and the commuting jobs submitted since."""
+
+    exclusive: asyncio.Task[None] | None = None
+    shared: set[asyncio.Task[None]] = field(default_factory=set)
+
+
 class KeyedRunner:
-    """Owns one task per submitted job; jobs with the same key run in submission order."""
+    """Owns one task per submitted job; jobs with the same key run in submission order,
+    except that `shared` jobs of a key run alongside each other (each still after the key's
+    earlier exclusive job, and before its later ones)."""
 
     def __init__(self) -> None:
         self._tasks: set[asyncio.Task[None]] = set()
-        self._tails: dict[str, asyncio.Task[None]] = {}
+        self._lanes: dict[str, _Lane] = {}
 
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def submit(self, key: str | None, job: Job) -> None:
-        previous = self._tails.get(key) if key is not None else None
-        task = asyncio.get_running_loop().create_task(self._run(key, previous, job))
+    def submit(self, key: str | None, job: Job, *, shared: bool = False) -> None:
+        lane = self._lanes.setdefault(key, _Lane()) if key is not None else None
+        before: set[asyncio.Task[None]] = set()
+        if lane is not None:
+            if lane.exclusive is not None:
+                before.add(lane.exclusive)
+            if not shared:
+                before |= lane.shared
+        task = asyncio.get_running_loop().create_task(self._run(before, job))
         self._tasks.add(task)
         task.add_done_callback(self._done)
-        if key is not None:
-            self._tails[key] = task
+        if lane is not None:
+            if shared:
+                lane.shared.add(task)
+            else:
+                lane.exclusive, lane.shared = task, set()
+            task.add_done_callback(lambda t: self._leave(key, t))
 
-    async def _run(self, key: str | None, previous: asyncio.Task[None] | None, job: Job) -> None:
-        try:
-            if previous is not None:
-                await asyncio.wait([previous])  # its failure is its own; only its end matters
-            await job()
-        finally:
-            if key is not None and self._tails.get(key) is asyncio.current_task():
-                del self._tails[key]
+    async def _run(self, before: set[asyncio.Task[None]], job: Job) -> None:
+        if before:
+            await asyncio.wait(before)  # their failures are their own; only their end matters
+        await job()
+
+    def _leave(self, key: str | None, task: asyncio.Task[None]) -> None:
+        lane = self._lanes.get(key) if key is not None else None
+        if lane is None:
+            return
+        lane.shared.discard(task)
+        if lane.exclusive is task:
+            lane.exclusive = None
+        if lane.exclusive is None and not lane.shared:
+            del self._lanes[key]  # type: ignore[arg-type]  # key is not None here
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -23,6 +23,29 @@ order. Every write is a compare-and-set on the revision that was read (`update(l
   (retry later or dead letter), which puts the previous record back.
 
 A lost compare-and-set (another instance wrote in between) re-reads and decides again.
+
+`apply` events (docs/DESIGN.md, "Write rules")
+-----------------------------------------------
+A `replace` event carries its key's whole state, so its version alone decides it. An `apply`
+event (a create, a partial update) must be applied once whatever else its key has seen, so
+it never claims or moves the key's record (`claim_apply`). It is decided by:
+
+* the key's record: `STALE` if it holds an `applied` replacement newer than the event (that
+  replacement overwrote the event in every region, in every order); `BUSY` while a live
+  claim holds it (a replacement is being applied: the event waits rather than race it);
+* its own **marker**, `<service>.ev.<event id>`, in the record format: created `claimed`
+  before the call, made `applied` after it, deleted when the call will not happen now. An
+  `applied` marker is `DUPLICATE`; a live claim of another instance is `BUSY`; a claim of
+  this instance's or an expired one is taken over as a **repeat** (the earlier call may have
+  landed; the service gets the same `Idempotency-Key`). Markers live as long as records
+  (the bucket's TTL, the stream's age limit), so redeliveries and replays from the stream
+  within it are caught;
+* after a call that is not a create, the key's **apply mark** `<record key>.a` (the newest
+  applied `apply` version) is raised; an event older than it was applied out of order, and
+  is counted as a conflict (`raise_apply_mark`).
+
+An `apply` event costs a read of the key's record, the marker's create and update, and for a
+non-create the apply mark's read and write.
 Records live as long as the stream's age limit (the bucket's TTL), so they survive restarts.
 
 What this instance remembers (`known`), and why it is safe
@@ -69,7 +92,15 @@ from nats.js.kv import KeyValue
 
 from shared.envelope import Event
 from shared.kvcas import KvCas
-from shared.versions import CAS_ATTEMPTS, Record, cas_write, read_record, record_key
+from shared.versions import (
+    CAS_ATTEMPTS,
+    Record,
+    apply_mark_key,
+    cas_write,
+    marker_key,
+    read_record,
+    record_key,
+)
 
 __all__ = ["Claim", "ClaimResult", "Verdict", "VersionStore"]
 
@@ -87,6 +118,8 @@ class Verdict(enum.StrEnum):
 class ClaimResult:
     verdict: Verdict
     claim: Claim | None = None
+    # The event was claimed before and never settled: its earlier call may have landed.
+    repeat: bool = False
 
 
 class VersionStore:
@@ -160,20 +193,86 @@ class VersionStore:
         self, kv_key: str, event: Event, current: Record | None, revision: int | None
     ) -> ClaimResult | None:
         """Claim over `current` at `revision`; None if someone wrote since."""
-        mine = Record(
-            str(event.hlc), event.event_id, "claimed", self._owner, self._clock() + self._claim_s
-        )
+        mine = self._claimed(event)
         new_revision = await self._cas(kv_key, mine, revision)
         if new_revision is None:
             return None
-        return ClaimResult(Verdict.CLAIMED, Claim(self, kv_key, mine, new_revision, current))
+        repeat = current is not None and current.version == mine.version
+        claim = Claim(self, kv_key, mine, new_revision, current)
+        return ClaimResult(Verdict.CLAIMED, claim, repeat=repeat)
 
-    async def _cas(self, kv_key: str, record: Record, revision: int | None) -> int | None:
-        """Compare-and-set; remembers the outcome (the new record, or nothing)."""
+    def _claimed(self, event: Event) -> Record:
+        return Record(
+            str(event.hlc), event.event_id, "claimed", self._owner, self._clock() + self._claim_s
+        )
+
+    # ------------------------------------------------------------------ `apply` events
+
+    async def claim_apply(self, event: Event) -> ClaimResult:
+        """Claim an `apply` event (module docstring, "`apply` events"): `STALE` when a newer
+        `replace` of its key was applied, `BUSY` while a `replace` of its key is in flight,
+        `DUPLICATE` when its marker says applied, else `CLAIMED` with its marker's claim."""
+        kv_key = record_key(event.service, event.key)
+        version = (str(event.hlc), event.event_id)
+        known = self._known.get(kv_key)
+        if known is not None and _settled(version, known[0]) is Verdict.STALE:
+            return ClaimResult(Verdict.STALE)
+        current, revision = await read_record(self._kv, kv_key)
+        if current is not None and revision is not None:
+            self._remember(kv_key, current, revision)
+            if current.state == "applied" and version < current.version:
+                return ClaimResult(Verdict.STALE)
+            if current.state == "claimed" and current.until > self._clock():
+                return ClaimResult(Verdict.BUSY)
+        return await self._claim_marker(event)
+
+    async def _claim_marker(self, event: Event) -> ClaimResult:
+        key = marker_key(event.service, event.event_id)
+        mine = self._claimed(event)
+        for _ in range(CAS_ATTEMPTS):
+            created = await cas_write(self._kv, key, mine, None)
+            if created is not None:
+                return ClaimResult(
+                    Verdict.CLAIMED, Claim(self, key, mine, created, None, marker=True)
+                )
+            current, revision = await read_record(self._kv, key)
+            if current is None or revision is None:
+                continue  # released (deleted) in between: create it again
+            if current.state == "applied":
+                return ClaimResult(Verdict.DUPLICATE)
+            if current.owner != self._owner and current.until > self._clock():
+                return ClaimResult(Verdict.BUSY)
+            # Ours from an earlier delivery, or a dead owner's: its call may have landed.
+            retaken = await cas_write(self._kv, key, mine, revision)
+            if retaken is not None:
+                claim = Claim(self, key, mine, retaken, None, marker=True)
+                return ClaimResult(Verdict.CLAIMED, claim, repeat=True)
+        return ClaimResult(Verdict.BUSY)
+
+    async def raise_apply_mark(self, event: Event) -> bool:
+        """Record an applied `apply` event as its key's newest applied one; False if a newer
+        one was applied already (this one was applied out of order: a conflict)."""
+        key = apply_mark_key(event.service, event.key)
+        mine = Record(str(event.hlc), event.event_id, "applied", self._owner, 0.0)
+        for _ in range(CAS_ATTEMPTS):
+            current, revision = await read_record(self._kv, key)
+            if current is not None and mine.version < current.version:
+                return False
+            if await cas_write(self._kv, key, mine, revision) is not None:
+                return True
+        return True  # newer writers each time: not provably out of order
+
+    async def _cas(
+        self, kv_key: str, record: Record, revision: int | None, *, remember: bool = True
+    ) -> int | None:
+        """Compare-and-set; remembers the outcome (the new record, or nothing) unless told
+        not to (an event's marker is never read again by this instance)."""
         if revision is not None and self._fast is not None:
             new_revision = await self._fast.update(kv_key, record.encode(), last=revision)
         else:
             new_revision = await cas_write(self._kv, kv_key, record, revision)
+        if not remember:
+            return new_revision
         if new_revision is None:
             self.forget(kv_key)
         else:
@@ -213,7 +312,10 @@ class Claim:
         record: Record,
         revision: int,
         previous: Record | None,
+        *,
+        marker: bool = False,
     ) -> None:
+        self._marker = marker
         self._store = store
         self._kv_key = kv_key
         self._record = record
@@ -223,7 +325,7 @@ class Claim:
     async def applied(self) -> None:
         """The service has this version (2xx, or 409/412: it has a newer one)."""
         done = Record(self._record.hlc, self._record.event_id, "applied", self._record.owner, 0.0)
-        await self._store._cas(self._kv_key, done, self._revision)
+        await self._store._cas(self._kv_key, done, self._revision, remember=not self._marker)
 
     async def release(self) -> None:
         """The call will not happen now: put back what was there (nothing, or the previous)."""

@@ -21,6 +21,9 @@ DLQ                    region       `xr_dlq_messages`
 retries/s              region       `xr_replayer_upstream_retries_total`,
                                     `xr_replayer_events_total{outcome="retried"}`
 outbox                 region       `xr_bridge_outbox_depth`
+conflicts, repeats     region       `xr_replayer_conflicts_total`,
+                                    `xr_replayer_events_total{outcome="repeated"}`
+                                    (totals since the replayers started)
 =====================  ===========  ==================================================
 """
 
@@ -52,6 +55,7 @@ Buckets = dict[float, float]  # upper bound (le) -> cumulative count
 
 FORWARDED = "xr_broadcaster_forwarded_total"
 REPLAYED = "xr_replayer_events_total"
+CONFLICTS = "xr_replayer_conflicts_total"
 LAG_BUCKET = "xr_replayer_lag_seconds_bucket"
 CANARY_AGE = "xr_replication_canary_age_seconds"
 BC_BACKLOG = "xr_broadcaster_backlog"
@@ -88,6 +92,8 @@ class RegionRow:
     upstream_retries_per_s: float | None
     retried_per_s: float | None  # events nak'ed for redelivery
     outbox: float | None
+    conflicts: float | None = None  # apply events applied after a newer one of their key
+    repeated: float | None = None  # calls made again after a replayer died mid-call
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +219,8 @@ def _region_row(view: _View, region: str) -> RegionRow:
         upstream_retries_per_s=counter_rate(pairs, UPSTREAM_RETRIES, {}),
         retried_per_s=counter_rate(pairs, REPLAYED, {"outcome": "retried"}),
         outbox=gauge(view.now(region, "bridge"), OUTBOX, {}, sum),
+        conflicts=gauge(replayers, CONFLICTS, {}, sum),
+        repeated=gauge(replayers, REPLAYED, {"outcome": "repeated"}, sum),
     )
 
 

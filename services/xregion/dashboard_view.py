@@ -83,7 +83,9 @@ def _lag(value: float | None, row: PathRow) -> str:
 def _regions_table(rows: tuple[RegionRow, ...]) -> Table:
     table = Table(title=REGIONS_TITLE, title_justify="left")
     table.add_column("region", no_wrap=True)
-    for name in ("replay backlog", "DLQ", "retries/s", "redeliveries/s", "outbox"):
+    for name in (
+        "replay backlog", "DLQ", "retries/s", "redeliveries/s", "outbox", "conflicts", "repeats",
+    ):  # fmt: skip
         table.add_column(name, justify="right", no_wrap=True)
     for row in rows:
         table.add_row(
@@ -93,6 +95,8 @@ def _regions_table(rows: tuple[RegionRow, ...]) -> Table:
             fmt_rate(row.upstream_retries_per_s),
             fmt_rate(row.retried_per_s),
             _warn(fmt_count(row.outbox), row.outbox),
+            _warn(fmt_count(row.conflicts), row.conflicts),
+            _warn(fmt_count(row.repeated), row.repeated),
         )
     return table
 

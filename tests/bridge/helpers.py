@@ -32,6 +32,7 @@ from shared.natsconn import NatsConnection
 from shared.regions import events_stream, events_subject
 from shared.settings import Settings, load_settings
 from tests.bridge.upstream_app import TestUpstream
+from tests.harness.toml import toml_value as _toml_value
 from tests.harness.wait import wait_until
 
 __all__ = [
@@ -56,18 +57,6 @@ __all__ = [
 REGION = "us-east"
 REGIONS = ("us-east", "eu-west", "ap-south")
 XREGION = Path(sys.executable).parent / "xregion"
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
 
 
 def make_keys(directory: Path, key_id: str = "us-east-1") -> dict[str, Any]:

@@ -50,7 +50,7 @@ class Writers:
         i = 0
         while not self._stop.is_set():
             path = f"/{self._service}/w{writer}/{i}"
-            reply = await send(self._http, "POST", self._bridge.url, path, data=path.encode())
+            reply = await send(self._http, "PUT", self._bridge.url, path, data=path.encode())
             if 200 <= reply.status < 300:
                 self.accepted.append(reply.headers["Xr-Event-Id"])
             else:

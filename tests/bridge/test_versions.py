@@ -106,7 +106,7 @@ async def test_the_record_is_written_while_the_bridge_runs(
     settings = service_settings(tmp_path, bridge_cluster, upstream, service)
     async with running_bridge(settings) as bridge:
         async with http_client() as http:
-            reply = await send(http, "POST", bridge.url, f"/{service}/7/echo", data=b"{}")
+            reply = await send(http, "PUT", bridge.url, f"/{service}/7/echo", data=b"{}")
         assert reply.status == 200
         record = await wait_until(
             lambda: _record(kv, service, f"/{service}/7/echo"), 10, message="version record"

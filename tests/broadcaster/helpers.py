@@ -34,6 +34,7 @@ from shared.settings import (
     Settings,
     SigningSettings,
 )
+from tests.harness.toml import toml_value as _toml
 from tests.harness.wait import wait_until
 
 __all__ = [
@@ -98,18 +99,6 @@ def bc_settings(
         broadcaster=BroadcasterSettings(**{**TEST_BROADCASTER, **broadcaster}),
         services={name: ServiceSettings(**s) for name, s in (services or {}).items()},
     )
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
 
 
 def write_region_file(path: Path, settings: Settings) -> Path:

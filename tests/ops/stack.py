@@ -26,6 +26,7 @@ from shared.natsconn import NatsConnection
 from shared.settings import Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.http import LoopbackApp
+from tests.harness.toml import toml_value as _toml
 from tests.harness.wait import wait_until
 
 __all__ = [
@@ -106,18 +107,6 @@ def region_settings(cluster: SuperCluster, region: str, upstream: str, workdir: 
         replayer={"admin_listen": f"127.0.0.1:{replayer_admin}", **_REPLAYER},  # type: ignore[arg-type]
         services={SERVICE: {"upstream": upstream, "routes": ["/catalog"]}},  # type: ignore[dict-item]
     )
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"cannot render {value!r} as TOML")
 
 
 def _table(name: str, values: Mapping[str, Any]) -> list[str]:
