@@ -254,11 +254,16 @@ class VersionStore:
         one was applied already (this one was applied out of order: a conflict)."""
         key = apply_mark_key(event.service, event.key)
         mine = Record(str(event.hlc), event.event_id, "applied", self._owner, 0.0)
+        known = self._known.get(key)
+        # A remembered mark only saves the read: the write is refused if anyone wrote since.
+        fresh = known is not None and mine.version > known[0].version
+        if fresh and known is not None and await self._cas(key, mine, known[1]) is not None:
+            return True
         for _ in range(CAS_ATTEMPTS):
             current, revision = await read_record(self._kv, key)
             if current is not None and mine.version < current.version:
                 return False
-            if await cas_write(self._kv, key, mine, revision) is not None:
+            if await self._cas(key, mine, revision) is not None:
                 return True
         return True  # newer writers each time: not provably out of order
 
