@@ -17,8 +17,6 @@ Adapted from tests/ops/stack.py (test modules are not imported from one another)
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,12 +29,21 @@ from pydantic import ValidationError
 from services.xregion.natsconf import build_topology
 from services.xregion.scrape import parse_metrics
 from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
-from shared import provision, regions
+from shared import regions
 from shared.natsconn import NatsConnection
 from shared.settings import ServiceSettings, Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.toml import toml_value as _toml
 from tests.harness.wait import wait_until
+from tests.harness.xregion_procs import (
+    XREGION,
+    ServiceProcess,
+    clean_env,
+    provision_region,
+    region_table,
+    run_xregion,
+    stop,
+)
 
 __all__ = [
     "REGIONS",
@@ -44,14 +51,13 @@ __all__ = [
     "CollectionDeployment",
     "CollectionService",
     "RegionStack",
-    "XregionProcess",
+    "ServiceProcess",
     "metric_total",
     "render_region_file",
     "run_xregion",
 ]
 
 REGIONS = DEV_REGIONS
-XREGION = Path(sys.executable).parent / "xregion"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 XREGION_SERVICES = ("bridge", "broadcaster", "replayer")
 READY_TIMEOUT_S = 60.0
@@ -86,23 +92,6 @@ _REPLAYER: dict[str, Any] = {
 }
 
 
-def _clean_env() -> dict[str, str]:
-    """The test's environment minus XR_* (so only the region file configures a process)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("XR_")}
-
-
-async def _stop(proc: asyncio.subprocess.Process | None) -> None:
-    """SIGTERM by PID, SIGKILL if still there after the deadline; always reaped."""
-    if proc is None or proc.returncode is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), _STOP_TIMEOUT_S)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-
-
 def _log_tail(path: Path, lines: int = 20) -> str:
     if not path.exists():
         return ""
@@ -124,7 +113,7 @@ class CollectionService:
             self.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "tests.harness.collection_service",
                 "--listen", f"127.0.0.1:{port}",
-                stdout=log, stderr=log, cwd=REPO_ROOT, env=_clean_env(),
+                stdout=log, stderr=log, cwd=REPO_ROOT, env=clean_env(),
             )  # fmt: skip
         await wait_until(
             lambda: self._healthy(http), 20, interval=0.05, message=f"{self.url}/_health"
@@ -139,7 +128,7 @@ class CollectionService:
             return False
 
     async def stop(self) -> None:
-        await _stop(self.proc)
+        await stop(self.proc)
 
     async def items(self, http: httpx.AsyncClient, collection: str) -> dict[str, dict[str, Any]]:
         """The collection's items by id, as this region's service holds them."""
@@ -154,51 +143,6 @@ class CollectionService:
         return data
 
 
-class XregionProcess:
-    """`xregion <service> --config F` as a real process; its owner always calls `stop()`."""
-
-    def __init__(self, service: str, config: Path, admin_url: str, log_path: Path) -> None:
-        self.service = service
-        self.admin_url = admin_url
-        self._config = config
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def spawn(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                str(XREGION), "--log-format", "json", self.service, "--config", str(self._config),
-                stdout=log, stderr=log, env=_clean_env(),
-            )  # fmt: skip
-
-    async def ready(self, http: httpx.AsyncClient) -> bool:
-        if self.proc is None or self.proc.returncode is not None:
-            code = None if self.proc is None else self.proc.returncode
-            raise RuntimeError(f"{self.service} exited ({code}): {_log_tail(self.log_path)}")
-        try:
-            reply = await http.get(self.admin_url + "/readyz")
-        except httpx.HTTPError:
-            return False
-        return reply.status_code == 200 and reply.json().get("status") == "ok"
-
-    def kill(self) -> None:
-        """SIGKILL by PID (a crash); `stop()` or `wait_dead()` reaps it."""
-        assert self.proc is not None
-        self.proc.kill()
-
-    async def wait_dead(self) -> None:
-        assert self.proc is not None
-        await self.proc.wait()
-
-    async def stop(self) -> None:
-        await _stop(self.proc)
-
-    async def metrics(self, http: httpx.AsyncClient) -> str:
-        reply = await http.get(self.admin_url + "/metrics")
-        reply.raise_for_status()
-        return reply.text
-
-
 def metric_total(text: str, name: str, labels: Mapping[str, str]) -> float:
     """Sum of the samples called `name` whose labels include `labels` (0 when none)."""
     return sum(s.value for s in parse_metrics(text) if s.matches(name, labels))
@@ -207,17 +151,13 @@ def metric_total(text: str, name: str, labels: Mapping[str, str]) -> float:
 # ---------------------------------------------------------------------- region files
 
 
-def _table(name: str, values: Mapping[str, Any]) -> list[str]:
-    return [f"[{name}]", *(f"{k} = {_toml(v)}" for k, v in values.items() if v is not None)]
-
-
 def render_region_file(path: Path, data: Mapping[str, Any]) -> Settings:
     """Write `data` (the region file's tables as plain values) as TOML; read it back."""
     lines = [f"{key} = {_toml(data[key])}" for key in ("region", "regions", "data_dir")]
     for section in ("nats", "signing", "bridge", "broadcaster", "replayer"):
-        lines += _table(section, data[section])
+        lines += region_table(section, data[section])
     for name, service in data["services"].items():
-        lines += _table(f"services.{name}", service)
+        lines += region_table(f"services.{name}", service)
     path.write_text("\n".join(lines) + "\n")
     return load_settings(path, env={})
 
@@ -242,30 +182,19 @@ class RegionStack:
     settings: Settings
     config: Path
     service: CollectionService
-    processes: dict[str, XregionProcess] = field(default_factory=dict)
+    processes: dict[str, ServiceProcess] = field(default_factory=dict)
 
     @property
     def bridge_url(self) -> str:
         return "http://" + self.settings.bridge.listen
 
     @property
-    def replayer(self) -> XregionProcess:
+    def replayer(self) -> ServiceProcess:
         return self.processes["replayer"]
 
     @property
-    def broadcaster(self) -> XregionProcess:
+    def broadcaster(self) -> ServiceProcess:
         return self.processes["broadcaster"]
-
-
-async def _provision(settings: Settings) -> None:
-    async with NatsConnection(settings.nats, service="test-provision") as conn:
-        await wait_until(
-            lambda: provision.apply(conn.jetstream(), provision.plan(settings, 1)),
-            60,
-            interval=0.2,
-            ignore=(Exception,),
-            message=f"region {settings.region} provisioned",
-        )
 
 
 @dataclass
@@ -307,7 +236,7 @@ class CollectionDeployment:
             settings = render_region_file(
                 self.workdir / f"{region}.toml", self._region_data(region, service.url, usable)
             )
-            await _provision(settings)
+            await provision_region(settings)
             stack = RegionStack(region, settings, self.workdir / f"{region}.toml", service)
             listens = {
                 "bridge": settings.bridge.admin_listen,
@@ -315,7 +244,7 @@ class CollectionDeployment:
                 "replayer": settings.replayer.admin_listen,
             }
             for name in XREGION_SERVICES:
-                stack.processes[name] = XregionProcess(
+                stack.processes[name] = ServiceProcess(
                     name,
                     stack.config,
                     "http://" + listens[name],
@@ -345,7 +274,7 @@ class CollectionDeployment:
             "services": {name: {"upstream": upstream, **v} for name, v in services.items()},
         }
 
-    def processes(self) -> list[XregionProcess]:
+    def processes(self) -> list[ServiceProcess]:
         return [p for s in self.stacks.values() for p in s.processes.values()]
 
     async def wait_ready(self, timeout_s: float = READY_TIMEOUT_S) -> None:
@@ -393,21 +322,3 @@ class CollectionDeployment:
                 if info.num_pending or info.num_ack_pending:
                     return False
         return True
-
-
-async def run_xregion(*args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
-    """`xregion ARGS` to completion: (exit code, stdout, stderr)."""
-    env = {**_clean_env(), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
-    proc = await asyncio.create_subprocess_exec(
-        str(XREGION), *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(timeout_s):
-            out, err = await proc.communicate()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
