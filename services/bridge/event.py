@@ -88,6 +88,9 @@ def create_key(rule: str, path: str, body: bytes) -> str | None:
     except (ValueError, UnicodeDecodeError):
         return None
     value = document.get(field) if isinstance(document, dict) else None
-    if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
+    if isinstance(value, bool) or not isinstance(value, str | int):
         return None
-    return f"{path.rstrip('/')}/{value}"
+    text = str(value)
+    if not text or text != text.strip() or not text.isprintable():
+        return None  # not a key the envelope takes: the write is keyed by its path instead
+    return f"{path.rstrip('/')}/{text}"

@@ -158,6 +158,8 @@ def test_the_bridge_stamps_rule_and_create_key(tmp_path: Path) -> None:
     assert create_key("json:id", "/items/", b'{"id": 12}') == "/items/12"
     assert create_key("json:id", "/items", b'{"id": true}') is None
     assert create_key("json:id", "/items", b'["id"]') is None
+    assert create_key("json:id", "/items", b'{"id": "a\\nb"}') is None  # not a valid key
+    assert create_key("json:id", "/items", b'{"id": ""}') is None
 
 
 async def test_creates_of_one_key_run_together_and_other_writes_wait() -> None:
