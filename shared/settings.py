@@ -51,6 +51,7 @@ __all__ = [
     "SigningSettings",
     "StreamSettings",
     "load_settings",
+    "prefix_matches",
     "redacted_dump",
 ]
 
@@ -308,8 +309,9 @@ def _upper_methods(rules: dict[str, Rule]) -> dict[str, Rule]:
     return upper
 
 
-def _prefix_matches(prefix: str, path: str) -> bool:
-    """Segment-boundary prefix match (the bridge's routing rule)."""
+def prefix_matches(prefix: str, path: str) -> bool:
+    """Segment-boundary prefix match: `/a` matches `/a` and `/a/b`, not `/ab`; a prefix ending
+    in `/` matches everything below it (routes, excludes and route rules alike)."""
     if prefix.endswith("/"):
         return path.startswith(prefix)
     return path == prefix or path.startswith(prefix + "/")
@@ -337,7 +339,7 @@ class ServiceSettings(_Section):
         """The replication rule of a `method` write to `path` (no query string)."""
         best = ""
         for prefix, by_method in self.route_rules.items():
-            if method in by_method and _prefix_matches(prefix, path) and len(prefix) > len(best):
+            if method in by_method and prefix_matches(prefix, path) and len(prefix) > len(best):
                 best = prefix
         if best:
             return self.route_rules[best][method]

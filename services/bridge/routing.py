@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from shared.envelope import MalformedEventError, Rule, parse_targets
-from shared.settings import ServiceSettings
+from shared.settings import ServiceSettings, prefix_matches
 
 __all__ = [
     "KeyRule",
@@ -119,13 +119,6 @@ class Route:
     def replicates(self, method: str, path: str) -> bool:
         """Whether a successful `method` on `path` (no query string) becomes an event."""
         return method in self.replicate and not is_excluded(self.exclude, path)
-
-
-def prefix_matches(prefix: str, path: str) -> bool:
-    """Segment-boundary prefix match; see the module docstring."""
-    if prefix.endswith("/"):
-        return path.startswith(prefix)
-    return path == prefix or path.startswith(prefix + "/")
 
 
 def is_excluded(exclude: Iterable[str], path: str) -> bool:
