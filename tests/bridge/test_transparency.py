@@ -12,6 +12,7 @@ import hashlib
 import json
 import resource
 import tracemalloc
+from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,24 +72,45 @@ def received(answer: Answer) -> list[tuple[str, str]]:
     return [(k, v) for k, v in answer.json()["headers"] if not k.lower().startswith("x-forwarded-")]
 
 
-@pytest_asyncio.fixture(loop_scope="session")
-async def mirror(
-    bridge_cluster: SuperCluster, upstream: TestUpstream, tmp_path: Path
+@contextlib.asynccontextmanager
+async def mirror_bridge(
+    cluster: SuperCluster, upstream: TestUpstream, tmp_path: Path, **bridge: Any
 ) -> AsyncIterator[Bridge]:
-    """A bridge with service `mirror` (no replication) at /mirror, and `timid` whose upstream
-    read timeout is short, and `gone` whose upstream refuses connections."""
+    """A bridge with service `mirror` (no replication) at /mirror, and `gone` whose upstream
+    refuses connections."""
     [dead_port] = free_ports(1)
     settings = write_region_file(
         tmp_path / "region.toml",
-        nats_urls=bridge_cluster.client_urls(REGION),
+        nats_urls=cluster.client_urls(REGION),
         data_dir=tmp_path / "data",
         services={
             "mirror": {"upstream": upstream.url, "routes": ["/mirror"], "replicate": []},
             "gone": {"upstream": f"http://127.0.0.1:{dead_port}", "routes": ["/gone"]},
         },
-        bridge={"upstream_read_timeout_s": 0.5},
+        bridge=bridge,
     )
-    async with running_bridge(settings) as bridge:
+    async with running_bridge(settings) as running:
+        yield running
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def mirror(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, tmp_path: Path
+) -> AsyncIterator[Bridge]:
+    """The mirror bridge with a short upstream read timeout, so that /mirror/hang answers 504."""
+    async with mirror_bridge(
+        bridge_cluster, upstream, tmp_path, upstream_read_timeout_s=0.5
+    ) as bridge:
+        yield bridge
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def patient_mirror(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, tmp_path: Path
+) -> AsyncIterator[Bridge]:
+    """The mirror bridge with the default upstream read timeout: under thousands of
+    connections on a slow machine an answer may take longer than the short one."""
+    async with mirror_bridge(bridge_cluster, upstream, tmp_path) as bridge:
         yield bridge
 
 
@@ -323,7 +345,7 @@ async def test_upstream_connections_are_pooled(mirror: Bridge, upstream: TestUps
     assert len(peers) == 1  # sequential requests reuse one kept-alive connection
 
 
-async def test_many_concurrent_connections(mirror: Bridge) -> None:
+async def test_many_concurrent_connections(patient_mirror: Bridge) -> None:
     # Client, bridge and upstream share this process: about four descriptors per request.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 9000 <= hard:
@@ -333,12 +355,12 @@ async def test_many_concurrent_connections(mirror: Bridge) -> None:
     async with aiohttp.ClientSession(connector=connector) as http:
 
         async def one(i: int) -> int:
-            async with http.get(raw_url(mirror.url, f"/mirror/echo?i={i}")) as reply:
+            async with http.get(raw_url(patient_mirror.url, f"/mirror/echo?i={i}")) as reply:
                 await reply.read()
                 return reply.status
 
         statuses = await asyncio.gather(*(one(i) for i in range(connections)))
-    assert statuses == [200] * connections
+    assert Counter(statuses) == {200: connections}
 
 
 async def test_readiness_and_metrics_on_the_admin_port(mirror: Bridge) -> None:
