@@ -1,18 +1,31 @@
 """`xregion demo`'s traffic and verdict, against the stacks `up` started.
 
-Three phases of writes through the regions' bridges to the demo service (`configs`):
+Three phases of writes through the regions' bridges to the demo service, to its configs
+(`replace` writes: last writer wins) and its items (`apply` creates and patches, `replace`
+deletes):
 
-1. every key is created through one region (round robin over the regions);
+1. every config key is created through one region, and every item (client-assigned ids)
+   through one region (round robin over the regions);
 2. the conflict keys are written at the same moment through two different regions, and the
-   other keys are updated through a region other than the one that created them;
-3. some keys are deleted, through yet another region.
+   other keys are updated through a region other than the one that created them; some items
+   are patched through another region, a few of them at the same moment through two regions
+   (different fields, so both patches must survive);
+3. some keys are deleted, through yet another region, and some items through the region that
+   created them.
 
-Then it waits until every region's demo service holds the same records, and checks them
-against what last-writer-wins must give: for each key, the accepted write with the highest
-version (`Xr-Hlc`, then `Xr-Event-Id`), a delete leaving no record. It prints records per
-region, replication lag p50/p99 per region pair (from the replayers' `xr_replayer_lag_seconds`
-histograms) and the conflicts resolved, and a verdict; the exit code is 0 only when every
-region converged on exactly the expected data.
+Phases 2 and 3 start once every region holds the items written so far: a client patches an
+item it can see, and xregion keeps one key's order per origin, not across origins (a patch
+that reached a region before the item's create from another region would get 404 there and
+be dead-lettered).
+
+Then it waits until every region's demo service holds the same records and items, and checks
+them: for each config key, the accepted write with the highest version (`Xr-Hlc`, then
+`Xr-Event-Id`), a delete leaving no record; for the items, every accepted create with every
+accepted patch merged in, minus the accepted deletes. It prints records and items per region,
+replication lag p50/p99 per region pair (from the replayers' `xr_replayer_lag_seconds`
+histograms), the conflicts resolved or applied out of order, and a verdict; the exit code is 0
+only when every region converged on exactly the expected data and every item write was
+accepted.
 
 The plan and the expected state are pure functions; the IO is `run_demo_traffic`.
 """
@@ -20,11 +33,11 @@ The plan and the expected state are pure functions; the IO is `run_demo_traffic`
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from rich.console import Console
@@ -36,32 +49,61 @@ from services.xregion.deployment import AdminEndpoint
 from services.xregion.scrape import Scrape, admin_client, scrape_all
 from services.xregion.stack import RegionStack
 
-__all__ = ["Op", "Outcome", "expected_state", "plan_traffic", "run_demo_traffic"]
+__all__ = [
+    "Op",
+    "Outcome",
+    "expected_items",
+    "expected_state",
+    "plan_traffic",
+    "run_demo_traffic",
+]
 
 KEYS = 300
 CONFLICT_KEYS = 60
 DELETED_KEYS = 30
+ITEMS = 120
+PATCHED_ITEMS = 48
+CONCURRENT_PATCHES = 12
+DELETED_ITEMS = 24
 _CONCURRENCY = 32
 _CONVERGE_TIMEOUT_S = 45.0
+_REPLICATED_TIMEOUT_S = 20.0
 _SERVICES = 8
 
 Version = tuple[str, str]
 Records = dict[str, tuple[Any, Version]]  # "service/property" -> (value, version)
+Items = dict[str, tuple[dict[str, Any], Version]]  # id -> (fields, version of its create)
+Resource = Literal["configs", "items"]
 
 
 @dataclass(frozen=True, slots=True)
 class Op:
     region: str
-    method: str  # PUT | DELETE
-    key: str  # "service/property"
+    method: str  # configs: PUT | DELETE; items: POST | PATCH | DELETE
+    key: str  # configs: "service/property"; items: the item id
     value: Any = None
+    resource: Resource = "configs"
+
+    @property
+    def path(self) -> str:
+        if self.method == "POST":
+            return f"/{self.resource}"  # a create names its item in the body
+        return f"/{self.resource}/{self.key}"
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     op: Op
     status: int | None  # None: no answer (connection error, timeout)
-    version: Version | None  # the bridge's Xr-Hlc/Xr-Event-Id of an accepted write
+    version: Version | None  # the answer's version of an accepted write (an item's: its create's)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What one region's demo service holds."""
+
+    records: Records
+    items: Items
 
 
 def plan_traffic(
@@ -70,8 +112,18 @@ def plan_traffic(
     keys: int = KEYS,
     conflicts: int = CONFLICT_KEYS,
     deletes: int = DELETED_KEYS,
+    items: int = ITEMS,
+    patched: int = PATCHED_ITEMS,
+    concurrent_patches: int = CONCURRENT_PATCHES,
+    item_deletes: int = DELETED_ITEMS,
 ) -> list[list[Op]]:
     """The writes, phase by phase; the ops within a phase run concurrently."""
+    config_phases = _config_plan(regions, keys, conflicts, deletes)
+    item_phases = _item_plan(regions, items, patched, concurrent_patches, item_deletes)
+    return [c + i for c, i in zip(config_phases, item_phases, strict=True)]
+
+
+def _config_plan(regions: Sequence[str], keys: int, conflicts: int, deletes: int) -> list[list[Op]]:
     n = len(regions)
     names = [f"svc-{k % _SERVICES}/prop-{k:04d}" for k in range(keys)]
     creates = [Op(regions[k % n], "PUT", key, {"v": 1, "by": regions[k % n]})
@@ -87,11 +139,34 @@ def plan_traffic(
     return [creates, second, removals]
 
 
+def _item_plan(
+    regions: Sequence[str], items: int, patched: int, concurrent: int, deletes: int
+) -> list[list[Op]]:
+    """Item k is created through region k mod n, patched (k < `patched`) through the next
+    region, and (k < `concurrent`) at the same moment through the one after that, in another
+    field; every (items / deletes)-th item is deleted through the region that created it."""
+    n = len(regions)
+    ids = [f"item-{k:04d}" for k in range(items)]
+    creates = [Op(regions[k % n], "POST", i, {"id": i, "name": f"item {k}", "by": regions[k % n]},
+                  "items") for k, i in enumerate(ids)]  # fmt: skip
+    patches: list[Op] = []
+    for k in range(min(patched, items)):
+        patches.append(Op(regions[(k + 1) % n], "PATCH", ids[k], {"size": k % 7 + 1}, "items"))
+        if k < concurrent and n > 1:
+            other = regions[(k + 2) % n] if n > 2 else regions[k % n]
+            patches.append(Op(other, "PATCH", ids[k], {"color": f"c{k % 5}"}, "items"))
+    step = items // deletes if deletes else 0
+    removals = [Op(regions[k % n], "DELETE", ids[k], resource="items")
+                for k in range(step - 1, items, step)] if step else []  # fmt: skip
+    return [creates, patches, removals]
+
+
 def expected_state(outcomes: Sequence[Outcome]) -> Records:
-    """What every region must hold: per key, the accepted write with the highest version."""
+    """What every region must hold of the configs: per key, the accepted write with the
+    highest version."""
     winners: dict[str, Outcome] = {}
     for outcome in outcomes:
-        if outcome.version is None:
+        if outcome.version is None or outcome.op.resource != "configs":
             continue
         best = winners.get(outcome.op.key)
         if best is None or (best.version is not None and outcome.version > best.version):
@@ -103,6 +178,24 @@ def expected_state(outcomes: Sequence[Outcome]) -> Records:
     }
 
 
+def expected_items(outcomes: Sequence[Outcome]) -> Items:
+    """What every region must hold of the items: every accepted create with every accepted
+    patch merged in, minus the accepted deletes. `outcomes` are in phase order; within a
+    phase an item has one create, or patches of different fields, or one delete."""
+    items: Items = {}
+    for o in outcomes:
+        if o.version is None or o.op.resource != "items":
+            continue
+        if o.op.method == "POST":
+            items[o.op.key] = ({k: v for k, v in o.op.value.items() if k != "id"}, o.version)
+        elif o.op.method == "PATCH" and o.op.key in items:
+            fields, version = items[o.op.key]
+            items[o.op.key] = ({**fields, **o.op.value}, version)
+        elif o.op.method == "DELETE":
+            items.pop(o.op.key, None)
+    return items
+
+
 async def run_demo_traffic(stacks: Sequence[RegionStack], console: Console) -> int:
     regions = [s.region for s in stacks]
     phases = plan_traffic(regions)
@@ -111,25 +204,28 @@ async def run_demo_traffic(stacks: Sequence[RegionStack], console: Console) -> i
     async with httpx.AsyncClient(
         timeout=10.0, limits=httpx.Limits(max_connections=_CONCURRENCY), trust_env=False
     ) as client:
-        outcomes = await _send_all(client, bridges, phases, console)
+        outcomes = await _send_all(client, bridges, stacks, phases, console)
         sent_s = time.monotonic() - started
         console.print(f"[green]✓[/] {len(outcomes)} writes sent through {len(bridges)} bridges "
                       f"[dim]({sent_s:.1f} s)[/]")  # fmt: skip
-        expected = expected_state(outcomes)
+        expected = Held(expected_state(outcomes), expected_items(outcomes))
         with console.status("waiting for every region to converge …"):
-            converged, held = await _converge(client, stacks, expected)
+            converged, held = await _converge(
+                client, stacks, lambda h: h == expected, _CONVERGE_TIMEOUT_S
+            )
     settle_s = time.monotonic() - started - sent_s
     async with admin_client(2.0) as admin:
         scrapes = await scrape_all(admin, _endpoints(stacks))
     console.print(_regions_table(stacks, outcomes, held, scrapes))
     console.print(_lag_table(regions, scrapes))
     console.print(_conflicts_line(outcomes, scrapes))
-    return _verdict(console, converged, expected, outcomes, sent_s, settle_s)
+    return _verdict(console, converged, expected, held, outcomes, sent_s, settle_s)
 
 
 async def _send_all(
     client: httpx.AsyncClient,
     bridges: Mapping[str, str],
+    stacks: Sequence[RegionStack],
     phases: Sequence[Sequence[Op]],
     console: Console,
 ) -> list[Outcome]:
@@ -146,18 +242,24 @@ async def _send_all(
             progress.advance(bar)
             return outcome
 
-        for phase in phases:
+        for i, phase in enumerate(phases):
+            if i:
+                # On a timeout the writes go on: the verdict reports what did not arrive.
+                await _converge(
+                    client, stacks, _holds(expected_items(outcomes)), _REPLICATED_TIMEOUT_S
+                )
             outcomes += await asyncio.gather(*(one(op) for op in phase))
     return outcomes
 
 
+def _holds(items: Items) -> Callable[[Held], bool]:
+    return lambda held: held.items == items
+
+
 async def _send(client: httpx.AsyncClient, bridge: str, op: Op) -> Outcome:
-    url = f"{bridge}/configs/{op.key}"
+    body = None if op.method == "DELETE" else op.value
     try:
-        if op.method == "PUT":
-            reply = await client.put(url, json=op.value)
-        else:
-            reply = await client.delete(url)
+        reply = await client.request(op.method, bridge + op.path, json=body)
     except httpx.HTTPError:
         return Outcome(op, None, None)
     if not (reply.is_success and reply.headers.get("Xr-Event-Id")):
@@ -175,15 +277,20 @@ def _reply_version(reply: httpx.Response) -> Version | None:
     return _version(version) if isinstance(version, dict) else None
 
 
-async def _listing(client: httpx.AsyncClient, service: str) -> Records | None:
+async def _listing(client: httpx.AsyncClient, service: str) -> Held | None:
     try:
-        reply = await client.get(f"{service}/configs")
-        reply.raise_for_status()
-        body = reply.json()
+        configs, items = await asyncio.gather(
+            client.get(f"{service}/configs"), client.get(f"{service}/items")
+        )
+        configs.raise_for_status()
+        items.raise_for_status()
+        records, collection = configs.json()["configs"], items.json()["items"]
     except (httpx.HTTPError, ValueError):
         return None
-    return {f"{c['service']}/{c['property']}": (c["value"], _version(c["version"]))
-            for c in body["configs"]}  # fmt: skip
+    return Held(
+        {f"{c['service']}/{c['property']}": (c["value"], _version(c["version"])) for c in records},
+        {i["id"]: (i["fields"], _version(i["version"])) for i in collection},
+    )
 
 
 def _version(version: Mapping[str, str]) -> Version:
@@ -191,14 +298,18 @@ def _version(version: Mapping[str, str]) -> Version:
 
 
 async def _converge(
-    client: httpx.AsyncClient, stacks: Sequence[RegionStack], expected: Records
-) -> tuple[bool, dict[str, Records | None]]:
-    deadline = time.monotonic() + _CONVERGE_TIMEOUT_S
+    client: httpx.AsyncClient,
+    stacks: Sequence[RegionStack],
+    done: Callable[[Held], bool],
+    timeout_s: float,
+) -> tuple[bool, dict[str, Held | None]]:
+    """Poll every region's demo service until `done` holds for each, or `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
     while True:
         held = dict(zip([s.region for s in stacks],
                         await asyncio.gather(*(_listing(client, s.service_url) for s in stacks)),
                         strict=True))  # fmt: skip
-        if all(records == expected for records in held.values()):
+        if all(h is not None and done(h) for h in held.values()):
             return True, held
         if time.monotonic() > deadline:
             return False, held
@@ -220,20 +331,21 @@ def _metric(scrapes: Sequence[Scrape], region: str, name: str, **labels: str) ->
 def _regions_table(
     stacks: Sequence[RegionStack],
     outcomes: Sequence[Outcome],
-    held: Mapping[str, Records | None],
+    held: Mapping[str, Held | None],
     scrapes: Sequence[Scrape],
 ) -> Table:
     table = Table(title="per region")
-    for column in ("region", "records", "writes accepted", "writes refused (409)",
+    for column in ("region", "records", "items", "writes accepted", "writes refused (409)",
                    "replayed: applied", "stale", "dead-lettered"):  # fmt: skip
         table.add_column(column, justify="right" if column != "region" else "left")
     for stack in stacks:
         mine = [o for o in outcomes if o.op.region == stack.region]
-        records = held.get(stack.region)
+        state = held.get(stack.region)
         events = "xr_replayer_events_total"
         table.add_row(
             stack.region,
-            "unreachable" if records is None else str(len(records)),
+            "unreachable" if state is None else str(len(state.records)),
+            "unreachable" if state is None else str(len(state.items)),
             str(sum(1 for o in mine if o.version is not None)),
             str(sum(1 for o in mine if o.status == 409)),
             f"{_metric(scrapes, stack.region, events, outcome='applied'):.0f}",
@@ -263,39 +375,77 @@ def _ms(seconds: float | None) -> str:
 
 
 def _conflicts_line(outcomes: Sequence[Outcome], scrapes: Sequence[Scrape]) -> str:
-    by_key = {k: list(g) for k, g in itertools.groupby(
-        sorted((o for o in outcomes if o.op.method == "PUT" and o.op.value["v"] == 2),
-               key=lambda o: o.op.key), key=lambda o: o.op.key)}  # fmt: skip
-    concurrent = sum(1 for ops in by_key.values() if len(ops) > 1)
+    ops = [o.op for o in outcomes]
+    concurrent = _written_twice(
+        op for op in ops if op.resource == "configs" and op.method == "PUT" and op.value["v"] == 2
+    )
+    patched = _written_twice(op for op in ops if op.method == "PATCH")
     regions = {s.endpoint.region for s in scrapes}
     stale = sum(_metric(scrapes, r, "xr_replayer_events_total", outcome="stale") for r in regions)
+    out_of_order = sum(_metric(scrapes, r, "xr_replayer_conflicts_total") for r in regions)
     refused = sum(1 for o in outcomes if o.status == 409)
     return (
         f"conflicts resolved by last-writer-wins: {concurrent} keys written concurrently from "
         f"two regions; {stale:.0f} replayed writes were older than the stored version (stale, "
-        f"not applied) and {refused} client writes were refused with 409"
+        f"not applied) and {refused} client writes were refused with 409\n"
+        f"conflicts applied: {patched} items patched concurrently from two regions; "
+        f"{out_of_order:.0f} replayed patches came after a newer patch of their item "
+        f"(xr_replayer_conflicts_total), applied all the same"
     )
+
+
+def _written_twice(ops: Iterable[Op]) -> int:
+    """Keys that more than one of `ops` writes (the plan's writes from two regions at once)."""
+    return sum(1 for n in Counter(op.key for op in ops).values() if n > 1)
 
 
 def _verdict(
     console: Console,
     converged: bool,
-    expected: Records,
+    expected: Held,
+    held: Mapping[str, Held | None],
     outcomes: Sequence[Outcome],
     sent_s: float,
     settle_s: float,
 ) -> int:
     failed = sum(1 for o in outcomes if o.status is None or o.status >= 500)
-    if converged and failed == 0:
+    # Every item write of the plan is valid when sent: a refusal means one did not happen.
+    refused = sum(1 for o in outcomes if o.op.resource == "items" and o.version is None)
+    if converged and failed == refused == 0:
+        items = Counter(o.op.method for o in outcomes if o.op.resource == "items")
+        configs = sum(1 for o in outcomes if o.op.resource == "configs")
         console.print(
-            f"converged: every region holds the same {len(expected)} records, exactly what "
-            f"last-writer-wins gives for {len(outcomes)} writes ({sent_s:.1f} s of writes, "
-            f"converged {settle_s:.1f} s after the last one)",
+            f"converged: every region holds the same {len(expected.records)} records, exactly "
+            f"what last-writer-wins gives for {configs} writes, and the same "
+            f"{len(expected.items)} items: {items['POST']} created, {items['PATCH']} patches "
+            f"all applied, {items['DELETE']} deleted ({sent_s:.1f} s of writes, converged "
+            f"{settle_s:.1f} s after the last one)",
             style="bold green",
         )
         return 0
-    why = (
-        f"{failed} writes failed" if failed else f"not converged after {_CONVERGE_TIMEOUT_S:.0f} s"
-    )
+    if failed or refused:
+        why = f"{failed} writes failed, {refused} item writes refused"
+    else:
+        why = f"not converged after {_CONVERGE_TIMEOUT_S:.0f} s ({_differences(expected, held)})"
     console.print(f"NOT converged: {why}; see the logs under the workdir", style="bold red")
     return 1
+
+
+def _differences(expected: Held, held: Mapping[str, Held | None]) -> str:
+    """What differs, per region: records and items missing, extra or with other contents."""
+    parts = []
+    for region, state in held.items():
+        if state is None:
+            parts.append(f"{region}: unreachable")
+            continue
+        for name, want, have in (("records", expected.records, state.records),
+                                 ("items", expected.items, state.items)):  # fmt: skip
+            if want != have:
+                parts.append(f"{region}: {name} {_diff(want, have)}")
+    return "; ".join(parts)
+
+
+def _diff(want: Mapping[str, object], have: Mapping[str, object]) -> str:
+    missing, extra = want.keys() - have.keys(), have.keys() - want.keys()
+    other = sum(1 for k in want.keys() & have.keys() if want[k] != have[k])
+    return f"{len(missing)} missing, {len(extra)} extra, {other} different"

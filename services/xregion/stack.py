@@ -236,8 +236,10 @@ trusted_keys_file = {q(str(trusted))}
 
 [services.{DEMO_SERVICE}]
 upstream = "{stack.service_url}"
-routes = ["/configs"]
-replicate = ["PUT", "DELETE"]
+routes = ["/configs", "/items"]
+replicate = ["PUT", "DELETE", "POST", "PATCH"]
 targets = "all"
 key = "path"
+# POST /items {{"id": "7", ...}} is keyed /items/7, so the item's PATCH and DELETE follow it.
+create_key = "json:id"
 """
