@@ -18,7 +18,8 @@ that is compressed or binary (services/replayer/excerpt.py); an answer without a
 Who files what, in their own region's DLQ:
 
 * the replayer: events it cannot apply (reasons such as `http_422`, `retries_exhausted`,
-  `bad_signature`);
+  `bad_signature`), or must not apply where or when they arrived (`NOT_A_TARGET`,
+  `SUBJECT_MISMATCH`, `EXPIRED`);
 * the broadcaster: events a target region refused for good (`FORWARD_REFUSED`, with
   `Xr-Dlq-Target`);
 * the bridge: events its own events stream refused for good (`PUBLISH_REFUSED`, e.g. over the
@@ -41,13 +42,26 @@ stream it did not get through:
   target's; without `Nats-Msg-Id` (the replay stream may still hold the event's id in its
   duplicate window, and would drop the replay; decode only requires the header to equal the
   event id when it is present).
+
+An operator replays with rights no filer has, so `replay_message` takes only what the letter's
+own subject `xr.dlq.<region>.<origin>.<service>` can vouch for (every filer may publish only
+under its own prefix) and refuses the rest (`NotReplayableError`, the letter stays):
+
+* `publish_refused` only under the region's own origin (its bridge), to its events stream;
+* `forward_refused` only under the region's own origin (its broadcaster) and with an
+  `Xr-Dlq-Target` naming another region, to that region's replay stream;
+* any other reason only under another region's origin (its replayer, which only ever receives
+  other regions' events), without `Xr-Dlq-Target`, to the region's own replay stream;
+* in every case the letter must hold a valid event of that origin and service (and, when it
+  names targets, one that includes where it goes), and with a `Verifier` (signing on) one
+  signed by a key of its origin.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from shared.envelope import (
     HDR_DLQ_AT,
@@ -65,15 +79,22 @@ from shared.envelope import (
     HDR_PATH,
     HDR_SERVICE,
     HDR_TRACE,
+    MalformedEventError,
+    decode,
 )
 from shared.frames import wire_size
 from shared.regions import REGION_RE, SERVICE_RE, dlq_subject, events_subject, replay_subject
+from shared.signing import SignatureError, Verifier
 
 __all__ = [
+    "EXPIRED",
     "FORWARD_REFUSED",
     "HDR_DLQ_BODY",
+    "NOT_A_TARGET",
     "PUBLISH_REFUSED",
+    "SUBJECT_MISMATCH",
     "DeadLetter",
+    "NotReplayableError",
     "dead_letter",
     "fit",
     "one_line",
@@ -87,6 +108,13 @@ FORWARD_REFUSED = "forward_refused"
 # `Xr-Dlq-Reason` of an event the origin's own events stream refused for good (filed by the
 # bridge); `replay_message` sends it back to that events stream.
 PUBLISH_REFUSED = "publish_refused"
+# Reasons a replayer refuses an event for where or when it arrived, without calling anyone:
+# its region is not among the event's targets (or is its origin);
+NOT_A_TARGET = "not_a_target"
+# its replay subject names another origin or service than the event's (signed) headers;
+SUBJECT_MISMATCH = "subject_mismatch"
+# it was written, by its HLC, longer ago than `replayer.max_event_age_s`.
+EXPIRED = "expired"
 
 # Set instead of the body when original body + dead-letter headers would exceed max_payload
 # (an oversized frame makes the server close the connection for good, NATS_NOTES §2.2).
@@ -107,6 +135,11 @@ _DLQ_PREFIX_LOWER = "xr-dlq-"
 
 class DeadLetter(tuple[str, dict[str, str], bytes]):
     """(subject, headers, payload) ready to publish."""
+
+
+class NotReplayableError(ValueError):
+    """A dead letter whose reason, target or event its own subject does not vouch for (see
+    the module docstring); `str()` says why, in one line."""
 
 
 @functools.lru_cache(maxsize=1024)  # a handful of subjects, one lookup per event
@@ -183,29 +216,96 @@ def slim(letter: DeadLetter, why: str) -> DeadLetter:
 
 
 def replay_message(
-    *, region: str, subject: str, headers: Mapping[str, str] | None, payload: bytes
+    *,
+    region: str,
+    subject: str,
+    headers: Mapping[str, str] | None,
+    payload: bytes,
+    regions: Sequence[str] | None = None,
+    verifier: Verifier | None = None,
 ) -> tuple[str, dict[str, str], bytes]:
     """The original event of a dead letter, addressed to the stream it failed to get through:
     its origin's events stream (a bridge's `publish_refused` letter, with `Nats-Msg-Id` = its
     event id), this region's replay stream (a replayer's dead letter), or the target region's
-    that refused it (a broadcaster's, `Xr-Dlq-Target`)."""
+    that refused it (a broadcaster's, `Xr-Dlq-Target`). NotReplayableError when the letter's
+    subject does not vouch for it (module docstring); `regions`, when given, are the only
+    origins and targets accepted, and `verifier` checks the event's signature."""
+    letter = headers or {}
     origin, service = path_of(subject)
-    out = {k: v for k, v in (headers or {}).items() if not _is_ours(k)}
-    if (headers or {}).get(HDR_DLQ_REASON) == PUBLISH_REFUSED:
-        return _back_to_events(region, origin, service, out), out, payload
-    refused_by = (headers or {}).get(HDR_DLQ_TARGET, "")
-    to = refused_by if REGION_RE.fullmatch(refused_by) else region
-    target = replay_subject(to, origin if origin != _UNKNOWN else "*", service)
-    return target.replace("*", _UNKNOWN), out, payload
+    if not subject.startswith(f"xr.dlq.{region}.") or _UNKNOWN in (origin, service):
+        raise NotReplayableError(f"its subject {subject!r} names no origin and service here")
+    out = {k: v for k, v in letter.items() if not _is_ours(k)}
+    to = _filed_for(region, origin, letter.get(HDR_DLQ_REASON) or "", letter.get(HDR_DLQ_TARGET))
+    for name, what in ((origin, "origin"), (to, "target")):
+        if regions is not None and name not in regions:
+            raise NotReplayableError(f"its {what} {name!r} is not one of the regions")
+    if letter.get(HDR_DLQ_REASON) == PUBLISH_REFUSED:  # its own events stream: any targets
+        _check_event(out, payload, origin=origin, service=service, to=None, verifier=verifier)
+        return _back_to_events(region, service, out), out, payload
+    _check_event(out, payload, origin=origin, service=service, to=to, verifier=verifier)
+    return replay_subject(to, origin, service), out, payload
 
 
-def _back_to_events(region: str, origin: str, service: str, headers: dict[str, str]) -> str:
+def _filed_for(region: str, origin: str, reason: str, refused_by: str | None) -> str:
+    """Where a letter of `reason` filed under `origin` in `region`'s DLQ goes back to, if its
+    filer could have filed it so; NotReplayableError if not."""
+    if reason in (PUBLISH_REFUSED, FORWARD_REFUSED):
+        if origin != region:
+            raise NotReplayableError(
+                f"a {reason} letter is filed under its own region's origin {region}, not {origin}"
+            )
+        if reason == PUBLISH_REFUSED:
+            if refused_by is not None:
+                raise NotReplayableError(f"a {reason} letter names no target")
+            return region
+        if refused_by is None or not REGION_RE.fullmatch(refused_by) or refused_by == region:
+            raise NotReplayableError(f"its target {refused_by!r} is not another region")
+        return refused_by
+    if origin == region:
+        raise NotReplayableError(
+            f"a {reason or 'reasonless'} letter under {region}'s own origin was not filed by "
+            "its replayer, which only receives other regions' events"
+        )
+    if refused_by is not None:
+        raise NotReplayableError(f"a {reason or 'reasonless'} letter names no target")
+    return region
+
+
+def _check_event(
+    headers: Mapping[str, str],
+    payload: bytes,
+    *,
+    origin: str,
+    service: str,
+    to: str | None,
+    verifier: Verifier | None,
+) -> None:
+    """NotReplayableError unless `headers` + `payload` are an event of `origin` and `service`
+    meant for `to` (when given; and signed by its origin, with `verifier`)."""
+    try:
+        event = decode(headers, payload)
+    except MalformedEventError as exc:
+        raise NotReplayableError(f"it holds no valid event: {exc}") from None
+    if (event.origin, event.service) != (origin, service):
+        raise NotReplayableError(
+            f"its event is of {event.origin}/{event.service}, its subject says {origin}/{service}"
+        )
+    if to is not None and event.targets is not None and to not in event.targets:
+        raise NotReplayableError(f"its event is not meant for {to}")
+    if verifier is not None:
+        try:
+            verifier.verify(event)
+        except SignatureError as exc:
+            raise NotReplayableError(f"its event's signature fails ({exc.reason}: {exc})") from None
+
+
+def _back_to_events(region: str, service: str, headers: dict[str, str]) -> str:
     """The events subject a refused publish goes back to; gives `headers` the event's own
     `Nats-Msg-Id` (the events stream's dedup key, as the bridge published it)."""
     event_id = headers.get(HDR_EVENT_ID)
     if event_id:
         headers[HDR_MSG_ID] = event_id
-    return events_subject(origin if origin != _UNKNOWN else region, service)
+    return events_subject(region, service)
 
 
 def _is_ours(name: str) -> bool:

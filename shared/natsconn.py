@@ -8,7 +8,11 @@
   `reconnect_wait_max_s`, logging and counting every disconnect and reconnect;
 * if the client closes for good anyway (nats-py closes on any protocol `-ERR`), `closed` is
   set so the owner can shut down instead of running without a connection;
-* `aclose()` drains (bounded by `drain_timeout_s`), then closes; it is idempotent.
+* `aclose()` drains (bounded by `drain_timeout_s`), then closes; it is idempotent;
+* replies come back on the user's own inboxes, `inbox_prefix(user)` (`_INBOX.<user>`, or
+  nats-py's `_INBOX` without a user): the rendered permissions let each user subscribe to its
+  own prefix only, so no credential can read the replies (fetched events, acks) of another;
+* no error or log line carries the credentials of a server URL (`redact_url`).
 
 Errors raised here:
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import ssl
 from dataclasses import dataclass, field
 from typing import Any, Self
@@ -32,9 +37,48 @@ from shared.logs import get_logger
 from shared.metrics import NATS_CONNECTED, NATS_DISCONNECTS, NATS_ERRORS, NATS_RECONNECTS
 from shared.settings import NatsSettings
 
-__all__ = ["Backoff", "NatsConnectError", "NatsConnection"]
+__all__ = [
+    "Backoff",
+    "NatsConnectError",
+    "NatsConnection",
+    "inbox_prefix",
+    "login_user",
+    "redact_url",
+]
 
 log = get_logger("xr.nats")
+
+DEFAULT_INBOX_PREFIX = "_INBOX"
+# Characters a subject token may not hold, plus `%` itself, so the escaping is one-to-one.
+_NOT_IN_TOKEN_RE = re.compile(r"[\s.*>%]")
+# Up to the last `@` of the URL: a password may hold `/` or `@` unencoded.
+_USERINFO_RE = re.compile(r"(?<=//)[^\s'\",]*@")
+
+
+def inbox_prefix(user: str | None) -> str:
+    """The inbox prefix of a connection logged in as `user`: `_INBOX.<user>` (one subject token:
+    `.`, `*`, `>`, `%` and whitespace are %-escaped, so no user's prefix covers another's)."""
+    if not user:
+        return DEFAULT_INBOX_PREFIX
+    token = _NOT_IN_TOKEN_RE.sub(lambda m: f"%{ord(m[0]):02X}", user)
+    return f"{DEFAULT_INBOX_PREFIX}.{token}"
+
+
+def redact_url(text: str) -> str:
+    """`text` with the userinfo of every URL in it (`nats://user:pass@host`) replaced by `***@`."""
+    return _USERINFO_RE.sub("***@", text)
+
+
+def login_user(settings: NatsSettings) -> str | None:
+    """The user a connection logs in as: `user`, else the one in a server URL (`u:p@`)."""
+    if settings.user:
+        return settings.user
+    for url in settings.servers:
+        userinfo, at, _ = url.partition("//")[2].rpartition("@")
+        name, colon, _ = userinfo.partition(":")
+        if at and colon and name:
+            return name  # as nats-py sends it: not percent-decoded
+    return None
 
 
 class NatsConnectError(Exception):
@@ -110,7 +154,7 @@ class NatsConnection(Closeable):
             if nc.is_connected:
                 await nc.drain()
         except (TimeoutError, nats.errors.Error) as exc:
-            log.warning("nats.drain_failed", error=repr(exc))
+            log.warning("nats.drain_failed", error=redact_url(repr(exc)))
         finally:
             if not nc.is_closed:
                 await nc.close()
@@ -134,6 +178,7 @@ class NatsConnection(Closeable):
             "reconnected_cb": self._on_reconnected,
             "closed_cb": self._on_closed,
             "reconnect_to_server_handler": self._pick_server,
+            "inbox_prefix": inbox_prefix(login_user(s)),
         }
         options.update(self._auth_options())
         return options
@@ -165,20 +210,20 @@ class NatsConnection(Closeable):
         return random.choice(servers) if servers else None, self._backoff.next_delay()
 
     def _connect_failure(self, exc: BaseException) -> str:
-        servers = ", ".join(self._settings.servers)
+        servers = ", ".join(redact_url(url) for url in self._settings.servers)
         if isinstance(exc, TimeoutError):
             return (
                 f"could not connect to NATS at {servers} within "
                 f"{self._settings.first_connect_timeout_s:g} s"
             )
-        return f"could not connect to NATS at {servers}: {exc!r}"
+        return f"could not connect to NATS at {servers}: {redact_url(repr(exc))}"
 
     async def _on_error(self, exc: Exception) -> None:
         NATS_ERRORS.labels(self._service, type(exc).__name__).inc()
         if self._nc is None:  # still the first connect: its failure is raised once, in full
-            log.debug("nats.error", error=repr(exc))
+            log.debug("nats.error", error=redact_url(repr(exc)))
             return
-        log.warning("nats.error", error=repr(exc))
+        log.warning("nats.error", error=redact_url(repr(exc)))
 
     async def _on_disconnected(self) -> None:
         if self._nc is None:  # our own close, or the failed first connect
@@ -196,7 +241,7 @@ class NatsConnection(Closeable):
     async def _on_closed(self) -> None:
         NATS_CONNECTED.labels(self._service).set(0)
         if self._nc is not None:
-            log.error("nats.closed", error=repr(self._nc.last_error))
+            log.error("nats.closed", error=redact_url(repr(self._nc.last_error)))
         self.closed.set()
 
 

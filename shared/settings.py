@@ -52,14 +52,19 @@ __all__ = [
     "StreamSettings",
     "load_settings",
     "prefix_matches",
+    "redact_userinfo",
     "redacted_dump",
 ]
 
 DEFAULT_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 _METHOD_RE = re.compile(r"[A-Z]+")
 _LISTEN_RE = re.compile(r"(?P<host>\[[0-9a-fA-F:]+\]|[^:\s]+):(?P<port>\d{1,5})")
-_USERINFO_RE = re.compile(r"//[^/@]+@")
+# A URL's userinfo, up to the last `@` of the token: a password may hold `/` or `@` unescaped.
+_USERINFO_RE = re.compile(r"(?<=//)[^\s'\",]*@")
 _MIB = 1024 * 1024
+_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "cookie", "proxy-authorization", "x-api-key", "x-auth-token"}
+)
 
 
 class ConfigError(Exception):
@@ -136,6 +141,12 @@ class BridgeSettings(_Section):
     forward_headers: StrList = Field(default_factory=list)
     # Requests handled at once; above it the bridge answers 503 at once (backpressure).
     max_concurrent_requests: int = Field(default=10_000, ge=1)
+    # Request bodies buffered at once, over every request (write bodies, replay markers'):
+    # beyond it a request is answered 503 `body_budget_exhausted`. Size it to the memory the
+    # process may use (deploy/k8s: a third of the pod's limit); at least one whole body.
+    max_buffered_body_bytes: int = Field(default=256 * _MIB, gt=0)
+    # How long a buffered body may take to arrive in full; past it the answer is 408.
+    body_read_timeout_s: float = Field(default=30.0, gt=0, le=3600)
     # JetStream acks awaited at once; a write waits for a slot within publish_timeout_s.
     max_inflight_publishes: int = Field(default=1024, ge=1)
     # How long a write waits for its JetStream ack before the event goes to the outbox.
@@ -170,6 +181,20 @@ class BridgeSettings(_Section):
 
     _listen = field_validator("listen", "admin_listen")(_check_listen)
     _split = field_validator("forward_headers", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> Self:
+        if self.max_buffered_body_bytes < self.max_replicated_body_bytes:
+            raise ValueError(
+                "max_buffered_body_bytes must be >= max_replicated_body_bytes "
+                "(else a write of the largest allowed body could never be buffered)"
+            )
+        return self
+
+    def credential_forward_headers(self) -> list[str]:
+        """The `forward_headers` that carry credentials: copied into every event, they sit in
+        JetStream for the streams' age and reach every target region's service."""
+        return [name for name in self.forward_headers if name in _CREDENTIAL_HEADERS]
 
     @field_validator("forward_headers")
     @classmethod
@@ -261,6 +286,10 @@ class ReplayerSettings(_Section):
     # A retryable event is dead-lettered after this many deliveries or this age.
     max_deliveries: int = Field(default=20, ge=1)
     max_age_s: float = Field(default=24 * 3600.0, gt=0)
+    # An event written (by its HLC) longer ago is dead-lettered as `expired`, uncalled: its key's
+    # version record and its marker may have expired, so it could roll the key back or apply
+    # twice. None: 90 % of streams.max_age_s, the versions bucket's TTL (room for clock skew).
+    max_event_age_s: float | None = Field(default=None, gt=0)
     # nak delay while another instance holds the claim on the event's key.
     claim_busy_delay_s: float = Field(default=0.2, gt=0)
     # Keys whose last version record this process remembers, to skip a KV read per event
@@ -533,13 +562,19 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
+def redact_userinfo(text: str) -> str:
+    """`text` with the userinfo of every URL in it (`//user:password@`) replaced by `***`."""
+    return _USERINFO_RE.sub("***@", text)
+
+
 def redacted_dump(settings: Settings) -> dict[str, Any]:
     """The effective configuration as plain JSON data, secrets replaced by `"***"`."""
     data: dict[str, Any] = settings.model_dump(mode="json")
     password = settings.nats.password
     data["nats"]["password"] = None if password is None else "***"
-    data["nats"]["servers"] = [_USERINFO_RE.sub("//***@", url) for url in data["nats"]["servers"]]
+    data["nats"]["servers"] = [redact_userinfo(url) for url in data["nats"]["servers"]]
     for name, service in settings.services.items():
+        data["services"][name]["upstream"] = redact_userinfo(service.upstream)
         # What every replicated method does once defaults and overrides are merged.
         data["services"][name]["rules"] = service.effective_rules()
     return data

@@ -5,11 +5,15 @@ A bridge signs every event with its region's private key; `Xr-Sig` carries
 the trusted public keys of every region and dead-letters anything unsigned, signed by an
 unknown key, or altered.
 
-Replay marker: a replayer marks each call it makes with `Xr-Replayed-From: <origin>`; with
-signing on it adds `Xr-Replayed-Sig: <key-id>:<signature>` over `replay_signing_input(...)`
-(origin, event id, method, path and query, body digest), signed with its own region's key. A
-bridge honours the marker (proxies without publishing) only if that signature verifies, so a
-client cannot forge it to keep its write from replicating.
+Replay marker: a replayer marks each call it makes with `Xr-Replayed-From: <origin>`,
+`Xr-Event-Id` and `Xr-Hlc`; with signing on it adds `Xr-Replayed-Sig: <key-id>:<expires>:<sig>`
+(`sign_replay_marker`) over `replay_signing_input(...)`: origin, event id, HLC, method, path
+and query, body digest and the expiry (unix seconds), signed with its own region's key. A
+bridge honours the marker (proxies without publishing, forwards exactly those `Xr-*` headers)
+only if `verify_replay_marker` accepts it: a valid signature by a key of the bridge's region,
+not past its expiry (`MARKER_CLOCK_SKEW_S` of slack). So a client can neither forge a marker
+to keep its write from replicating nor pin a version with its own `Xr-Hlc`, and a captured
+marker stops working once it expires.
 
 Key files (paths from `[signing]`):
 
@@ -26,6 +30,7 @@ Errors::
      └── SigningError
           ├── KeyFileError      a key file is missing or malformed (at start: exit 2)
           └── SignatureError    .reason: unsigned | unknown_key | wrong_region | bad_signature
+                                         | expired (a replay marker past its expiry)
 
 Key ids name their region (`shared.regions.key_belongs_to`: `us-east-1` is a key of `us-east`).
 An event is only accepted when signed by a key of its origin, and a replay marker only when
@@ -53,7 +58,9 @@ from shared.regions import key_belongs_to
 from shared.settings import SigningSettings
 
 __all__ = [
+    "MARKER_CLOCK_SKEW_S",
     "KeyFileError",
+    "ReplayMarker",
     "SignatureError",
     "Signer",
     "SigningError",
@@ -61,9 +68,13 @@ __all__ = [
     "load_signer",
     "load_verifier",
     "replay_signing_input",
+    "sign_replay_marker",
+    "verify_replay_marker",
 ]
 
-SignatureReason = Literal["unsigned", "unknown_key", "wrong_region", "bad_signature"]
+SignatureReason = Literal["unsigned", "unknown_key", "wrong_region", "bad_signature", "expired"]
+# A bridge and the replayers of its region read different clocks.
+MARKER_CLOCK_SKEW_S = 5.0
 _KEY_ID_RE = re.compile(r"[!-9;-~]{1,64}")
 
 
@@ -83,14 +94,50 @@ class SignatureError(SigningError):
         self.reason: SignatureReason = reason
 
 
-def replay_signing_input(
-    *, origin: str, event_id: str, method: str, path: str, body: bytes
-) -> bytes:
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplayMarker:
+    """What a replay marker vouches for: the replayed event and the request as sent."""
+
+    origin: str
+    event_id: str
+    hlc: str
+    method: str
+    path: str  # path and query as sent on the wire
+    body: bytes
+
+
+def replay_signing_input(marker: ReplayMarker, *, expires_at: int) -> bytes:
     """The bytes a replay marker's signature covers (same line format as `signing_input`)."""
     return (
-        f"replay-of={event_id}\norigin={origin}\nmethod={method}\npath={path}\n"
-        f"body-sha256={hashlib.sha256(body).hexdigest()}"
+        f"replay-of={marker.event_id}\norigin={marker.origin}\nhlc={marker.hlc}\n"
+        f"method={marker.method}\npath={marker.path}\n"
+        f"body-sha256={hashlib.sha256(marker.body).hexdigest()}\nexpires={expires_at}"
     ).encode()
+
+
+def sign_replay_marker(signer: Signer, marker: ReplayMarker, *, expires_at: int) -> str:
+    """The `Xr-Replayed-Sig` value: `<key-id>:<expires_at>:<signature>`."""
+    key_id, _, sig = signer.sign_bytes(
+        replay_signing_input(marker, expires_at=expires_at)
+    ).partition(":")
+    return f"{key_id}:{expires_at}:{sig}"
+
+
+def verify_replay_marker(
+    verifier: Verifier, value: str | None, marker: ReplayMarker, *, region: str, now: float
+) -> str:
+    """Check an `Xr-Replayed-Sig` value for `marker` (a key of `region`, not expired at
+    `now`); returns the key id. Raises SignatureError."""
+    if not value:
+        raise SignatureError("unsigned", "replay marker without Xr-Replayed-Sig")
+    key_id, expires, sig = [*value.split(":", 2), "", ""][:3]
+    if not (expires.isascii() and expires.isdigit() and len(expires) <= 12):
+        raise SignatureError("bad_signature", "replay marker without a valid expiry")
+    data = replay_signing_input(marker, expires_at=int(expires))
+    signed_by = verifier.verify_bytes(f"{key_id}:{sig}", data, region=region)
+    if now > int(expires) + MARKER_CLOCK_SKEW_S:
+        raise SignatureError("expired", f"replay marker expired {now - int(expires):.0f} s ago")
+    return signed_by
 
 
 def _b64(data: bytes) -> str:

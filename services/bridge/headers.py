@@ -7,8 +7,8 @@ Headers are handled as `(name, value)` pairs in arrival order, so repeated heade
   `Keep-Alive`, `Proxy-*`, `TE`, `Trailer`, `Transfer-Encoding`, `Upgrade`.
 * Towards the upstream: `Host` becomes the upstream's own (the client's goes to
   `X-Forwarded-Host`), `Expect` is answered by this proxy, the client's `Xr-*` headers are
-  dropped (spoofing) unless the request is a trusted replay, and `X-Forwarded-For/-Proto/-Host`
-  get this hop appended.
+  always dropped (spoofing: a verified replay marker's come back through `add`), and
+  `X-Forwarded-For/-Proto/-Host` get this hop appended.
 * Into the event: only allow-listed request headers, repeated ones joined per HTTP list rules.
 """
 
@@ -89,13 +89,12 @@ def upstream_headers(
     pairs: Iterable[tuple[str, str]],
     hop: Forwarded,
     *,
-    keep_xregion: bool = False,
     add: Iterable[tuple[str, str]] = (),
 ) -> CIMultiDict[str]:
     """The headers to send upstream for a client request with `pairs`.
 
-    `keep_xregion` keeps the client's `Xr-*` headers (only for a trusted replay); `add` comes
-    last and replaces any header of the same name (the bridge's `Xr-Hlc`, `Xr-Event-Id`).
+    The client's `Xr-*` headers are dropped; `add` comes last and replaces any header of the
+    same name (the bridge's `Xr-Hlc`, `Xr-Event-Id`, or a verified replay marker's).
     Each `X-Forwarded-*` this hop sets is joined into one header (earlier hops' values first,
     empty ones dropped) placed after the kept headers; one this hop cannot tell (no peer
     address, no Host) is left as the client sent it.
@@ -114,7 +113,7 @@ def upstream_headers(
             if low == "connection":
                 named.update(t.strip().lower() for t in value.split(",") if t.strip())
             continue
-        if not keep_xregion and low[:3] == "xr-":
+        if low[:3] == "xr-":
             continue
         earlier = joined.get(low)
         if earlier is None:

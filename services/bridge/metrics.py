@@ -5,11 +5,14 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "BUFFERED_BODY_BYTES",
     "EVENTS",
     "INFLIGHT_REQUESTS",
     "OUTBOX_DEPTH",
     "OUTBOX_DRAINED",
     "PUBLISH_DURATION",
+    "REFUSED",
+    "REPLAY_MARKERS_REFUSED",
     "REQUESTS",
     "REQUEST_DURATION",
     "VERSION_RECORDS",
@@ -45,6 +48,23 @@ OUTBOX_DRAINED = Counter(
     "xr_bridge_outbox_drained_total", "Outbox events republished and acked by JetStream"
 )
 INFLIGHT_REQUESTS = Gauge("xr_bridge_inflight_requests", "Requests being handled right now")
+BUFFERED_BODY_BYTES = Gauge(
+    "xr_bridge_buffered_body_bytes",
+    "Request body bytes held in memory right now, of bridge.max_buffered_body_bytes; a "
+    "request beyond it is answered 503 (xr_bridge_refused_total{error=body_budget_exhausted})",
+)
+REFUSED = Counter(
+    "xr_bridge_refused_total",
+    "Requests the bridge answered itself with an error instead of the service's answer, by "
+    "service ('none' before routing) and the answer's `error` code",
+    ["service", "error"],
+)
+REPLAY_MARKERS_REFUSED = Counter(
+    "xr_bridge_replay_markers_refused_total",
+    "Requests refused (400) for carrying a replay marker this bridge cannot trust, by reason: "
+    "signing_off, unsigned, unknown_key, wrong_region, bad_signature, expired",
+    ["reason"],
+)
 VERSION_RECORDS = Counter(
     "xr_bridge_version_records_total",
     "Local writes recorded in the region's version bucket, by what happened: recorded, "

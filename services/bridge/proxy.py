@@ -4,16 +4,19 @@
           ──▶ (2xx: event durable: JetStream ack, else outbox) ──▶ relay response, streamed
 
 The event is built before the upstream is called, so a write that could not be replicated is
-refused (400/413) before it happens. A request with a trusted replay marker (`_replay_marker_
-valid`) is proxied with its `Xr-*` headers and never published; every other request loses the
-`Xr-*` headers its client sent. It is made durable after the upstream's 2xx status and
-headers and before the first byte goes back to the client. Everything else is relayed as
-bytes. Failures answer with a short JSON body: `{"error": <code>, "detail": <text>}`.
+refused (400/413) before it happens. A request with a replay marker (`Xr-Replayed-From`) is
+either a verified replay (`_replay_marker`: proxied with exactly the `Xr-*` headers the
+marker's signature covers, never published) or refused with 400; every other request loses
+the `Xr-*` headers its client sent. A replicated write's event is made durable after the
+upstream's 2xx status and headers and before the first byte goes back to the client.
+Everything else is relayed as bytes. Failures answer with a short JSON body:
+`{"error": <code>, "detail": <text>}`.
 
-Statuses the bridge itself produces: 400 (event cannot be built from the request), 404 (no
-route), 413 (body over the replication limit), 502 (upstream unreachable), 503 (overloaded,
-or the write's event could not be stored for replication: anywhere, or, refused for good by
-the events stream, only in the region's DLQ), 504 (upstream timeout).
+Statuses the bridge itself produces: 400 (event cannot be built from the request, or a replay
+marker this bridge cannot trust), 404 (no route), 413 (body over the replication limit), 502
+(upstream unreachable), 503 (overloaded, or the write's event could not be stored for
+replication: anywhere, or, refused for good by the events stream, only in the region's DLQ),
+504 (upstream timeout).
 """
 
 from __future__ import annotations
@@ -26,11 +29,21 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Histogram
+from yarl import URL
 
+from services.bridge.budget import BodyBudget
 from services.bridge.delivery import Delivered, Delivery, Outcome
 from services.bridge.event import WriteRequest, build_event
 from services.bridge.headers import Forwarded, response_headers, upstream_headers
-from services.bridge.metrics import INFLIGHT_REQUESTS, REQUEST_DURATION, REQUESTS, method_label
+from services.bridge.metrics import (
+    BUFFERED_BODY_BYTES,
+    INFLIGHT_REQUESTS,
+    REFUSED,
+    REPLAY_MARKERS_REFUSED,
+    REQUEST_DURATION,
+    REQUESTS,
+    method_label,
+)
 from services.bridge.routing import Route, RouteTable, TargetsError, request_targets
 from services.bridge.upstream import (
     RequestBody,
@@ -57,13 +70,19 @@ from shared.hlc import Hlc
 from shared.ids import uuid7_str
 from shared.logs import get_logger
 from shared.regions import dlq_stream, events_subject
-from shared.signing import SignatureError, Signer, Verifier, replay_signing_input
+from shared.signing import ReplayMarker, SignatureError, Signer, Verifier, verify_replay_marker
 from shared.tasks import TaskSet
 
 __all__ = ["Proxy", "ProxyConfig", "problem"]
 
 log = get_logger("xr.bridge")
 
+_NOT_ORIGIN_FORM = (
+    "the bridge proxies origin-form request targets only (/path?query): "
+    "no CONNECT, absolute-form (http://host/...) or asterisk-form (*) target"
+)
+# Refusals that leave the request body unread: the connection cannot be reused.
+_CLOSES = frozenset({"body_timeout", "body_budget_exhausted"})
 # Status codes whose responses never carry a body, whatever their headers say.
 _NO_BODY_STATUS = frozenset({204, 304})
 
@@ -75,6 +94,8 @@ class ProxyConfig:
     max_replicated_body_bytes: int
     forward_headers: frozenset[str]
     max_concurrent_requests: int
+    max_buffered_body_bytes: int
+    body_read_timeout_s: float
 
 
 class _Refused(Exception):
@@ -92,7 +113,8 @@ class _Record:
     """The fields of the one canonical log line of a request."""
 
     method: str
-    path: str
+    path: str  # without the query string, which stays out of logs: tokens, personal data
+    query: str = ""
     started: float = field(default_factory=time.perf_counter)
     service: str = "none"
     status: int = 0
@@ -102,9 +124,16 @@ class _Record:
     upstream_ms: float | None = None
     publish_ms: float | None = None
     error: str | None = None
+    buffered: int = 0  # bytes of the body budget this request holds
 
     def elapsed_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
+
+    def loggable_error(self) -> str | None:
+        """`error` without the query string (a refusal's detail may quote the target)."""
+        if self.error and self.query:
+            return self.error.replace(self.query, "...")
+        return self.error
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,12 +147,14 @@ class _Target:
 @dataclass(frozen=True, slots=True)
 class _Plan:
     """What to send upstream: the buffered body (None: stream it), the write's event, the
-    raw path and query, and the client's headers in order."""
+    upstream URL (base plus the raw path and query), the client's headers in order, and a
+    verified replay marker's headers (the only `Xr-*` headers of a client that go upstream)."""
 
     body: bytes | None
     write: _Write | None
-    path_qs: str
+    url: URL
     pairs: tuple[tuple[str, str], ...]
+    marker: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,16 +201,18 @@ class Proxy:
         self._verifier = verifier
         self._versions = versions
         self._inflight = 0
+        self._budget = BodyBudget(config.max_buffered_body_bytes)
 
     def body_limit(self) -> int:
         """The replication body limit: the configured one, or what NATS can carry if less."""
         return min(self._config.max_replicated_body_bytes, max_body_for(self._max_payload()))
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        record = _Record(method=request.method, path=request.raw_path)
+        path, _, query = request.raw_path.partition("?")
+        record = _Record(method=request.method, path=path, query=query)
         if self._inflight >= self._config.max_concurrent_requests:
             record.error = "overloaded"
-            response = self._finish(record, problem(503, "overloaded", "too many in flight"))
+            response = self._refuse(record, 503, "overloaded", "too many in flight")
             _log(record)
             return response
         self._inflight += 1
@@ -188,79 +221,141 @@ class Proxy:
             return await self._handle(request, record)
         except ConnectionError as exc:  # the client left while we read its request
             record.error = f"client gone: {exc!r}"
-            return self._finish(record, problem(400, "client_gone", "request incomplete"))
+            return self._refuse(record, 400, "client_gone", "request incomplete")
         except Exception as exc:
             # The bridge's one catch-all boundary: log it, count it, answer 500 if we still can.
             record.error = repr(exc)
             log.exception("bridge.unexpected_error", method=record.method, path=record.path)
             if record.status:  # the response had started: nothing else can be said
                 raise
-            return self._finish(record, problem(500, "internal_error", "unexpected error"))
+            return self._refuse(record, 500, "internal_error", "unexpected error")
         finally:
             self._inflight -= 1
             INFLIGHT_REQUESTS.dec()
+            if record.buffered:
+                self._budget.give_back(record.buffered)
+                BUFFERED_BODY_BYTES.set(self._budget.used)
             _log(record)
 
     async def _handle(self, request: web.BaseRequest, record: _Record) -> web.StreamResponse:
+        try:
+            return await self._proxy(request, record)
+        except _Refused as refused:
+            record.error = refused.detail
+            return self._refuse(record, refused.status, refused.code, refused.detail)
+
+    async def _proxy(self, request: web.BaseRequest, record: _Record) -> web.StreamResponse:
+        if request.method == "CONNECT" or not request.raw_path.startswith("/"):
+            # Only `/path?query` may follow the upstream's base URL: an authority-form
+            # (CONNECT) or absolute-form target would name a host of the client's choice.
+            raise _Refused(400, "bad_request_target", _NOT_ORIGIN_FORM)
         path, _, query = request.raw_path.partition("?")
         route = self._routes.match(request.headers.get("Host"), path)
         if route is None:
-            return self._finish(record, problem(404, "no_route", f"no service routes {path!r}"))
+            return self._refuse(record, 404, "no_route", f"no service routes {path!r}")
         record.service = route.service
+        replicates = route.replicates(request.method, path)
+        marked = HDR_REPLAYED_FROM in request.headers
+        if marked and self._verifier is None:
+            raise _marker_refused(
+                "signing_off", "signing is off: this bridge trusts no replay marker"
+            )
+        body = None
+        if replicates or marked:
+            body = await self._read_body(request, record)  # 100 Continue if it fits
+        marker = self._replay_marker(request, body or b"") if marked else ()
+        record.replay = marked
+        path_qs = request.raw_path if query else path  # see _path_qs
+        pairs = tuple(request.headers.items())
+        write = None
+        if replicates and not marked:
+            assert body is not None
+            write = self._prepare_write(request, route, _Target(path, path_qs), pairs, body)
+            record.event_id = write.event.event_id
+        plan = _Plan(body, write, route.url_for(path, query), pairs, marker)
+        return await self._forward(request, route, plan, record)
+
+    async def _read_body(self, request: web.BaseRequest, record: _Record) -> bytes:
+        """The whole body, within the replication limit, the body budget and the deadline."""
+        limit = self.body_limit()
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise _Refused(413, "body_too_large", _too_large(declared, limit))
+        self._take(record, declared or 0)  # before 100 Continue: refused, it is never sent
+        await _continue(request)
+        body = bytearray()
         try:
-            replicates = route.replicates(request.method, path)
-            marked = HDR_REPLAYED_FROM in request.headers
-            body = None
-            if self._needs_body(replicates, marked):
-                body = await _read_limited(request, self.body_limit())  # 100 Continue if it fits
-            record.replay = marked and self._replay_marker_valid(request, body)
-            path_qs = request.raw_path if query else path  # see _path_qs
-            pairs = tuple(request.headers.items())
-            write = None
-            if replicates and not record.replay:
-                assert body is not None
-                write = self._prepare_write(request, route, _Target(path, path_qs), pairs, body)
-                record.event_id = write.event.event_id
-            plan = _Plan(body, write, path_qs, pairs)
-            return await self._forward(request, route, plan, record)
-        except _Refused as refused:
-            record.error = refused.detail
-            return self._finish(record, problem(refused.status, refused.code, refused.detail))
+            async with asyncio.timeout(self._config.body_read_timeout_s):
+                async for chunk in request.content.iter_any():
+                    body += chunk
+                    if len(body) > limit:
+                        raise _Refused(413, "body_too_large", _too_large(len(body), limit))
+                    self._take(record, len(body) - record.buffered)
+        except TimeoutError:
+            # 408: RFC 9110 15.5.9, the request was not complete within the server's wait.
+            raise _Refused(
+                408,
+                "body_timeout",
+                f"the body did not arrive within {self._config.body_read_timeout_s} s",
+            ) from None
+        return bytes(body)
 
-    def _needs_body(self, replicates: bool, marked: bool) -> bool:
-        """Buffer the body for an event, or to check a signed replay marker; else stream it."""
-        if not marked:
-            return replicates
-        return self._verifier is not None  # unsigned markers are trusted as they are
+    def _take(self, record: _Record, size: int) -> None:
+        if size <= 0:
+            return
+        if not self._budget.take(size):
+            raise _Refused(
+                503,
+                "body_budget_exhausted",
+                "too many request body bytes buffered at once (bridge.max_buffered_body_bytes)",
+            )
+        record.buffered += size
+        BUFFERED_BODY_BYTES.set(self._budget.used)
 
-    def _replay_marker_valid(self, request: web.BaseRequest, body: bytes | None) -> bool:
-        """Whether a request's replay marker is to be trusted (it is not published again).
+    def _refuse(self, record: _Record, status: int, code: str, detail: str) -> web.StreamResponse:
+        """Answer with the bridge's own error (counted by service and code)."""
+        REFUSED.labels(record.service, code).inc()
+        response = problem(status, code, detail)
+        if code in _CLOSES:
+            response.force_close()
+        return self._finish(record, response)
 
-        With signing off the marker alone counts, so a client could add it to keep its own
-        write from replicating. That only hurts that client, and a replayer pointed at a
-        bridge must never cause a loop. With signing on, the marker must carry a signature
-        by a trusted key over this very request (shared/signing.py); a forged or stale one is
-        ignored and the request is handled like any other client's (Xr-* stripped,
-        replicated).
+    def _replay_marker(self, request: web.BaseRequest, body: bytes) -> tuple[tuple[str, str], ...]:
+        """The headers of a verified replay marker, to forward upstream; else `_Refused`.
+
+        A trusted marker means the request is a replayer's call for an event already
+        replicated: it is proxied, not published, and its `Xr-Hlc` becomes the service's
+        version. So only a signature by a key of this region over this very request (HLC,
+        event id, method, target, body) that has not expired is trusted. Anything else is
+        refused rather than proxied as a client write: an expired marker of a real replay,
+        published again, would apply the write a second time in every region.
         """
-        if self._verifier is None:
-            return True
-        data = replay_signing_input(
-            origin=request.headers.get(HDR_REPLAYED_FROM, ""),
-            event_id=request.headers.get(HDR_EVENT_ID, ""),
+        assert self._verifier is not None
+        headers = request.headers
+        marker = ReplayMarker(
+            origin=headers.get(HDR_REPLAYED_FROM, ""),
+            event_id=headers.get(HDR_EVENT_ID, ""),
+            hlc=headers.get(HDR_HLC, ""),
             method=request.method,
             path=_path_qs(request),
-            body=body or b"",
+            body=body,
         )
+        sig = headers.get(HDR_REPLAYED_SIG)
         try:
             # A marker is made by a replayer of this region, so only this region's keys count.
-            self._verifier.verify_bytes(
-                request.headers.get(HDR_REPLAYED_SIG), data, region=self._config.region
+            verify_replay_marker(
+                self._verifier, sig, marker, region=self._config.region, now=time.time()
             )
         except SignatureError as exc:
-            log.warning("bridge.replay_marker_refused", reason=exc.reason, error=str(exc))
-            return False
-        return True
+            raise _marker_refused(exc.reason, str(exc)) from exc
+        assert sig is not None
+        forwarded = [
+            (HDR_REPLAYED_FROM, marker.origin),
+            (HDR_EVENT_ID, marker.event_id),
+            (HDR_HLC, marker.hlc),
+            (HDR_REPLAYED_SIG, sig),
+        ]
+        return tuple((name, value) for name, value in forwarded if value)
 
     def _finish(self, record: _Record, response: web.StreamResponse) -> web.StreamResponse:
         """Count a response the bridge produced itself (no streaming)."""
@@ -305,7 +400,7 @@ class Proxy:
     async def _forward(
         self, request: web.BaseRequest, route: Route, plan: _Plan, record: _Record
     ) -> web.StreamResponse:
-        response = await self._send(request, route, plan, record)
+        response = await self._send(request, plan, record)
         write = plan.write
         applied = write is not None and 200 <= response.status < 300
         # Only a `replace` write sets its key's version: a local `apply` write (a create, a
@@ -335,24 +430,22 @@ class Proxy:
                 _ = self._record_version(write)
 
     async def _send(
-        self, request: web.BaseRequest, route: Route, plan: _Plan, record: _Record
+        self, request: web.BaseRequest, plan: _Plan, record: _Record
     ) -> aiohttp.ClientResponse:
-        added: list[tuple[str, str]] = []
+        added = list(plan.marker)
         if plan.write is not None:
             event = plan.write.event
             added = [(HDR_HLC, str(event.hlc)), (HDR_EVENT_ID, event.event_id)]
         hop = Forwarded(
             client=request.remote, proto=request.scheme, host=request.headers.get("Host")
         )
-        headers = upstream_headers(plan.pairs, hop, keep_xregion=record.replay, add=added)
+        headers = upstream_headers(plan.pairs, hop, add=added)
         body: RequestBody = plan.body if plan.body is not None else _stream_or_none(request)
         if plan.body is None and body is not None:
             await _continue(request)  # the body streams to the upstream as it arrives
         started = time.perf_counter()
         try:
-            return await self._upstream.send(
-                request.method, route.upstream + plan.path_qs, headers, body
-            )
+            return await self._upstream.send(request.method, plan.url, headers, body)
         except UpstreamTimeoutError as exc:
             raise _Refused(504, "upstream_timeout", str(exc)) from exc
         except UpstreamUnavailableError as exc:
@@ -463,17 +556,10 @@ async def _copy_body(
     return True
 
 
-async def _read_limited(request: web.BaseRequest, limit: int) -> bytes:
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        raise _Refused(413, "body_too_large", _too_large(declared, limit))
-    await _continue(request)
-    body = bytearray()
-    async for chunk in request.content.iter_any():
-        body += chunk
-        if len(body) > limit:
-            raise _Refused(413, "body_too_large", _too_large(len(body), limit))
-    return bytes(body)
+def _marker_refused(reason: str, detail: str) -> _Refused:
+    REPLAY_MARKERS_REFUSED.labels(reason).inc()
+    log.warning("bridge.replay_marker_refused", reason=reason, error=detail)
+    return _Refused(400, "bad_replay_marker", f"replay marker refused ({reason}): {detail}")
 
 
 def _too_large(size: int, limit: int) -> str:
@@ -531,5 +617,5 @@ def _log(record: _Record) -> None:
         duration_ms=record.elapsed_ms(),
         upstream_ms=record.upstream_ms,
         publish_ms=record.publish_ms,
-        error=record.error,
+        error=record.loggable_error(),
     )

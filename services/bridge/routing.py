@@ -23,6 +23,8 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from yarl import URL
+
 from shared.envelope import MalformedEventError, Rule, parse_targets
 from shared.settings import ServiceSettings, prefix_matches
 
@@ -36,6 +38,7 @@ __all__ = [
     "is_excluded",
     "prefix_matches",
     "request_targets",
+    "upstream_url",
 ]
 
 _HOST_PREFIX = "host:"
@@ -99,12 +102,14 @@ class Route:
     targets: tuple[str, ...] | None  # None: every region
     allow_request_targets: bool
     settings: ServiceSettings  # for the replication rules (`rule_for`) and `create_key`
+    base: URL  # `upstream`, parsed once
 
     @classmethod
     def from_settings(cls, name: str, service: ServiceSettings) -> Route:
         return cls(
             service=name,
             upstream=service.upstream,
+            base=URL(service.upstream, encoded=True),
             replicate=frozenset(service.replicate),
             exclude=tuple(service.exclude),
             key=KeyRule(service.key),
@@ -112,6 +117,10 @@ class Route:
             allow_request_targets=service.allow_request_targets,
             settings=service,
         )
+
+    def url_for(self, path: str, query: str) -> URL:
+        """The upstream URL for a request's raw origin-form `path` and `query`."""
+        return upstream_url(self.base, path, query)
 
     def rule_for(self, method: str, path: str) -> Rule:
         return self.settings.rule_for(method, path)
@@ -183,10 +192,17 @@ def request_targets(
     """The target regions a request chose with `Xr-Targets`, or None to follow the policy.
 
     The header only counts where the service allows it; it may narrow the service's targets,
-    never widen them. Raises TargetsError for a malformed value or a region not allowed.
+    never widen them. Raises TargetsError for a malformed value, a region not allowed, or
+    any value where the service does not allow it: dropping it would replicate the write to
+    regions its client meant to keep it out of.
     """
-    if value is None or not route.allow_request_targets:
+    if value is None:
         return None
+    if not route.allow_request_targets:
+        raise TargetsError(
+            f"services.{route.service} does not let a request choose its target regions "
+            "(allow_request_targets = false): send the write without Xr-Targets"
+        )
     try:
         targets = parse_targets(value)
     except MalformedEventError as exc:
@@ -196,3 +212,18 @@ def request_targets(
     if refused:
         raise TargetsError(f"Xr-Targets names regions this service cannot target: {refused}")
     return targets
+
+
+def upstream_url(base: URL, path: str, query: str) -> URL:
+    """`base` with the raw origin-form `path` (it starts with `/`) below its own path and the
+    raw `query`, both kept byte for byte. Built from parts, never by joining strings, so
+    nothing in the request can change the upstream's scheme, host or port."""
+    if not path.startswith("/"):
+        raise ValueError(f"not an origin-form path: {path[:80]!r}")
+    return URL.build(
+        scheme=base.scheme,
+        authority=base.raw_authority,
+        path=base.raw_path.rstrip("/") + path,
+        query_string=query,
+        encoded=True,
+    )

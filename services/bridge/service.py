@@ -204,6 +204,14 @@ class Bridge(Closeable):
             versions_bucket=versions.bucket if versions.bound else None,
             instance=self.instance_id,
         )
+        credentials = s.credential_forward_headers()
+        if credentials:
+            log.warning(
+                "bridge.forwards_credentials",
+                headers=credentials,
+                note="bridge.forward_headers copies these into every event: they are stored "
+                "in JetStream and sent to every target region's service",
+            )
 
     async def _drain_at_start(self, drainer: Drainer) -> None:
         if not self._outbox.depth:
@@ -255,6 +263,8 @@ class Bridge(Closeable):
             max_replicated_body_bytes=s.max_replicated_body_bytes,
             forward_headers=DEFAULT_FORWARDED | frozenset(s.forward_headers),
             max_concurrent_requests=s.max_concurrent_requests,
+            max_buffered_body_bytes=s.max_buffered_body_bytes,
+            body_read_timeout_s=s.body_read_timeout_s,
         )
         return Proxy(
             config,

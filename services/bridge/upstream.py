@@ -1,7 +1,7 @@
 """The HTTP client side of the proxy: one pooled aiohttp session for every upstream.
 
-It forwards bytes, not meaning: the path and query go out exactly as they came in (`yarl.URL(...,
-encoded=True)`; the one exception is a bare trailing `?` with an empty query, which yarl drops),
+It forwards bytes, not meaning: the path and query go out exactly as they came in (an encoded
+`yarl.URL` built from parts by `routing.upstream_url`; a bare trailing `?` is dropped),
 redirects are not followed, compressed bodies are not decoded, no cookie jar
 (cookies belong to the clients, not to the proxy), no headers added beyond `Host` and the
 framing ones (`Content-Length`/`Transfer-Encoding` for the body being sent). Connections are
@@ -27,7 +27,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from shared.lifecycle import Closeable
-from shared.settings import BridgeSettings
+from shared.settings import BridgeSettings, redact_userinfo
 
 __all__ = [
     "RequestBody",
@@ -102,19 +102,20 @@ class Upstream(Closeable):
         return self
 
     async def send(
-        self, method: str, url: str, headers: CIMultiDict[str], body: RequestBody
+        self, method: str, url: URL, headers: CIMultiDict[str], body: RequestBody
     ) -> aiohttp.ClientResponse:
         """Send a request; returns once the status line and headers are in.
 
-        `url` is the upstream base URL plus the raw path and query, used as is. The caller
-        must `release()` (body read to the end) or `close()` (abandoned) the response.
+        `url` is the upstream base URL plus the raw path and query (`routing.upstream_url`),
+        used as is. The caller must `release()` (body read to the end) or `close()`
+        (abandoned) the response.
         """
         if self._session is None:
             raise RuntimeError("Upstream is not open; use `async with`")
         try:
             return await self._session.request(
                 method,
-                URL(url, encoded=True),
+                url,
                 headers=headers,
                 data=body,
                 allow_redirects=False,
@@ -145,9 +146,9 @@ class Upstream(Closeable):
             raise UpstreamBrokeOffError(_describe(exc)) from exc
 
 
-def _origin(url: str) -> str:
-    parsed = URL(url, encoded=True)
-    return f"{parsed.scheme}://{parsed.raw_authority}"
+def _origin(url: URL) -> str:
+    """Scheme, host and port: never the userinfo, since clients read this in 502/504 bodies."""
+    return str(url.origin())
 
 
 def _describe(exc: BaseException) -> str:
@@ -155,5 +156,5 @@ def _describe(exc: BaseException) -> str:
         return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out"
-    text = str(exc) or type(exc).__name__
+    text = redact_userinfo(str(exc) or type(exc).__name__)
     return text if len(text) <= 200 else text[:200] + "..."

@@ -1,8 +1,9 @@
 """One delivery → one decision (DESIGN §5): `Applier.handle` returns a `Done` (ack) or raises
 `Retry` (nak with delay) or `Poison` (dead letter, then ack).
 
-Order of checks: canary (record, never call) → decode → signature → request (service, method,
-path) → version claim by the event's rule (`replace`: the key's record; `apply`: the key's
+Order of checks: canary (record, never call) → decode → signature → where and when it arrived
+(`classify.misplaced`: its replay subject, its targets, its age by HLC) → request (service,
+method, path) → version claim by the event's rule (`replace`: the key's record; `apply`: the key's
 record, then the event's own marker; stale / duplicate / busy) → the call, with short
 in-process retries → classification. The service is called only while this event holds its
 claim (the key's, or its marker's).
@@ -15,6 +16,7 @@ consumer puts into the dead letter's `Xr-Dlq-Error` and the `service_answer` log
 from __future__ import annotations
 
 import datetime as dt
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,16 +24,20 @@ from dataclasses import dataclass
 import nats.errors
 from prometheus_client import Histogram
 
-from services.replayer.classify import Verdict, classify_status
-from services.replayer.metrics import CANARY_AGE, CONFLICTS, LAG, VERSION_RECORD_FAILURES
+from services.replayer.classify import Verdict, canary_refusal, classify_status, misplaced
+from services.replayer.metrics import (
+    CANARIES_REFUSED,
+    CANARY_AGE,
+    CONFLICTS,
+    LAG,
+    VERSION_RECORD_FAILURES,
+)
 from services.replayer.outcomes import Done, Poison, Retry
-from services.replayer.pathsafe import percent_encode_non_ascii
 from services.replayer.request import ReplayRequest, RequestError, build_request
 from services.replayer.upstream import Answer, Upstream, UpstreamError
 from services.replayer.versions import Claim, VersionStore
 from services.replayer.versions import Verdict as ClaimVerdict
 from shared.envelope import (
-    HDR_REPLAYED_SIG,
     Event,
     MalformedEventError,
     canary_target,
@@ -39,7 +45,7 @@ from shared.envelope import (
 )
 from shared.logs import get_logger
 from shared.settings import ReplayerSettings, ServiceSettings
-from shared.signing import SignatureError, Signer, Verifier, replay_signing_input
+from shared.signing import SignatureError, Signer, Verifier
 
 __all__ = ["Applier", "Delivery"]
 
@@ -72,8 +78,11 @@ class Applier:
         verifier: Verifier | None = None,
         signer: Signer | None = None,
         clock: Callable[[], float] = time.time,
+        max_event_age_s: float | None = None,
     ) -> None:
         self._settings = settings
+        # The service passes the effective limit (its default depends on the streams' age).
+        self._max_event_age_s = max_event_age_s or settings.max_event_age_s
         self._services = services
         self._region = region
         self._versions = versions
@@ -116,24 +125,23 @@ class Applier:
                 self._verifier.verify(event)
             except SignatureError as exc:
                 raise Poison("bad_signature", f"{exc.reason}: {exc}") from exc
+        refused = misplaced(
+            event, subject=delivery.subject, region=self._region, now_s=self._clock(),
+            max_age_s=self._max_event_age_s,
+        )  # fmt: skip
+        if refused is not None:
+            raise Poison(*refused)
         return event
 
     def _request(self, event: Event) -> ReplayRequest:
+        # A marker lives no longer than the claim its call runs under.
+        expires_at = math.ceil(self._clock() + self._settings.ack_wait_s)
         try:
-            return build_request(event, self._services, extra_headers=self._marker(event))
+            return build_request(
+                event, self._services, signer=self._signer, marker_expires_at=expires_at
+            )
         except RequestError as exc:
             raise Poison(exc.reason, str(exc)) from exc
-
-    def _marker(self, event: Event) -> dict[str, str]:
-        if self._signer is None:
-            return {}
-        # Signed over the request target as sent (what a bridge checks it against); a decoded
-        # event holds no lone surrogate, so the encoding cannot fail.
-        data = replay_signing_input(
-            origin=event.origin, event_id=event.event_id, method=event.method,
-            path=percent_encode_non_ascii(event.path), body=event.body,
-        )  # fmt: skip
-        return {HDR_REPLAYED_SIG: self._signer.sign_bytes(data)}
 
     async def _call(
         self,
@@ -219,14 +227,34 @@ class Applier:
             raise Poison("too_old", f"{error} (queued {age_s:.0f} s)", status, said)
 
     def _canary(self, delivery: Delivery) -> None:
-        target = canary_target(delivery.headers) or self._region
+        """Record a canary only once it is shown to be this region's, from its origin (signed,
+        with signing on), its time capped at now: a forged one must not make a stalled path
+        look healthy. Never a call nor a dead letter."""
         try:
             event = decode(delivery.headers, delivery.data)
+            if self._verifier is not None:
+                self._verifier.verify(event)
         except MalformedEventError:
-            return  # a broken canary is still never a call nor a dead letter
-        newest = max(self._canaries.get(event.origin, 0.0), event.hlc.wall_time_s)
+            self._refuse_canary("malformed")
+            return
+        except SignatureError as exc:
+            self._refuse_canary(exc.reason)
+            return
+        why = canary_refusal(
+            event, target=canary_target(delivery.headers), subject=delivery.subject,
+            region=self._region,
+        )  # fmt: skip
+        if why is not None:
+            self._refuse_canary(why)
+            return
+        now = self._clock()
+        newest = max(self._canaries.get(event.origin, 0.0), min(event.hlc.wall_time_s, now))
         self._canaries[event.origin] = newest
-        CANARY_AGE.labels(event.origin, target).set(max(0.0, self._clock() - newest))
+        CANARY_AGE.labels(event.origin, self._region).set(max(0.0, now - newest))
+
+    def _refuse_canary(self, reason: str) -> None:
+        CANARIES_REFUSED.labels(reason).inc()
+        log.warning("replayer.canary_refused", reason=reason)
 
     def refresh_canary_ages(self) -> None:
         """Let the age of the newest canary grow while none arrives (called periodically)."""

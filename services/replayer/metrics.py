@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
+    "CANARIES_REFUSED",
     "CANARY_AGE",
     "CONFLICTS",
     "DLQ_MESSAGES",
@@ -53,6 +54,12 @@ CANARY_AGE = Gauge(
     "xr_replication_canary_age_seconds",
     "Age of the newest canary from each origin applied in this region",
     ["origin", "target"],
+)
+CANARIES_REFUSED = Counter(
+    "xr_replayer_canaries_refused_total",
+    "Canaries not recorded, by reason: malformed, unsigned|unknown_key|wrong_region|"
+    "bad_signature, other_target, not_a_canary, subject_mismatch",
+    ["reason"],
 )
 VERSION_RECORD_FAILURES = Counter(
     "xr_replayer_version_record_failures_total",

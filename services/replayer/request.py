@@ -5,6 +5,10 @@ checked path (`pathsafe.request_target`: non-ASCII percent-encoded, escapes kept
 are), a method from the service's allow-list, a body and forwarded headers. Hop-by-hop
 headers and `Host` are never forwarded, nor are forwarded headers allowed to override the
 ones the replayer sets.
+
+With a signer, the call carries a signed replay marker (`shared.signing.sign_replay_marker`)
+over exactly the `Xr-*` headers it sends and the request target as sent, so a bridge in front
+of the service can check it against what it received.
 """
 
 from __future__ import annotations
@@ -17,11 +21,13 @@ from shared.envelope import (
     HDR_EVENT_ID,
     HDR_HLC,
     HDR_REPLAYED_FROM,
+    HDR_REPLAYED_SIG,
     HTTP_IDEMPOTENCY_KEY,
     HTTP_TRACEPARENT,
     Event,
 )
 from shared.settings import ServiceSettings
+from shared.signing import ReplayMarker, Signer, sign_replay_marker
 
 __all__ = [
     "HOP_BY_HOP",
@@ -81,8 +87,13 @@ def build_request(
     services: Mapping[str, ServiceSettings],
     *,
     extra_headers: Mapping[str, str] | None = None,
+    signer: Signer | None = None,
+    marker_expires_at: int | None = None,
 ) -> ReplayRequest:
-    """The call for `event`; a RequestError (its `reason` says why) when there must be none."""
+    """The call for `event`; a RequestError (its `reason` says why) when there must be none.
+
+    With `signer`, the call's replay marker is signed, valid until `marker_expires_at` (unix
+    seconds, required then)."""
     service = services.get(event.service)
     if service is None:
         raise UnknownServiceError(f"service {event.service!r} is not configured here")
@@ -94,12 +105,29 @@ def build_request(
         path = request_target(event.path)
     except UnsafePathError as exc:
         raise UnsafeRequestPathError(str(exc)) from exc
+    extra = dict(extra_headers or {})
+    if signer is not None:
+        if marker_expires_at is None:
+            raise ValueError("a signed replay marker needs marker_expires_at")
+        extra[HDR_REPLAYED_SIG] = _marker_sig(event, path, signer, marker_expires_at)
     return ReplayRequest(
         method=event.method,
         url=service.upstream + path,
-        headers=_headers(event, extra_headers or {}),
+        headers=_headers(event, extra),
         body=event.body,
     )
+
+
+def _marker_sig(event: Event, path: str, signer: Signer, expires_at: int) -> str:
+    marker = ReplayMarker(
+        origin=event.origin,
+        event_id=event.event_id,
+        hlc=str(event.hlc),
+        method=event.method,
+        path=path,
+        body=event.body,
+    )
+    return sign_replay_marker(signer, marker, expires_at=expires_at)
 
 
 def _headers(event: Event, extra: Mapping[str, str]) -> dict[str, str]:

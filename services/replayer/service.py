@@ -55,11 +55,21 @@ __all__ = [
     "ReplayerConfigError",
     "ReplayerError",
     "ReplayerStartError",
+    "max_event_age_s",
     "serve",
 ]
 
 SERVICE_NAME = "xr-replayer"
 log = get_logger("xr.replayer")
+# Share of the versions bucket's TTL an event may be old by default (room for clock skew).
+_EVENT_AGE_SHARE = 0.9
+
+
+def max_event_age_s(settings: Settings) -> float:
+    """How old (by its HLC) an event may be and still be applied: `replayer.max_event_age_s`,
+    by default 90 % of how long version records are kept (`streams.max_age_s`)."""
+    configured = settings.replayer.max_event_age_s
+    return configured if configured is not None else _EVENT_AGE_SHARE * settings.streams.max_age_s
 
 
 class ReplayerError(ServiceError):
@@ -160,7 +170,7 @@ class Replayer(Closeable):
         )
         self._applier = Applier(
             s.replayer, s.services, region=s.region, versions=versions, upstream=upstream,
-            verifier=verifier, signer=signer,
+            verifier=verifier, signer=signer, max_event_age_s=max_event_age_s(s),
         )  # fmt: skip
         self._consumer = ReplayConsumer(
             js, self._applier, s.replayer, region=s.region,

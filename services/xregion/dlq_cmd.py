@@ -20,7 +20,10 @@ created.
   events stream `xr.events.<origin>.<service>`, as a valid event with `Nats-Msg-Id` = its
   event id, and from there it flows through the broadcaster like any other write. Fix what
   made the stream refuse it (its limits, say) first: a replay it refuses again fails, and the
-  dead letter stays;
+  dead letter stays. `replay` publishes with operator rights, so it replays only what the
+  letter's own subject vouches for (`shared.dlq.replay_message`: the reason and target its
+  filer could have set, an event of the subject's origin and service, with signing on one
+  signed by that origin); any other letter is not replayed and stays, with the reason why;
 * `purge`: deletes the selected dead letters; requires `--yes`.
 """
 
@@ -40,17 +43,20 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from services.xregion.commands import CommandError, connected
-from shared.dlq import HDR_DLQ_BODY, path_of, replay_message
+from services.xregion.output import iso_utc, iso_utc_text, print_json
+from shared.dlq import HDR_DLQ_BODY, NotReplayableError, path_of, replay_message
 from shared.envelope import (
     HDR_DLQ_AT,
     HDR_DLQ_ATTEMPTS,
     HDR_DLQ_ERROR,
     HDR_DLQ_REASON,
     HDR_DLQ_STATUS,
+    HDR_DLQ_TARGET,
     HDR_EVENT_ID,
 )
 from shared.regions import dlq_stream, dlq_subject
 from shared.settings import Settings
+from shared.signing import KeyFileError, Verifier, load_verifier
 
 __all__ = ["Selection", "parse_since", "run_dlq"]
 
@@ -89,12 +95,19 @@ def parse_since(text: str, now: dt.datetime | None = None) -> dt.datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=dt.UTC)
 
 
-async def run_dlq(settings: Settings, action: str, selection: Selection, *, yes: bool) -> int:
+async def run_dlq(
+    settings: Settings, action: str, selection: Selection, *, yes: bool, as_json: bool = False
+) -> int:
     if action == "purge" and not yes:
         raise CommandError("purge deletes dead letters for good: add --yes", 2)
+    verifier = _verifier(settings) if action == "replay" else None
     async with connected(settings, "dlq") as conn:
         js = conn.jetstream()
         msgs = [m async for m in _select(js, selection)]
+        if action == "replay":
+            return await _replay(js, selection, msgs, settings.regions, verifier)
+        if action == "list" and as_json:
+            return _list_json(selection, msgs)
         return await _ACTIONS[action](js, selection, msgs)
 
 
@@ -152,6 +165,28 @@ async def _list(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) 
     return 0
 
 
+def _list_json(sel: Selection, msgs: list[RawStreamMsg]) -> int:
+    """`dlq list --output json` (its keys: `xregion dlq --help`)."""
+    letters = []
+    for msg in msgs:
+        h = msg.headers or {}
+        origin, service = path_of(msg.subject or "")
+        letters.append({
+            "seq": msg.seq, "stored": iso_utc(msg.time), "at": iso_utc_text(h.get(HDR_DLQ_AT)),
+            "origin": origin, "service": service, "reason": h.get(HDR_DLQ_REASON),
+            "status": _int(h.get(HDR_DLQ_STATUS)), "attempts": _int(h.get(HDR_DLQ_ATTEMPTS)),
+            "event_id": h.get(HDR_EVENT_ID), "target": h.get(HDR_DLQ_TARGET),
+            "error": h.get(HDR_DLQ_ERROR),
+        })  # fmt: skip
+    stream = dlq_stream(sel.region)
+    print_json({"region": sel.region, "stream": stream, "dead_letters": letters})
+    return 0
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None and text.strip().isdigit() else None
+
+
 async def _show(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) -> int:
     if not msgs:
         raise CommandError("no dead letter matches", 1)
@@ -166,17 +201,28 @@ async def _show(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) 
     return 0
 
 
-async def _replay(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg]) -> int:
+async def _replay(
+    js: JetStreamContext,
+    sel: Selection,
+    msgs: list[RawStreamMsg],
+    regions: list[str],
+    verifier: Verifier | None,
+) -> int:
     failed = 0
     for done, msg in enumerate(msgs, 1):
         if HDR_DLQ_BODY in (msg.headers or {}):
             failed += 1
             print(f"seq {msg.seq}: not replayed: its body was not kept", file=sys.stderr)
             continue
-        subject, headers, payload = replay_message(
-            region=sel.region, subject=msg.subject or "", headers=msg.headers,
-            payload=msg.data or b"",
-        )  # fmt: skip
+        try:
+            subject, headers, payload = replay_message(
+                region=sel.region, subject=msg.subject or "", headers=msg.headers,
+                payload=msg.data or b"", regions=regions, verifier=verifier,
+            )  # fmt: skip
+        except NotReplayableError as exc:
+            failed += 1
+            print(f"seq {msg.seq}: not replayed: {exc}", file=sys.stderr)
+            continue
         try:
             await js.publish(subject, payload, headers=headers)
             await js.delete_msg(dlq_stream(sel.region), int(msg.seq or 0))
@@ -195,4 +241,12 @@ async def _purge(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg])
     return 0
 
 
-_ACTIONS = {"list": _list, "show": _show, "replay": _replay, "purge": _purge}
+def _verifier(settings: Settings) -> Verifier | None:
+    """The trusted keys events are checked against before a replay (None: signing off)."""
+    try:
+        return load_verifier(settings.signing)
+    except KeyFileError as exc:
+        raise CommandError(f"cannot check signatures before replaying: {exc}", 2) from None
+
+
+_ACTIONS = {"list": _list, "show": _show, "purge": _purge}

@@ -38,6 +38,7 @@ from typing import Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.envelope import CANARY_SERVICE
+from shared.natsconn import inbox_prefix
 from shared.provision import control_bucket, versions_bucket
 from shared.regions import (
     InvalidNameError,
@@ -69,6 +70,7 @@ __all__ = [
     "Value",
     "build_topology",
     "cluster_names",
+    "default_user",
     "endpoints",
     "env_references",
     "load_topology",
@@ -601,7 +603,7 @@ def _kv_read_write(bucket: str) -> list[str]:
       <key subject>` (the buckets `xregion provision` makes allow direct gets; `create` also
       reads the key this way when it finds a delete marker);
     * `kv.create/update/put/delete(key)`: a JetStream publish to `$KV.<bucket>.<key>` (create,
-      update and delete differ only in headers); the ack comes back on `_INBOX.>`.
+      update and delete differ only in headers); the ack comes back on the user's inbox.
     """
     stream = _kv_stream(bucket)
     return [
@@ -619,7 +621,7 @@ def _bridge(region: str, regions: Sequence[str]) -> tuple[list[str], list[str]]:
     pub.append(dlq_subject(region, region, ">"))
     # Version records of local writes (services/bridge/versions.py): bind, read, CAS write.
     pub += _kv_read_write(versions_bucket(region))
-    return pub, ["_INBOX.>", *_srv_subjects("xr-bridge")]
+    return pub, _srv_subjects("xr-bridge")
 
 
 def _broadcaster(region: str, regions: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -642,7 +644,7 @@ def _broadcaster(region: str, regions: Sequence[str]) -> tuple[list[str], list[s
         # Its pause switch: a direct get of key `pause.<target>` (services/broadcaster/pause.py
         # polls; it never writes the switches and never watches, which would need a consumer).
         pub.append(f"$JS.API.DIRECT.GET.{_kv_stream(control)}.$KV.{control}.pause.{target}")
-    return pub, ["_INBOX.>", *_srv_subjects("xr-broadcaster")]
+    return pub, _srv_subjects("xr-broadcaster")
 
 
 def _replayer(region: str, regions: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -658,7 +660,7 @@ def _replayer(region: str, regions: Sequence[str]) -> tuple[list[str], list[str]
         *_kv_read_write(versions_bucket(region)),
     ]
     advisory = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.{consumer}"
-    return pub, ["_INBOX.>", advisory, *_srv_subjects("xr-replayer")]
+    return pub, [advisory, *_srv_subjects("xr-replayer")]
 
 
 def _admin(regions: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -666,14 +668,24 @@ def _admin(regions: Sequence[str]) -> tuple[list[str], list[str]]:
     # `xregion pause|resume` put and delete the switches in every region's control bucket
     # (reading them is a direct get, within `$JS.API.>`).
     pub += [f"$KV.{control_bucket(r)}.>" for r in regions]
-    return pub, ["_INBOX.>", "$JS.EVENT.>", "xr.>"]
+    return pub, ["$JS.EVENT.>", "xr.>"]
 
 
-def role_permissions(role: str, region: str | None, regions: Sequence[str]) -> dict[str, Any]:
+def default_user(role: str, region: str | None) -> str:
+    """The user name `nats-conf/prod.toml` gives a role: `<role>-<region>`, or `<role>`."""
+    return role if region is None else f"{role}-{region}"
+
+
+def role_permissions(
+    role: str, region: str | None, regions: Sequence[str], *, user: str | None = None
+) -> dict[str, Any]:
     """NATS `permissions` for one service user (DESIGN §9, least privilege).
 
-    Every role subscribes to `_INBOX.>` (replies: JetStream acks, API answers, fetched
-    messages) and has `allow_responses` (to answer `$SRV` requests). Publish rights:
+    Every role subscribes to its user's own inboxes only, `_INBOX.<user>.>` (replies:
+    JetStream acks, API answers, fetched messages; `shared.natsconn.inbox_prefix`, which is
+    what the services connect with), so no credential can read another user's replies; and
+    has `allow_responses` (to answer `$SRV` requests). `user` defaults to `default_user`.
+    Publish rights:
 
     * bridge (region R): its region's events `xr.events.R.>`; its region's DLQ under its own
       origin `xr.dlq.R.R.>` (events the events stream refuses for good); its region's version
@@ -698,10 +710,15 @@ def role_permissions(role: str, region: str | None, regions: Sequence[str]) -> d
         build = {"bridge": _bridge, "broadcaster": _broadcaster, "replayer": _replayer}[role]
         pub, sub = build(region, regions)
     elif role == "provisioner":
-        pub, sub = ["$JS.API.>"], ["_INBOX.>"]
+        pub, sub = ["$JS.API.>"], []
     else:
         pub, sub = _admin(regions)
-    return {"publish": {"allow": pub}, "subscribe": {"allow": sub}, "allow_responses": True}
+    inbox = inbox_prefix(user or default_user(role, region)) + ".>"
+    return {
+        "publish": {"allow": pub},
+        "subscribe": {"allow": [inbox, *sub]},
+        "allow_responses": True,
+    }
 
 
 # --------------------------------------------------------------------------- rendering
@@ -774,7 +791,7 @@ def _user_entry(user: UserSpec, regions: Sequence[str]) -> Value:
     return {
         "user": user.name,
         "password": _secret(user.password),
-        "permissions": role_permissions(user.role, user.region, regions),
+        "permissions": role_permissions(user.role, user.region, regions, user=user.name),
     }
 
 

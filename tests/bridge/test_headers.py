@@ -54,11 +54,12 @@ def test_upstream_headers_strip_xr_append_forwarding_and_add_ours() -> None:
     ]
 
 
-def test_a_trusted_replay_keeps_its_xr_headers() -> None:
-    pairs = [("Xr-Replayed-From", "eu-west"), ("Xr-Hlc", "000000000000001-000000")]
-    out = upstream_headers(pairs, Forwarded(None, "http", None), keep_xregion=True)
-    assert out["Xr-Replayed-From"] == "eu-west"
-    assert out["Xr-Hlc"] == "000000000000001-000000"
+def test_only_added_xr_headers_go_upstream() -> None:
+    """A verified replay marker's headers come through `add`; the client's never pass."""
+    pairs = [("Xr-Replayed-From", "eu-west"), ("Xr-Hlc", "999999999999999-000000"), ("Xr-X", "1")]
+    marker = [("Xr-Replayed-From", "eu-west"), ("Xr-Hlc", "000000000000001-000000")]
+    out = upstream_headers(pairs, Forwarded(None, "http", None), add=marker)
+    assert [(k, v) for k, v in out.items() if k.lower().startswith("xr-")] == marker
     assert "X-Forwarded-For" not in out
 
 
@@ -107,15 +108,14 @@ def test_event_headers_allow_list_and_list_joining() -> None:
 
 
 def _reference_upstream_headers(
-    pairs: list[tuple[str, str]], hop: Forwarded, keep_xregion: bool, add: list[tuple[str, str]]
+    pairs: list[tuple[str, str]], hop: Forwarded, add: list[tuple[str, str]]
 ) -> list[tuple[str, str]]:
     """The rules spelled out one at a time (the single-pass version must agree)."""
     replaced = {name.lower() for name, _ in add}
     kept = [
         (name, value)
         for name, value in without_hop_by_hop(pairs)
-        if name.lower() not in {"host", "expect"} | replaced
-        and (keep_xregion or not name.lower().startswith("xr-"))
+        if name.lower() not in {"host", "expect"} | replaced and not name.lower().startswith("xr-")
     ]
     for name, value in (
         ("X-Forwarded-For", hop.client),
@@ -153,16 +153,14 @@ _VALUES = st.sampled_from(["", " ", "1", " 2 ", "x-a", "X-Forwarded-For, x-a", "
     pairs=st.lists(st.tuples(_NAMES, _VALUES), max_size=12),
     client=st.sampled_from([None, "10.0.0.1"]),
     host=st.sampled_from([None, "shop.example.com"]),
-    keep_xregion=st.booleans(),
     add=st.sampled_from([[], [("Xr-Hlc", "h"), ("Xr-Event-Id", "e")], [("X-A", "ours")]]),
 )
 def test_upstream_headers_follow_the_rules(
     pairs: list[tuple[str, str]],
     client: str | None,
     host: str | None,
-    keep_xregion: bool,
     add: list[tuple[str, str]],
 ) -> None:
     hop = Forwarded(client=client, proto="https", host=host)
-    out = upstream_headers(pairs, hop, keep_xregion=keep_xregion, add=add)
-    assert list(out.items()) == _reference_upstream_headers(pairs, hop, keep_xregion, add)
+    out = upstream_headers(pairs, hop, add=add)
+    assert list(out.items()) == _reference_upstream_headers(pairs, hop, add)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from yarl import URL
 
 from services.bridge.routing import (
     KeyRule,
@@ -14,6 +15,7 @@ from services.bridge.routing import (
     TargetsError,
     prefix_matches,
     request_targets,
+    upstream_url,
 )
 from shared.settings import ServiceSettings
 
@@ -119,5 +121,29 @@ def test_request_targets_narrow_but_never_widen() -> None:
         request_targets(allowed, "eu-west,,", regions)
     everywhere = Route.from_settings("svc", service(["/svc"], allow_request_targets=True))
     assert request_targets(everywhere, "us-east, ap-south", regions) == ("us-east", "ap-south")
-    ignored = Route.from_settings("svc", service(["/svc"]))
-    assert request_targets(ignored, "eu-west", regions) is None
+    not_allowed = Route.from_settings("svc", service(["/svc"]))
+    assert request_targets(not_allowed, None, regions) is None
+    with pytest.raises(TargetsError, match="allow_request_targets = false"):
+        request_targets(not_allowed, "eu-west", regions)
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "query", "expected"),
+    [
+        ("http://10.0.0.1:7001", "/c/1", "", "http://10.0.0.1:7001/c/1"),
+        ("http://10.0.0.1:7001/api/", "/c/1", "a=%20&b", "http://10.0.0.1:7001/api/c/1?a=%20&b"),
+        ("http://u:p@backend", "//evil.example/x", "", "http://u:p@backend//evil.example/x"),
+        ("http://127.0.0", "/.1:9/x@y", "", "http://127.0.0/.1:9/x@y"),
+    ],
+)
+def test_upstream_urls_keep_the_base_host_and_the_raw_target(
+    base: str, path: str, query: str, expected: str
+) -> None:
+    url = upstream_url(URL(base, encoded=True), path, query)
+    assert str(url) == expected
+    assert (url.raw_host, url.port) == (URL(base).raw_host, URL(base).port)
+
+
+def test_upstream_url_refuses_a_target_that_is_not_origin_form() -> None:
+    with pytest.raises(ValueError, match="origin-form"):
+        upstream_url(URL("http://127.0.0"), ".1:9", "")

@@ -15,12 +15,14 @@ from shared.regions import key_belongs_to
 from shared.settings import SigningSettings
 from shared.signing import (
     KeyFileError,
+    ReplayMarker,
     SignatureError,
     Signer,
     Verifier,
     load_signer,
     load_verifier,
-    replay_signing_input,
+    sign_replay_marker,
+    verify_replay_marker,
 )
 from tests.bridge.helpers import make_keys
 
@@ -83,18 +85,38 @@ def test_replay_marker_signature_binds_the_request(tmp_path: Path) -> None:
     signer, verifier = load_signer(conf), load_verifier(conf)
     assert signer is not None
     assert verifier is not None
-    fields = {"origin": "eu-west", "event_id": uuid7_str(), "method": "PUT", "path": "/c/1"}
-    sig = signer.sign_bytes(replay_signing_input(**fields, body=b"v1"))
-    here = {"region": "us-east"}  # the marker is presented to us-east's bridge
-    assert verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v1"), **here)
+    marker = ReplayMarker(
+        origin="eu-west",
+        event_id=uuid7_str(),
+        hlc="001700000000000-000001",
+        method="PUT",
+        path="/c/1",
+        body=b"v1",
+    )
+    sig = sign_replay_marker(signer, marker, expires_at=1_000)
+    region, now = "us-east", 990.0  # presented to us-east's bridge, in time
+    assert verify_replay_marker(verifier, sig, marker, region=region, now=now) == "us-east-1"
+    # Every field is covered: body, HLC, event id, and the expiry itself.
+    for changed in (
+        dataclasses.replace(marker, body=b"v2"),
+        dataclasses.replace(marker, hlc="999999999999999-000000"),
+        dataclasses.replace(marker, event_id=uuid7_str()),
+    ):
+        with pytest.raises(SignatureError) as caught:
+            verify_replay_marker(verifier, sig, changed, region=region, now=now)
+        assert caught.value.reason == "bad_signature"
+    key_id, _, rest = sig.partition(":")
+    later = f"{key_id}:2000:{rest.partition(':')[2]}"
     with pytest.raises(SignatureError):
-        verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v2"), **here)
-    with pytest.raises(SignatureError):
-        verifier.verify_bytes(
-            "us-east-1:not-base64!", replay_signing_input(**fields, body=b""), **here
-        )
+        verify_replay_marker(verifier, later, marker, region=region, now=now)
+    for broken in ("", "us-east-1:not-base64!", "us-east-1:1000:not-base64!", "us-east-1"):
+        with pytest.raises(SignatureError):
+            verify_replay_marker(verifier, broken, marker, region=region, now=now)
+    with pytest.raises(SignatureError) as expired:
+        verify_replay_marker(verifier, sig, marker, region="us-east", now=1_006.0)
+    assert expired.value.reason == "expired"
     with pytest.raises(SignatureError) as elsewhere:  # another region's bridge must refuse it
-        verifier.verify_bytes(sig, replay_signing_input(**fields, body=b"v1"), region="eu-west")
+        verify_replay_marker(verifier, sig, marker, region="eu-west", now=990.0)
     assert elsewhere.value.reason == "wrong_region"
 
 

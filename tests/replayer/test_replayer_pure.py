@@ -22,7 +22,7 @@ from services.replayer.request import RequestError, build_request
 from services.replayer.upstream import Upstream, UpstreamError
 from services.replayer.versions import Claim, ClaimResult, VersionStore
 from services.replayer.versions import Verdict as ClaimVerdict
-from shared.dlq import dead_letter, fit, path_of, replay_message
+from shared.dlq import NotReplayableError, dead_letter, fit, path_of, replay_message
 from shared.envelope import Event, encode, req_headers_from
 from shared.settings import ReplayerSettings, ServiceSettings
 from tests.harness.wait import wait_until
@@ -163,11 +163,11 @@ def test_a_dead_letter_refused_by_a_target_replays_to_that_target() -> None:
                                            payload=data)  # fmt: skip
     assert back_subject == "xr.replay.ap-south.us-east.catalog"
     assert "Xr-Dlq-Target" not in back
-    # A target that is not a region name is ignored: the region's own replay stream.
-    odd = {**out, "Xr-Dlq-Target": "ap.south.>"}
-    assert replay_message(region="us-east", subject=subject, headers=odd, payload=data)[0] == (
-        "xr.replay.us-east.us-east.catalog"
-    )
+    # A target that is not another region's name is no place to replay to.
+    for odd_target in ("ap.south.>", "us-east"):
+        odd = {**out, "Xr-Dlq-Target": odd_target}
+        with pytest.raises(NotReplayableError, match="is not another region"):
+            replay_message(region="us-east", subject=subject, headers=odd, payload=data)
 
 
 async def test_keyed_runner_serialises_a_key_and_parallelises_keys() -> None:

@@ -4,6 +4,7 @@ signed ones are applied, and the call carries a verifiable replay marker."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from nats.js import JetStreamContext
 
 from services.replayer.service import Replayer
 from shared.settings import Settings, SigningSettings
-from shared.signing import load_signer, load_verifier, replay_signing_input
+from shared.signing import ReplayMarker, load_signer, load_verifier, verify_replay_marker
 from tests.bridge.helpers import make_keys
 from tests.replayer.helpers import make_event, publish
 from tests.replayer.recorder import Recorder
@@ -39,12 +40,14 @@ async def test_signatures_are_verified_before_any_call(
     assert call.event_id == good.event_id
     verifier = load_verifier(signing)
     assert verifier is not None
-    marker = replay_signing_input(
-        origin=good.origin, event_id=good.event_id, method=good.method, path=good.path,
-        body=good.body,
+    marker = ReplayMarker(
+        origin=good.origin, event_id=good.event_id, hlc=str(good.hlc), method=good.method,
+        path=good.path, body=good.body,
     )  # fmt: skip
     # The test's replayer holds the us-east key, so its marker speaks for us-east.
-    marked = verifier.verify_bytes(call.headers["Xr-Replayed-Sig"], marker, region="us-east")
+    marked = verify_replay_marker(
+        verifier, call.headers["Xr-Replayed-Sig"], marker, region="us-east", now=time.time()
+    )
     assert marked == signing.key_id
     letters = await dead_letters(js)
     assert [letter["Xr-Dlq-Reason"] for letter in letters] == ["bad_signature"] * 2
@@ -66,9 +69,11 @@ async def test_the_replay_marker_covers_the_request_target_as_sent(
         await replayer.run_until_idle()
     [call] = recorder.calls
     assert call.raw_path == "/catalog/caf%C3%A9?x=%C3%BC"
-    marker = replay_signing_input(
-        origin=event.origin, event_id=event.event_id, method=event.method,
+    marker = ReplayMarker(
+        origin=event.origin, event_id=event.event_id, hlc=str(event.hlc), method=event.method,
         path=call.raw_path, body=event.body,
     )  # fmt: skip
-    marked = verifier.verify_bytes(call.headers["Xr-Replayed-Sig"], marker, region="us-east")
+    marked = verify_replay_marker(
+        verifier, call.headers["Xr-Replayed-Sig"], marker, region="us-east", now=time.time()
+    )
     assert marked == signing.key_id

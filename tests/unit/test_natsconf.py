@@ -227,7 +227,10 @@ def test_bridge_may_publish_only_its_regions_events() -> None:
     assert not [s for s in publish if s.startswith("xr.") and "eu-west" not in s]
     # Events its stream refuses for good go to its region's DLQ, under its own origin only.
     assert [s for s in publish if s.startswith("xr.dlq.")] == ["xr.dlq.eu-west.eu-west.>"]
-    assert "_INBOX.>" in perms["subscribe"]["allow"]
+    # Replies only on its own inboxes (the prefix shared.natsconn connects with), not _INBOX.>.
+    assert [s for s in perms["subscribe"]["allow"] if s.startswith("_INBOX")] == [
+        "_INBOX.bridge-eu-west.>"
+    ]
     assert perms["allow_responses"] is True
 
 
