@@ -290,6 +290,10 @@ class ReplayerSettings(_Section):
     # version record and its marker may have expired, so it could roll the key back or apply
     # twice. None: 90 % of streams.max_age_s, the versions bucket's TTL (room for clock skew).
     max_event_age_s: float | None = Field(default=None, gt=0)
+    # How long (by the event's HLC) a change that finds its resource missing here (404 to an
+    # `apply` event other than a create) is retried: its create may be on its way from another
+    # region. Past it, the event is dead-lettered.
+    absent_retry_s: float = Field(default=600.0, ge=0)
     # nak delay while another instance holds the claim on the event's key.
     claim_busy_delay_s: float = Field(default=0.2, gt=0)
     # Keys whose last version record this process remembers, to skip a KV read per event

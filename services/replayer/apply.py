@@ -49,6 +49,8 @@ from shared.signing import SignatureError, Signer, Verifier
 
 __all__ = ["Applier", "Delivery"]
 
+_ABSENT = frozenset({404, 410})
+
 log = get_logger("xr.replayer")
 
 
@@ -158,8 +160,10 @@ class Applier:
             await claim.release()
             raise self._retry_or_poison(event, delivery, str(exc)) from exc
         verdict = classify_status(answer.status)
-        if repeat and _settles_repeat(event.method, answer.status):
+        if repeat and _settles_repeat(answer.status):
             verdict = Verdict.APPLIED  # what the earlier call did is already there
+        elif verdict is Verdict.POISON and answer.status in _ABSENT:
+            verdict = self._absent(event)
         if verdict is Verdict.RETRY:
             await claim.release()
             raise self._retry_or_poison(event, delivery, _answered(answer), answer)
@@ -201,6 +205,18 @@ class Applier:
         if child is None:
             child = self._lags[origin] = LAG.labels(origin)
         return child
+
+    def _absent(self, event: Event) -> Verdict:
+        """A 404 or 410: the resource is not here. A delete has what it asked for (and, as a
+        `replace`, its version makes older creates of its key stale). Another change may have
+        overtaken its create from another region: retried for `absent_retry_s`."""
+        if event.method == "DELETE":
+            return Verdict.APPLIED
+        if event.effective_rule == "apply" and event.method != "POST":
+            age_s = self._clock() - event.hlc.wall_time_s
+            if age_s < self._settings.absent_retry_s:
+                return Verdict.RETRY
+        return Verdict.POISON
 
     def _retry_or_poison(
         self, event: Event, delivery: Delivery, error: str, answer: Answer | None = None
@@ -247,25 +263,24 @@ class Applier:
         if why is not None:
             self._refuse_canary(why)
             return
-        now = self._clock()
-        newest = max(self._canaries.get(event.origin, 0.0), min(event.hlc.wall_time_s, now))
-        self._canaries[event.origin] = newest
-        CANARY_AGE.labels(event.origin, self._region).set(max(0.0, now - newest))
+        origin = event.origin
+        if origin not in self._canaries:
+            # Computed when scraped: the age a dashboard shows is the age at that moment.
+            CANARY_AGE.labels(origin, self._region).set_function(
+                lambda: max(0.0, self._clock() - self._canaries[origin])
+            )
+        newest = min(event.hlc.wall_time_s, self._clock())
+        self._canaries[origin] = max(self._canaries.get(origin, 0.0), newest)
 
     def _refuse_canary(self, reason: str) -> None:
         CANARIES_REFUSED.labels(reason).inc()
         log.warning("replayer.canary_refused", reason=reason)
 
-    def refresh_canary_ages(self) -> None:
-        """Let the age of the newest canary grow while none arrives (called periodically)."""
-        for origin, newest in self._canaries.items():
-            CANARY_AGE.labels(origin, self._region).set(max(0.0, self._clock() - newest))
 
-
-def _settles_repeat(method: str, status: int) -> bool:
+def _settles_repeat(status: int) -> bool:
     """A repeated call refused because its first call landed: a create that exists (409,
-    412) or a delete of what is gone (404, 410) is the effect the event wanted."""
-    return status in (409, 412) or (method == "DELETE" and status in (404, 410))
+    412) is the effect the event wanted (a delete of what is gone is always done: `_absent`)."""
+    return status in (409, 412)
 
 
 def _answered(answer: Answer) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
@@ -16,7 +18,10 @@ __all__ = [
     "UPSTREAM_DURATION",
     "UPSTREAM_RETRIES",
     "VERSION_RECORD_FAILURES",
+    "preset",
 ]
+
+OUTCOMES = ("applied", "stale", "duplicate", "repeated", "retried", "dead_lettered")
 
 EVENTS = Counter(
     "xr_replayer_events_total",
@@ -66,3 +71,15 @@ VERSION_RECORD_FAILURES = Counter(
     "Applied events whose version record could not be written (acked anyway: the service "
     "has the write; the key's claim expires on its own)",
 )
+
+
+def preset(origins: Iterable[str], services: Iterable[str]) -> None:
+    """Create every known counter series at zero: a series that first appears at 1 hides
+    that first event from `rate()` and `increase()`, so dashboards and alerts would miss it."""
+    origins = tuple(origins)
+    for service in services:
+        UPSTREAM_RETRIES.labels(service)
+        for origin in origins:
+            CONFLICTS.labels(origin, service, "out_of_order")
+            for outcome in OUTCOMES:
+                EVENTS.labels(origin, service, outcome)

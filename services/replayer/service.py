@@ -32,6 +32,7 @@ from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 from nats.micro import add_service
 
+from services.replayer import metrics
 from services.replayer.apply import Applier
 from services.replayer.consumer import ReplayConsumer
 from services.replayer.metrics import DLQ_MESSAGES
@@ -181,6 +182,7 @@ class Replayer(Closeable):
         await self._start_admin()
         self._stack.push_async_callback(self._stop_consuming)
         BUILD_INFO.info({"version": XREGION_VERSION, "service": SERVICE_NAME})
+        metrics.preset(s.peer_regions(), s.services)
         await self._register()
         log.info("replayer.started", region=s.region, instance=self.instance_id,
                  admin_url=self.admin_url, concurrency=s.replayer.concurrency)  # fmt: skip
@@ -270,8 +272,6 @@ class Replayer(Closeable):
         s = self._settings
         js = self._conn.jetstream(timeout_s=s.nats.request_timeout_s)
         while True:
-            assert self._applier is not None
-            self._applier.refresh_canary_ages()
             try:
                 info = await js.stream_info(dlq_stream(s.region))
                 DLQ_MESSAGES.set(info.state.messages)

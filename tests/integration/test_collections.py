@@ -366,6 +366,58 @@ async def test_create_patch_delete_in_quick_succession(deployment: CollectionDep
         assert not lettered, f"{region}: dead letters {lettered}"
 
 
+async def test_changes_that_overtake_their_create_from_another_region(
+    deployment: CollectionDeployment,
+) -> None:
+    """B patches and deletes items A created, and both reach C before A's creates (A -> C
+    paused): C answers 404 to both. The patch waits (retried) until its create arrives; the
+    delete is done (absent is what it asks for) and, newer than the create, makes it stale.
+    C ends like A and B: the patched item with its patch, the deleted one nowhere."""
+    require(deployment, "created")
+    run = unique("o")
+    patched, deleted = f"{run}-patched", f"{run}-deleted"
+    retried_before = await outcome_count(deployment, C, "created", B, "retried")
+    settled_before = await settled(deployment, C, "created", B)
+    await set_paused(deployment, A, C, True)
+    try:
+        for item in (patched, deleted):
+            await write(deployment, A, "POST", "/created", {"id": item, "v": 1}, expect=201)
+        await wait_state(
+            deployment, "created", "created",
+            lambda held: patched in held[B] and deleted in held[B], "A's creates in B",
+            timeout_s=SETTLE_TIMEOUT_S,
+        )  # fmt: skip
+        await write(deployment, B, "PATCH", f"/created/{patched}", {"p": True})
+        await write(deployment, B, "DELETE", f"/created/{deleted}", expect=204)
+
+        async def overtaken() -> bool:
+            retried = await outcome_count(deployment, C, "created", B, "retried")
+            return (
+                retried > retried_before
+                and await settled(deployment, C, "created", B) >= settled_before + 1
+            )
+
+        try:
+            await wait_until(overtaken, SETTLE_TIMEOUT_S, interval=0.1,
+                             message="C retried B's patch and settled B's delete")  # fmt: skip
+        except TimeoutError as exc:
+            held = await report(deployment, "created", "created")
+            raise AssertionError(f"{exc}\n{held}") from None
+    finally:
+        await set_paused(deployment, A, C, False)
+
+    def converged(held: dict[str, Items]) -> bool:
+        return everywhere(held, patched, lambda v: v.get("p") is True) and all(
+            deleted not in held[r] for r in REGIONS
+        )
+
+    await wait_state(deployment, "created", "created", converged,
+                     "the patch everywhere and the deleted item nowhere",
+                     timeout_s=SETTLE_TIMEOUT_S)  # fmt: skip
+    lettered = await outcome_count(deployment, C, "created", B, "dead_lettered")
+    assert lettered == 0, await report(deployment, "created", "created")
+
+
 async def test_patch_older_than_an_applied_put_is_stale(deployment: CollectionDeployment) -> None:
     """C gets B's PUT first, then A's older PATCH (A -> C paused): the PATCH is stale there and
     C holds the PUT's body, as A and B do."""
