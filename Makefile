@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint check demo up bench clean
+.PHONY: install test lint check demo up bench dev-tools clean
 
 install: $(STAMP)
 
@@ -34,6 +34,11 @@ up: $(STAMP)
 # Benchmarks report ratios measured side by side in one run (the machine is noisy).
 bench: $(STAMP)
 	$(BIN)/xregion bench all
+
+# Debian's prometheus (the server and promtool): the live Prometheus tests and `up --prometheus`.
+dev-tools:
+	command -v prometheus >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -11,8 +11,10 @@ import datetime as dt
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from services.xregion import bench_cmd, commands, status_cmd, top_cmd
+from services.xregion.output import add_output_argument
 from shared.logs import configure_logging
 from shared.settings import ConfigError
 
@@ -31,6 +33,32 @@ _OPS = {
     "status": "find every running instance in every region",
 }
 _BENCH = "benchmarks of the replication path (bridge, broadcaster, replayer)"
+
+# The JSON each command prints with `--output json` (`top` and `status` document theirs).
+_PROVISION_JSON = """\
+output json: {"region", "replicas", "assets": [{"kind": "stream"|"kv"|"consumer", "name",
+  "action": "created"|"updated"|"unchanged", "note": null or what an operator should know}]}
+"""
+_PAUSE_JSON = """\
+output json: {"paths": [{"origin", "target", "state": "running"|"paused"|"unknown" (the
+  switch could not be read), "since" (ISO 8601 UTC), "by" ("user@host"), "error" (why the
+  switch could not be read or written)}]}; null where a value does not apply
+"""
+_DLQ_JSON = """\
+output json (list only): {"region", "stream", "dead_letters": [{"seq", "stored" (ISO 8601
+  UTC, when the stream stored it), "at" (ISO 8601 UTC, Xr-Dlq-At), "origin", "service",
+  "reason", "status" (the service's HTTP status, a number), "attempts", "event_id",
+  "target" (Xr-Dlq-Target), "error" (the whole Xr-Dlq-Error)}]}; null where a header is absent
+"""
+_TRACE_JSON = """\
+output json: {"event_id", "found": bool (false: exit 1), "origin", "method", "path",
+  "service", "key", "hlc" (null when not found), "searched": {"from", "to"} (ISO 8601 UTC),
+  "steps": [{"region", "step": "published"|"forwarded"|"refused"|"not_forwarded"|"version"|
+  "dead_lettered", "stream", "seq", "at" (ISO 8601 UTC), "after_s" (forwarded: seconds after
+  the publish), "state" (version: "applied"|"claimed"|"superseded"|"older"|"none";
+  not_forwarded: "acked"|"pending"|"unknown"), "reason" (a dead letter's Xr-Dlq-Reason),
+  "detail" (the table's line)}]}; null where a key does not apply to a step
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,6 +115,11 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _epilog(text: str) -> dict[str, Any]:
+    """`add_parser` keywords for an epilog printed as written."""
+    return {"epilog": text, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -112,7 +145,9 @@ def _service_parser(
 
 def _provision_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "create or update this region's streams, KV buckets and consumers (idempotent)"
-    parser = sub.add_parser("provision", help=summary, description=summary)
+    parser = sub.add_parser(
+        "provision", help=summary, description=summary, **_epilog(_PROVISION_JSON)
+    )
     _add_config(parser)
     parser.add_argument(
         "--replicas",
@@ -130,6 +165,7 @@ def _provision_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "'now'; events stored before it are not forwarded to that region (default: the "
         "stream's first event, so all are). Existing consumers keep their position.",
     )
+    add_output_argument(parser)
     parser.set_defaults(handler=commands.provision)
 
 
@@ -162,7 +198,7 @@ def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         ("pause", "pause replication towards a target region", commands.pause),
         ("resume", "resume replication towards a target region", commands.resume),
     ):
-        parser = sub.add_parser(name, help=summary, description=summary)
+        parser = sub.add_parser(name, help=summary, description=summary, **_epilog(_PAUSE_JSON))
         _add_config(parser)
         parser.add_argument(
             "--target", metavar="R", help="the target region (required unless --list)"
@@ -176,12 +212,13 @@ def _pause_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             parser.add_argument(
                 "--list", action="store_true", help="print every path and whether it is paused"
             )
+        add_output_argument(parser)
         parser.set_defaults(handler=handler)
 
 
 def _dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     summary = "list, show, replay or purge dead-lettered events"
-    parser = sub.add_parser("dlq", help=summary, description=summary)
+    parser = sub.add_parser("dlq", help=summary, description=summary, **_epilog(_DLQ_JSON))
     parser.add_argument("action", choices=["list", "show", "replay", "purge"])
     _add_config(parser)
     parser.add_argument("--region", metavar="R", help="default: the config's region")
@@ -190,6 +227,7 @@ def _dlq_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     parser.add_argument("--since", metavar="T", help="ISO time, or an age such as 30m, 2h, 7d")
     parser.add_argument("--seq", type=int, metavar="N", help="only the dead letter at seq N")
     parser.add_argument("--yes", action="store_true", help="confirm purge")
+    add_output_argument(parser, note=" (list only)")
     parser.set_defaults(handler=commands.dlq)
 
 
@@ -198,8 +236,9 @@ def _trace_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser = sub.add_parser(
         "trace",
         help=summary,
-        description=f"{summary}, in every region, found by its event id (the Xr-Event-Id a "
-        "write's response carries). Needs the admin user where NATS has permissions.",
+        description=f"{summary},\nin every region, found by its event id (the Xr-Event-Id a "
+        "write's response carries).\nNeeds the admin user where NATS has permissions.",
+        **_epilog(_TRACE_JSON),
     )
     parser.add_argument("event_id", metavar="EVENT_ID", help="the event's id (a UUIDv7)")
     _add_config(parser)
@@ -211,6 +250,7 @@ def _trace_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="search each stream up to S seconds after the id's time (default: 300); dead "
         "letters are searched to the end",
     )
+    add_output_argument(parser)
     parser.set_defaults(handler=commands.trace)
 
 
@@ -284,4 +324,12 @@ def _cluster_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             help="where to write every URL, port and PID as JSON (default: WORKDIR/state.json; "
             "`xregion top` and `status` read it)",
         )
+        if name == "up":
+            parser.add_argument(
+                "--prometheus",
+                action="store_true",
+                help="also run Prometheus (the `prometheus` binary on PATH) scraping every "
+                "process with deploy/prometheus's job and evaluating its alert rules; its "
+                "URL is printed and in the state file (port N+9, or a free one)",
+            )
         parser.set_defaults(handler=handler)

@@ -15,6 +15,7 @@ from typing import Any
 
 import uvloop
 
+from services.xregion.output import wants_json
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.settings import Settings, load_settings, redacted_dump
 
@@ -97,6 +98,9 @@ async def _serve(service: str, settings: Settings) -> int:
 def dlq(args: argparse.Namespace) -> int:
     from services.xregion.dlq_cmd import Selection, parse_since, run_dlq
 
+    as_json = wants_json(args)
+    if as_json and args.action != "list":
+        raise CommandError(f"--output json: only for `dlq list`, not `dlq {args.action}`", 2)
     settings = _settings(args)
     selection = Selection(
         region=args.region or settings.region,
@@ -105,7 +109,7 @@ def dlq(args: argparse.Namespace) -> int:
         since=parse_since(args.since) if args.since else None,
         seq=args.seq,
     )
-    return run(run_dlq(settings, args.action, selection, yes=args.yes))
+    return run(run_dlq(settings, args.action, selection, yes=args.yes, as_json=as_json))
 
 
 def trace(args: argparse.Namespace) -> int:
@@ -114,17 +118,24 @@ def trace(args: argparse.Namespace) -> int:
     check_event_id(args.event_id)  # before the configuration is read: one line, no warnings
     if args.window <= 0:
         raise CommandError(f"--window {args.window:g}: must be positive", 2)
-    return run(run_trace(_settings(args), args.event_id, window_s=args.window))
+    return run(
+        run_trace(_settings(args), args.event_id, window_s=args.window, as_json=wants_json(args))
+    )
 
 
 def pause(args: argparse.Namespace) -> int:
     from services.xregion.pause_cmd import list_paths, switch_paths
 
+    as_json = wants_json(args)
     if args.list:
-        return run(list_paths(_settings(args)))
+        return run(list_paths(_settings(args), as_json=as_json))
     if args.target is None:
         raise CommandError("--target is required (or --list)", exit_code=2)
-    return run(switch_paths(_settings(args), target=args.target, origin=args.origin, paused=True))
+    return run(
+        switch_paths(
+            _settings(args), target=args.target, origin=args.origin, paused=True, as_json=as_json
+        )
+    )
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -132,7 +143,15 @@ def resume(args: argparse.Namespace) -> int:
 
     if args.target is None:
         raise CommandError("--target is required", exit_code=2)
-    return run(switch_paths(_settings(args), target=args.target, origin=args.origin, paused=False))
+    return run(
+        switch_paths(
+            _settings(args),
+            target=args.target,
+            origin=args.origin,
+            paused=False,
+            as_json=wants_json(args),
+        )
+    )
 
 
 def provision(args: argparse.Namespace) -> int:
@@ -140,7 +159,12 @@ def provision(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     return run(
-        provision_region(settings, replicas=args.replicas, broadcast_start=args.broadcast_start)
+        provision_region(
+            settings,
+            replicas=args.replicas,
+            broadcast_start=args.broadcast_start,
+            as_json=wants_json(args),
+        )
     )
 
 

@@ -32,8 +32,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+from services.xregion.output import count as json_count
+from services.xregion.output import number as json_number
 from services.xregion.scrape import Scrape
 
 __all__ = [
@@ -83,6 +85,21 @@ class PathRow:
     backlog: float | None
     state: str | None  # "ok" | "paused" | "unreachable"; None: origin not scraped
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "target": self.target,
+            "forwarded_per_s": json_number(self.forwarded_per_s, 3),
+            "applied_per_s": json_number(self.applied_per_s, 3),
+            "applied_total": json_count(self.applied_total),
+            "lag_p50_s": json_number(self.lag_p50_s),
+            "lag_p99_s": json_number(self.lag_p99_s),
+            "lag_source": self.lag_source,
+            "canary_age_s": json_number(self.canary_age_s),
+            "backlog": json_count(self.backlog),
+            "state": self.state,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class RegionRow:
@@ -95,6 +112,18 @@ class RegionRow:
     conflicts: float | None = None  # apply events applied after a newer one of their key
     repeated: float | None = None  # calls made again after a replayer died mid-call
 
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "replay_backlog": json_count(self.replay_backlog),
+            "dlq": json_count(self.dlq),
+            "upstream_retries_per_s": json_number(self.upstream_retries_per_s, 3),
+            "retried_per_s": json_number(self.retried_per_s, 3),
+            "outbox": json_count(self.outbox),
+            "conflicts": json_count(self.conflicts),
+            "repeated": json_count(self.repeated),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class HealthRow:
@@ -104,6 +133,16 @@ class HealthRow:
     up: bool
     ready: str | None
     error: str | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "service": self.service,
+            "url": self.url,
+            "up": self.up,
+            "ready": self.ready,
+            "error": self.error,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +155,17 @@ class Frame:
     @property
     def endpoints_up(self) -> int:
         return sum(1 for row in self.health if row.up)
+
+    def as_json(self) -> dict[str, Any]:
+        """The frame as `top --once --output json` prints it (after its `at`)."""
+        return {
+            "window_s": json_number(self.window_s, 3),
+            "endpoints_up": self.endpoints_up,
+            "endpoints": len(self.health),
+            "paths": [row.as_json() for row in self.paths],
+            "regions": [row.as_json() for row in self.regions],
+            "health": [row.as_json() for row in self.health],
+        }
 
 
 Aggregate = Callable[[Iterable[float]], float]

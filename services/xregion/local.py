@@ -25,6 +25,7 @@ from nats.js.errors import APIError
 from rich.console import Console
 from rich.table import Table
 
+from services.xregion import prometheus
 from services.xregion.commands import CommandError
 from services.xregion.natsconf import TopologyError, build_topology
 from services.xregion.stack import RegionStack, plan_stacks, write_stack_files
@@ -32,9 +33,10 @@ from services.xregion.supercluster import (
     ServerHealth,
     SuperCluster,
     SuperClusterError,
+    free_ports,
     with_free_ports,
 )
-from services.xregion.supervisor import Supervisor, SupervisorError
+from services.xregion.supervisor import ProcessSpec, Supervisor, SupervisorError
 from shared import provision
 from shared.lifecycle import until_signalled
 from shared.natsconn import NatsConnectError, NatsConnection
@@ -47,6 +49,8 @@ console = Console(stderr=True)
 if not console.is_terminal:
     console.width = max(console.width, 150)  # logs and CI: keep URLs whole in the tables
 _READY_TIMEOUT_S = 60.0
+# The port plan's NATS servers start at N+11 and the stacks at N+410: N+9 is free.
+PROMETHEUS_PORT_OFFSET = 9
 
 
 async def run_up(args: argparse.Namespace, *, stay: bool) -> int:
@@ -79,7 +83,7 @@ def hold_workdir(workdir: Path) -> Iterator[None]:
 
 async def _up_in(workdir: Path, regions: list[str], args: argparse.Namespace, *, stay: bool) -> int:
     if not stay:  # a demo starts from nothing
-        for part in ("data", "stacks", "logs"):
+        for part in ("data", "stacks", "logs", "prometheus"):
             shutil.rmtree(workdir / part, ignore_errors=True)
     try:
         topology = build_topology(
@@ -130,18 +134,24 @@ async def _run(
     )
     write_stack_files(stacks, workdir)
     specs = [spec for s in stacks for spec in s.processes(workdir / "logs", _child_env())]
+    monitor = _prometheus(args, stacks, workdir)
+    if monitor is not None:
+        specs.append(monitor[0])
+    extra = {"prometheus": monitor[1]} if monitor is not None else {}
     state_file: Path = args.state_file or workdir / "state.json"
     supervisor = Supervisor(
         specs,
         cwd=workdir,
-        on_restart=lambda _: _write_state(state_file, workdir, stacks, supervisor),
+        on_restart=lambda _: _write_state(state_file, workdir, stacks, supervisor, extra),
     )
     async with supervisor:
         with step("starting the region stacks", f"{len(specs)} service processes ready"):
             await supervisor.start()
             await supervisor.wait_ready(_READY_TIMEOUT_S)
         console.print(_stacks_table(stacks))
-        _write_state(state_file, workdir, stacks, supervisor)
+        if monitor is not None:
+            console.print(f"Prometheus: {monitor[1]} (scrapes every process, evaluates the alerts)")
+        _write_state(state_file, workdir, stacks, supervisor, extra)
         if stay:
             console.print(
                 f"up: {len(regions)} regions, {len(specs)} processes; state in {state_file}, "
@@ -262,13 +272,37 @@ def _stacks_table(stacks: list[RegionStack]) -> Table:
     return table
 
 
+def _prometheus(
+    args: argparse.Namespace, stacks: list[RegionStack], workdir: Path
+) -> tuple[ProcessSpec, str] | None:
+    """With `--prometheus`: the supervised Prometheus process and its URL."""
+    if not getattr(args, "prometheus", False):
+        return None
+    executable = prometheus.binary()
+    if executable is None:
+        raise CommandError(
+            "--prometheus: no `prometheus` on PATH (Debian: apt-get install prometheus)",
+            exit_code=2,
+        )
+    port = args.base_port + PROMETHEUS_PORT_OFFSET if args.base_port else free_ports(1)[0]
+    directory = workdir / "prometheus"
+    prometheus.write_files(directory, stacks)
+    spec = prometheus.process_spec(executable, directory, port, workdir / "logs")
+    return spec, prometheus.url(port)
+
+
 def _write_state(
-    path: Path, workdir: Path, stacks: list[RegionStack], supervisor: Supervisor
+    path: Path,
+    workdir: Path,
+    stacks: list[RegionStack],
+    supervisor: Supervisor,
+    extra: dict[str, str],
 ) -> None:
     state: dict[str, Any] = {
         "workdir": str(workdir),
         "regions": {stack.region: stack.state() for stack in stacks},
         "pids": supervisor.pids(),
+        **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

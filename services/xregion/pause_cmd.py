@@ -7,23 +7,73 @@ re-reads within a second; events wait in the origin's stream while the path is p
 Without `--origin`, every path into the target is switched (each other region's bucket,
 reached through the gateways from the region this command connects to). Afterwards the
 command prints the state of the paths it touched; `pause --list` prints every path of the
-super-cluster (`xregion status` is not there yet: this is where paused paths are shown).
-Exit 1 if any bucket could not be read or written; the lines say which.
+super-cluster (`xregion status` shows them too, with their backlogs: `read_switches`).
+Exit 1 if any bucket could not be read or written; the lines (or `error` keys) say which.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
 from nats.js import JetStreamContext
 
-from services.broadcaster.pause import ControlError, read_pause, set_pause
+from services.broadcaster.pause import ControlError, PauseInfo, read_pause, set_pause
 from services.xregion.commands import CommandError, connected
+from services.xregion.output import iso_utc_text, print_json
 from shared.settings import Settings
 
-__all__ = ["list_paths", "paths_into", "switch_paths"]
+__all__ = [
+    "PathSwitch",
+    "all_paths",
+    "list_paths",
+    "paths_into",
+    "read_switches",
+    "switch_paths",
+]
 
 Route = tuple[str, str]  # a replication path: (origin, target)
+
+
+@dataclass(frozen=True, slots=True)
+class PathSwitch:
+    """The pause switch of one path as read from its origin's control bucket."""
+
+    origin: str
+    target: str
+    paused: PauseInfo | None = None
+    error: str | None = None  # the switch could not be read
+    failed: str | None = None  # the switch could not be written
+
+    @property
+    def state(self) -> str:
+        if self.error is not None:
+            return "unknown"
+        return "paused" if self.paused is not None else "running"
+
+    def line(self) -> str:
+        path = f"{self.origin} -> {self.target}"
+        if self.state == "unknown":
+            return f"{path}  UNKNOWN  {self.error}"
+        if self.paused is None:
+            return f"{path}  running"
+        return f"{path}  paused  since {self.paused.since} by {self.paused.by}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "origin": self.origin,
+            "target": self.target,
+            "state": self.state,
+            "since": iso_utc_text(self.paused.since) if self.paused else None,
+            "by": self.paused.by if self.paused else None,
+            "error": self.error or self.failed,
+        }
+
+
+def all_paths(regions: Sequence[str]) -> list[Route]:
+    return [(o, t) for o in regions for t in regions if o != t]
 
 
 def paths_into(regions: Sequence[str], target: str, origin: str | None = None) -> list[Route]:
@@ -39,42 +89,50 @@ def paths_into(regions: Sequence[str], target: str, origin: str | None = None) -
     return [(origin, target)]
 
 
-async def switch_paths(settings: Settings, *, target: str, origin: str | None, paused: bool) -> int:
+async def read_switches(js: JetStreamContext, paths: Sequence[Route]) -> list[PathSwitch]:
+    """The switch of every path, in the order given; an unreadable one has `error` set."""
+
+    async def read(origin: str, target: str) -> PathSwitch:
+        try:
+            return PathSwitch(origin, target, paused=await read_pause(js, origin, target))
+        except ControlError as exc:
+            return PathSwitch(origin, target, error=str(exc))
+
+    return list(await asyncio.gather(*(read(o, t) for o, t in paths)))
+
+
+async def switch_paths(
+    settings: Settings, *, target: str, origin: str | None, paused: bool, as_json: bool = False
+) -> int:
     """Pause or resume the paths into `target`; prints their state; the exit code."""
     paths = paths_into(settings.regions, target, origin)
+    failures: dict[Route, str] = {}
     async with connected(settings, "pause") as conn:
         js = conn.jetstream()
-        failed = 0
-        for path_origin, path_target in paths:
+        for path in paths:
             try:
-                await set_pause(js, path_origin, path_target, paused=paused)
+                await set_pause(js, *path, paused=paused)
             except ControlError as exc:
-                print(f"{path_origin} -> {path_target}  FAILED  {exc}")
-                failed += 1
-        ok = await _print_paths(js, paths)
-    return 0 if failed == 0 and ok else 1
+                failures[path] = str(exc)
+                if not as_json:
+                    print(f"{path[0]} -> {path[1]}  FAILED  {exc}")
+        switches = await read_switches(js, paths)
+    switches = [replace(s, failed=failures.get((s.origin, s.target))) for s in switches]
+    _print(switches, as_json)
+    return 0 if not failures and all(s.state != "unknown" for s in switches) else 1
 
 
-async def list_paths(settings: Settings) -> int:
+async def list_paths(settings: Settings, *, as_json: bool = False) -> int:
     """Print every path of the super-cluster with its state; the exit code."""
-    regions = settings.regions
-    paths = [(o, t) for o in regions for t in regions if o != t]
     async with connected(settings, "pause") as conn:
-        ok = await _print_paths(conn.jetstream(), paths)
-    return 0 if ok else 1
+        switches = await read_switches(conn.jetstream(), all_paths(settings.regions))
+    _print(switches, as_json)
+    return 0 if all(s.state != "unknown" for s in switches) else 1
 
 
-async def _print_paths(js: JetStreamContext, paths: Iterable[Route]) -> bool:
-    ok = True
-    for origin, target in paths:
-        try:
-            info = await read_pause(js, origin, target)
-        except ControlError as exc:
-            print(f"{origin} -> {target}  UNKNOWN  {exc}")
-            ok = False
-            continue
-        if info is None:
-            print(f"{origin} -> {target}  running")
-        else:
-            print(f"{origin} -> {target}  paused  since {info.since} by {info.by}")
-    return ok
+def _print(switches: Sequence[PathSwitch], as_json: bool) -> None:
+    if as_json:
+        print_json({"paths": [s.as_json() for s in switches]})
+        return
+    for switch in switches:
+        print(switch.line())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 
 from nats.js.errors import APIError
-from rich.console import Console
 from rich.table import Table
 
 from services.xregion.commands import CommandError
+from services.xregion.output import print_json, table_console
 from shared import provision
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.settings import Settings
@@ -22,7 +22,11 @@ def region_cluster_size(conn: NatsConnection) -> int:
 
 
 async def provision_region(
-    settings: Settings, replicas: int | None = None, *, broadcast_start: dt.datetime | None = None
+    settings: Settings,
+    replicas: int | None = None,
+    *,
+    broadcast_start: dt.datetime | None = None,
+    as_json: bool = False,
 ) -> int:
     try:
         async with NatsConnection(settings.nats, service="provision") as conn:
@@ -39,8 +43,18 @@ async def provision_region(
         raise CommandError(
             "JetStream did not answer in time (is the meta leader reachable?)"
         ) from None
-    _print(settings.region, count, results)
+    if as_json:
+        print_json(_json(settings.region, count, results))
+    else:
+        _print(settings.region, count, results)
     return 0
+
+
+def _json(region: str, replicas: int, results: list[provision.Result]) -> dict[str, object]:
+    assets = [
+        {"kind": r.kind, "name": r.name, "action": str(r.action), "note": r.note} for r in results
+    ]
+    return {"region": region, "replicas": replicas, "assets": assets}
 
 
 def _print(region: str, replicas: int, results: list[provision.Result]) -> None:
@@ -49,7 +63,7 @@ def _print(region: str, replicas: int, results: list[provision.Result]) -> None:
         table.add_column(column)
     for result in results:
         table.add_row(result.kind, result.name, str(result.action))
-    console = Console()
+    console = table_console()
     console.print(table)
     for result in results:
         if result.note:

@@ -1,44 +1,72 @@
-"""`xregion status`: every running xregion instance in every region, found through NATS.
+"""`xregion status`: every running xregion instance in every region, found through NATS, and
+the state and backlog of every replication path.
 
 Connects to one region's NATS (the first of the state file's or `--config` files' regions
 that accepts a connection), collects every `$SRV.PING|INFO|STATS` answer for `--timeout`
-seconds (`discovery.py`; the requests cross the gateways, so every region answers), asks each
-instance's admin port for `/readyz` (its URL is in the instance's metadata), and prints one
-row per instance. Exit 0 when at least one instance answered, 1 when none did, 2 on bad usage.
+seconds (`discovery.py`; the requests cross the gateways, so every region answers) and, on
+the same connection, reads every path's pause switch from its origin's control bucket (as
+`pause --list` does). It then scrapes each instance's admin port (its URL is in the
+instance's metadata): `/readyz` for its health, and the broadcasters' `/metrics` for each
+path's backlog (as `top` does). Prints one row per instance and one per path. Exit 0 when at
+least one instance answered, 1 when none did, 2 on bad usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from services.xregion import commands
-from services.xregion.dashboard_view import fmt_duration
+from services.xregion.dashboard import PathRow, build_frame
+from services.xregion.dashboard_view import fmt_count, fmt_duration
 from services.xregion.deployment import (
+    AdminEndpoint,
     Deployment,
     add_source_arguments,
     deployment_from_args,
     seconds_type,
 )
 from services.xregion.discovery import Instance, discover
-from services.xregion.scrape import admin_client, read_ready
+from services.xregion.output import (
+    add_output_argument,
+    count,
+    iso_utc,
+    number,
+    print_json,
+    table_console,
+    wants_json,
+)
+from services.xregion.scrape import Scrape, admin_client, scrape_all
 from shared.natsconn import NatsConnectError, NatsConnection
-from shared.settings import NatsSettings
 
-__all__ = ["StatusRow", "register", "run_status", "status_rows", "status_table"]
+if TYPE_CHECKING:
+    from services.xregion.pause_cmd import PathSwitch
+
+__all__ = [
+    "PathStatus",
+    "StatusRow",
+    "path_statuses",
+    "paths_table",
+    "register",
+    "run_status",
+    "status_json",
+    "status_rows",
+    "status_table",
+    "status_tables",
+]
 
 _CONNECT_TIMEOUT_S = 3.0
 _HEALTH_STYLE = {"ok": "green", "degraded": "yellow", "down": "bold red", "unreachable": "red"}
+_SWITCH_STYLE = {"running": "green", "paused": "yellow", "unknown": "bold red"}
 _EPILOG = """\
 sources: --config FILE (its [nats] section; repeat to name fallbacks) or --state-file FILE
 (written by `xregion up --state-file FILE`); default .xregion/state.json. One region's NATS
@@ -46,6 +74,17 @@ is enough: requests cross the gateways.
 
 health: the instance's own /readyz (ok|degraded|down), "unreachable" when its admin port does
 not answer, "-" when its metadata carries no admin_url.
+
+paths: every origin -> target; its pause switch (running|paused|unknown: the origin's control
+bucket could not be read), since when and by whom, its backlog (events the origin's
+broadcasters have not forwarded to the target yet; "-": none of them answered) and what the
+broadcasters report (ok|paused|unreachable).
+
+output json: {"instances": [{"region", "service", "instance", "version", "started" (ISO 8601
+  UTC), "uptime_s", "health", "admin_url", "metadata": {...}}],
+  "paths": [{"origin", "target", "state": "running"|"paused"|"unknown", "since" (ISO 8601
+  UTC), "by", "error", "backlog" (events), "forwarding": "ok"|"paused"|"unreachable"}]};
+  null where a value is unknown
 """
 
 
@@ -53,7 +92,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], summary: 
     parser = sub.add_parser(
         "status",
         help=summary,
-        description=summary + " (through the NATS services API: $SRV.PING, INFO, STATS).",
+        description=summary + " (through the NATS services API: $SRV.PING, INFO, STATS), "
+        "and every replication path's pause switch and backlog.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -67,7 +107,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], summary: 
         metavar="S",
         help="how long to collect answers, in seconds (default: %(default)s)",
     )
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_output_argument(parser)
+    parser.add_argument("--json", action="store_true", help="deprecated: --output json")
     parser.set_defaults(handler=_handle)
 
 
@@ -75,7 +116,10 @@ def _handle(args: argparse.Namespace) -> int:
     deployment = deployment_from_args(args)
     if not deployment.nats:
         raise commands.CommandError("the deployment names no NATS servers", exit_code=2)
-    return commands.run(run_status(deployment, timeout_s=args.timeout, as_json=args.json))
+    if args.json:
+        print("xregion status: --json is deprecated: use --output json", file=sys.stderr)
+    as_json = args.json or wants_json(args)
+    return commands.run(run_status(deployment, timeout_s=args.timeout, as_json=as_json))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +132,7 @@ class StatusRow:
     health: str
     admin_url: str | None
     metadata: Mapping[str, str]
+    started: datetime | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,10 +140,26 @@ class StatusRow:
             "service": self.service,
             "instance": self.instance,
             "version": self.version,
-            "uptime_s": None if self.uptime_s is None else round(self.uptime_s, 3),
+            "started": iso_utc(self.started),
+            "uptime_s": number(self.uptime_s, 3),
             "health": self.health,
             "admin_url": self.admin_url,
             "metadata": dict(self.metadata),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PathStatus:
+    """One path: its switch (control bucket) and what its origin's broadcasters report."""
+
+    switch: PathSwitch
+    backlog: float | None = None  # None: no broadcaster of the origin answered
+    forwarding: str | None = None  # ok | paused | unreachable
+
+    def as_json(self) -> dict[str, Any]:
+        return self.switch.as_json() | {
+            "backlog": count(self.backlog),
+            "forwarding": self.forwarding,
         }
 
 
@@ -109,23 +170,30 @@ async def run_status(
     as_json: bool = False,
     console: Console | None = None,
 ) -> int:
-    """Find, check and print every instance; the exit code (CommandError when none)."""
-    instances = await _discover(deployment.nats, timeout_s)
+    """Find, check and print every instance and path; the exit code (CommandError when none)."""
+    instances, switches = await _from_nats(deployment, timeout_s)
     if not instances:
         raise commands.CommandError(f"no xregion instance answered within {timeout_s:g} s")
-    health = await _health(instances, timeout_s)
-    rows = status_rows(instances, health, datetime.now(UTC))
+    scrapes = await _scrape(instances, timeout_s)
+    rows = status_rows(instances, _health(instances, scrapes), datetime.now(UTC))
+    paths = path_statuses(switches, build_frame(deployment.regions, None, scrapes).paths)
     if as_json:
-        json.dump([row.as_json() for row in rows], sys.stdout, indent=2)
-        print()
+        print_json(status_json(rows, paths))
     else:
-        (console or Console()).print(status_table(rows))
+        (console or table_console()).print(status_tables(rows, paths))
     return 0
 
 
-async def _discover(nats: Mapping[str, NatsSettings], timeout_s: float) -> list[Instance]:
+async def _from_nats(
+    deployment: Deployment, timeout_s: float
+) -> tuple[list[Instance], list[PathSwitch]]:
+    """The instances that answer, and every path's switch, through the first NATS that works."""
+    # Imported here: every `xregion` process loads this module, and the pause switches' module
+    # registers the broadcaster's metrics, which a bridge or replayer must not export.
+    from services.xregion.pause_cmd import all_paths, read_switches
+
     failures = []
-    for region, settings in nats.items():
+    for region, settings in deployment.nats.items():
         quick = settings.model_copy(
             update={
                 "first_connect_timeout_s": min(settings.first_connect_timeout_s, _CONNECT_TIMEOUT_S)
@@ -133,23 +201,31 @@ async def _discover(nats: Mapping[str, NatsSettings], timeout_s: float) -> list[
         )
         try:
             async with NatsConnection(quick, service="status") as conn:
-                return await discover(conn.nc, timeout_s)
+                switches = read_switches(conn.jetstream(timeout_s), all_paths(deployment.regions))
+                return await asyncio.gather(discover(conn.nc, timeout_s), switches)
         except NatsConnectError as exc:
             failures.append(f"{region}: {exc}")
     raise commands.CommandError("cannot connect to NATS: " + "; ".join(failures))
 
 
-async def _health(instances: Sequence[Instance], timeout_s: float) -> dict[str, str]:
-    """Instance id -> its `/readyz` status ("unreachable" if no answer, "-" if no URL)."""
+async def _scrape(instances: Sequence[Instance], timeout_s: float) -> list[Scrape]:
+    """`/readyz` and `/metrics` of every instance that names its admin URL."""
+    endpoints = [
+        AdminEndpoint(i.region, i.service, i.admin_url.rstrip("/"))
+        for i in instances
+        if i.admin_url is not None
+    ]
     async with admin_client(timeout_s) as client:
+        return await scrape_all(client, endpoints)
 
-        async def check(instance: Instance) -> str:
-            if instance.admin_url is None:
-                return "-"
-            return await read_ready(client, instance.admin_url) or "unreachable"
 
-        found = await asyncio.gather(*(check(i) for i in instances))
-    return {i.id: status for i, status in zip(instances, found, strict=True)}
+def _health(instances: Sequence[Instance], scrapes: Sequence[Scrape]) -> dict[str, str]:
+    """Instance id -> its `/readyz` status ("unreachable" if no answer, "-" if no URL)."""
+    ready = {s.endpoint.url: s.ready or "unreachable" for s in scrapes}
+    return {
+        i.id: "-" if i.admin_url is None else ready.get(i.admin_url.rstrip("/"), "unreachable")
+        for i in instances
+    }
 
 
 def status_rows(
@@ -165,9 +241,32 @@ def status_rows(
             health=health.get(i.id, "-"),
             admin_url=i.admin_url,
             metadata=i.metadata,
+            started=i.started,
         )
         for i in instances
     ]
+
+
+def path_statuses(switches: Sequence[PathSwitch], frame: Sequence[PathRow]) -> list[PathStatus]:
+    """Each switch with its path's backlog and state from `top`'s frame of the broadcasters."""
+    seen = {(row.origin, row.target): row for row in frame}
+    statuses = []
+    for switch in switches:
+        row = seen.get((switch.origin, switch.target))
+        backlog = None if row is None else row.backlog
+        statuses.append(PathStatus(switch, backlog, None if row is None else row.state))
+    return statuses
+
+
+def status_json(rows: Sequence[StatusRow], paths: Sequence[PathStatus]) -> dict[str, Any]:
+    return {
+        "instances": [row.as_json() for row in rows],
+        "paths": [path.as_json() for path in paths],
+    }
+
+
+def status_tables(rows: Sequence[StatusRow], paths: Sequence[PathStatus]) -> RenderableType:
+    return Group(status_table(rows), paths_table(paths))
 
 
 def status_table(rows: Sequence[StatusRow]) -> Table:
@@ -187,4 +286,25 @@ def status_table(rows: Sequence[StatusRow]) -> Table:
             Text(row.health, style=_HEALTH_STYLE.get(row.health, "")),
             row.admin_url or "-",
         )
+    return table
+
+
+def paths_table(paths: Sequence[PathStatus]) -> Table:
+    paused = sum(1 for p in paths if p.switch.state == "paused")
+    table = Table(title=f"replication paths: {paused} paused", title_justify="left")
+    errors = any(p.switch.error for p in paths)  # the detail column only says what failed
+    names = ("origin → target", "switch", "since", "by", "backlog", "forwarding")
+    for name in (*names, "detail") if errors else names:
+        table.add_column(name, no_wrap=True, justify="right" if name == "backlog" else "left")
+    for path in paths:
+        switch = path.switch
+        cells: list[RenderableType] = [
+            f"{switch.origin} → {switch.target}",
+            Text(switch.state, style=_SWITCH_STYLE.get(switch.state, "")),
+            switch.paused.since if switch.paused else "-",
+            switch.paused.by if switch.paused else "-",
+            fmt_count(path.backlog),
+            path.forwarding or "-",
+        ]
+        table.add_row(*cells, *([switch.error or ""] if errors else []))
     return table

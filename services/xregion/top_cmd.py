@@ -4,7 +4,8 @@ Every `--interval` seconds it scrapes `/metrics` and `/readyz` of every process'
 (concurrently, short timeouts: `services/xregion/scrape.py`), turns the last two rounds into a
 frame (`dashboard.py`, pure) and draws it (`dashboard_view.py`). An endpoint that does not
 answer is shown as down; the dashboard keeps going. `--once` takes two rounds one interval
-apart (so rates are real), prints one frame and exits: 0, or 1 when no endpoint answered.
+apart (so rates are real), prints one frame (`--output json`: as one JSON document) and
+exits: 0, or 1 when no endpoint answered.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.live import Live
@@ -24,6 +26,13 @@ from services.xregion.deployment import (
     add_source_arguments,
     deployment_from_args,
     seconds_type,
+)
+from services.xregion.output import (
+    add_output_argument,
+    iso_utc,
+    print_json,
+    table_console,
+    wants_json,
 )
 from services.xregion.scrape import Scrape, admin_client, scrape_all
 from shared.lifecycle import until_signalled
@@ -39,6 +48,16 @@ or --state-file FILE (written by `xregion up --state-file FILE`); default .xregi
 examples:
   xregion top --state-file .xregion/state.json
   xregion top --config us-east.toml --config eu-west.toml --once
+  xregion top --once --output json | jq '.paths[] | select(.state != "ok")'
+
+output json (with --once): {"at" (ISO 8601 UTC), "window_s", "endpoints_up", "endpoints",
+  "paths": [{"origin", "target", "forwarded_per_s", "applied_per_s", "applied_total",
+  "lag_p50_s", "lag_p99_s", "lag_source": "window"|"cumulative", "canary_age_s", "backlog",
+  "state": "ok"|"paused"|"unreachable"}],
+  "regions": [{"region", "replay_backlog", "dlq", "upstream_retries_per_s", "retried_per_s",
+  "outbox", "conflicts", "repeated"}],
+  "health": [{"region", "service", "url", "up": bool, "ready": "ok"|"degraded"|"down",
+  "error"}]}; seconds and rates are numbers, null where the table shows "-"
 """
 
 
@@ -72,6 +91,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], summary: 
         action="store_true",
         help="print one frame (two scrapes one interval apart) and exit (1: nothing answered)",
     )
+    add_output_argument(parser, note=" (json needs --once)")
     parser.set_defaults(handler=_handle)
 
 
@@ -82,8 +102,17 @@ def _handle(args: argparse.Namespace) -> int:
             "no admin endpoints to scrape (the state file lists none: is the region stack up?)",
             exit_code=2,
         )
+    as_json = wants_json(args)
+    if as_json and not args.once:
+        raise commands.CommandError("--output json needs --once", exit_code=2)
     return commands.run(
-        run_top(deployment, interval_s=args.interval, timeout_s=args.timeout, once=args.once)
+        run_top(
+            deployment,
+            interval_s=args.interval,
+            timeout_s=args.timeout,
+            once=args.once,
+            as_json=as_json,
+        )
     )
 
 
@@ -93,10 +122,12 @@ async def run_top(
     interval_s: float = 1.0,
     timeout_s: float = 0.8,
     once: bool = False,
+    as_json: bool = False,
     console: Console | None = None,
 ) -> int:
-    """Run the dashboard (until SIGINT/SIGTERM), or print one frame with `once`."""
-    console = console or Console()
+    """Run the dashboard (until SIGINT/SIGTERM), or print one frame with `once` (as JSON
+    with `as_json`)."""
+    console = console or table_console()
     timeout_s = min(timeout_s, interval_s)
     async with admin_client(timeout_s) as client:
 
@@ -104,20 +135,23 @@ async def run_top(
             return await scrape_all(client, deployment.admin)
 
         if once:
-            return await _once(deployment, scrape, interval_s, console)
+            return await _once(deployment, scrape, interval_s, console, as_json)
         return await until_signalled(
             lambda stop: _live(deployment, scrape, interval_s, console, stop)
         )
 
 
 async def _once(
-    deployment: Deployment, scrape: Scraper, interval_s: float, console: Console
+    deployment: Deployment, scrape: Scraper, interval_s: float, console: Console, as_json: bool
 ) -> int:
     first = await scrape()
     await asyncio.sleep(interval_s)  # the rate window
     second = await scrape()
     frame = build_frame(deployment.regions, first, second)
-    console.print(render(frame))
+    if as_json:
+        print_json({"at": iso_utc(datetime.now(UTC))} | frame.as_json())
+    else:
+        console.print(render(frame))
     answered = any(s.up or s.ready is not None for s in (*first, *second))
     return 0 if answered else 1
 

@@ -6,7 +6,7 @@ read from a little before that time (`_SKEW_S`, for clocks that differ) to `--wi
 it, with batched direct gets (ADR-31: no consumer is created, the meta leader is not needed).
 The search stops at the first copy found in each stream.
 
-What it reports, one line per fact:
+What it reports, one line per fact (with `--output json`, one `Step` each):
 
 * `published`: the event in its origin's events stream (every region's is searched, so the
   origin need not be known), with its sequence and stored time;
@@ -33,7 +33,8 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncGenerator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import nats.errors
 from nats.aio.client import Client
@@ -42,6 +43,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from services.xregion.commands import CommandError, connected
+from services.xregion.output import iso_utc, number, print_json
 from shared.dlq import FORWARD_REFUSED, PUBLISH_REFUSED, path_of
 from shared.envelope import (
     HDR_DLQ_ERROR,
@@ -67,7 +69,7 @@ from shared.regions import (
 from shared.settings import Settings
 from shared.versions import Record, record_key
 
-__all__ = ["Found", "check_event_id", "run_trace"]
+__all__ = ["Found", "Step", "Trace", "check_event_id", "run_trace"]
 
 # How far before the id's own time a search starts: the clocks of the bridge's host and the
 # NATS servers may differ by this much.
@@ -89,63 +91,140 @@ class Found:
     headers: dict[str, str]
 
 
+_LABELS = {"not_forwarded": "not forwarded", "dead_lettered": "dead-lettered"}
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One fact about the event in one region; `detail` is its line in the table."""
+
+    region: str
+    step: str  # published | forwarded | refused | not_forwarded | version | dead_lettered
+    detail: str
+    stream: str | None = None
+    seq: int | None = None
+    at: dt.datetime | None = None
+    after_s: float | None = None
+    state: str | None = None
+    reason: str | None = None
+
+    def line(self) -> str:
+        return f"  {self.region:<12} {_LABELS.get(self.step, self.step):<15} {self.detail}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "region": self.region,
+            "step": self.step,
+            "stream": self.stream,
+            "seq": self.seq,
+            "at": iso_utc(self.at),
+            "after_s": number(self.after_s),
+            "state": self.state,
+            "reason": self.reason,
+            "detail": self.detail,
+        }
+
+
+@dataclass(slots=True)
+class Trace:
+    """What `trace` found: the event's headers (None when not found) and its steps."""
+
+    event_id: str
+    since: dt.datetime
+    until: dt.datetime
+    headers: dict[str, str] | None = None
+    origin: str | None = None
+    service: str | None = None
+    steps: list[Step] = field(default_factory=list)
+
+    @property
+    def found(self) -> bool:
+        return self.headers is not None
+
+    def lines(self) -> list[str]:
+        if self.headers is None:
+            return [
+                f"event {self.event_id}: not in any region's events stream between "
+                f"{_clock(self.since)} and {_clock(self.until)} (widen --window?)"
+            ]
+        h = self.headers
+        head = (
+            f"event {self.event_id}: {h.get(HDR_METHOD, '?')} {h.get(HDR_PATH, '?')} "
+            f"(service {self.service}, key {h.get(HDR_KEY, '?')}, hlc {h.get(HDR_HLC, '?')})"
+        )
+        return [head, *(step.line() for step in self.steps)]
+
+    def as_json(self) -> dict[str, Any]:
+        h = self.headers or {}
+        return {
+            "event_id": self.event_id,
+            "found": self.found,
+            "origin": self.origin,
+            "method": h.get(HDR_METHOD),
+            "path": h.get(HDR_PATH),
+            "service": self.service,
+            "key": h.get(HDR_KEY),
+            "hlc": h.get(HDR_HLC),
+            "searched": {"from": iso_utc(self.since), "to": iso_utc(self.until)},
+            "steps": [step.as_json() for step in self.steps],
+        }
+
+
 def check_event_id(event_id: str) -> None:
     """CommandError (exit 2) unless `event_id` is one (a canonical UUIDv7)."""
     if not is_uuid7(event_id):
         raise CommandError(f"{event_id!r} is not an event id (a lower-case UUIDv7)", 2)
 
 
-async def run_trace(settings: Settings, event_id: str, *, window_s: float) -> int:
+async def run_trace(
+    settings: Settings, event_id: str, *, window_s: float, as_json: bool = False
+) -> int:
     check_event_id(event_id)
     minted = dt.datetime.fromtimestamp(uuid7_time_ms(event_id) / 1000, dt.UTC)
-    since = minted - dt.timedelta(seconds=_SKEW_S)
-    until = minted + dt.timedelta(seconds=window_s)
+    trace = Trace(
+        event_id,
+        since=minted - dt.timedelta(seconds=_SKEW_S),
+        until=minted + dt.timedelta(seconds=window_s),
+    )
     async with connected(settings, "trace") as conn:
-        tracer = _Tracer(conn.nc, conn.jetstream(), settings.regions, event_id, since, until)
-        return await tracer.run()
+        await _Tracer(conn.nc, conn.jetstream(), settings.regions, trace).run()
+    if as_json:
+        print_json(trace.as_json())
+    else:
+        print("\n".join(trace.lines()))
+    return 0 if trace.found else 1
 
 
 class _Tracer:
-    def __init__(
-        self,
-        nc: Client,
-        js: JetStreamContext,
-        regions: list[str],
-        event_id: str,
-        since: dt.datetime,
-        until: dt.datetime,
-    ) -> None:
+    """Fills a `Trace` from the streams and version buckets of every region."""
+
+    def __init__(self, nc: Client, js: JetStreamContext, regions: list[str], trace: Trace) -> None:
         self._nc = nc
         self._js = js
         self._regions = regions
-        self._id = event_id
-        self._since = since
-        self._until = until
+        self._trace = trace
+        self._id = trace.event_id
+        self._since = trace.since
+        self._until = trace.until
 
-    async def run(self) -> int:
+    def _add(self, step: Step) -> None:
+        self._trace.steps.append(step)
+
+    async def run(self) -> None:
         published = await self._published()
-        if published is None and await self._refused_at_origin():
-            return 0
         if published is None:
-            print(
-                f"event {self._id}: not in any region's events stream between "
-                f"{_clock(self._since)} and {_clock(self._until)} (widen --window?)"
-            )
-            return 1
+            await self._refused_at_origin()
+            return
         origin = published.subject.split(".")[2]
         service = published.subject.split(".")[3]
-        h = published.headers
-        print(
-            f"event {self._id}: {h.get(HDR_METHOD, '?')} {h.get(HDR_PATH, '?')} "
-            f"(service {service}, key {h.get(HDR_KEY, '?')}, hlc {h.get(HDR_HLC, '?')})"
-        )
-        _line(origin, "published", f"{published.stream} seq {published.seq} at "
-              f"{_clock(published.time)}")  # fmt: skip
+        self._trace.headers = published.headers
+        self._trace.origin, self._trace.service = origin, service
+        detail = f"{published.stream} seq {published.seq} at {_clock(published.time)}"
+        self._add(_stored(origin, "published", detail, published))
         for target in (r for r in self._regions if r != origin):
             await self._forwarding(published, origin, target, service)
         for region in self._regions:
             await self._applying(published, region, service)
-        return 0
 
     async def _published(self) -> Found | None:
         for region in self._regions:
@@ -154,8 +233,8 @@ class _Tracer:
                 return found
         return None
 
-    async def _refused_at_origin(self) -> bool:
-        """Report a `publish_refused` dead letter of the event, if a region's bridge filed one."""
+    async def _refused_at_origin(self) -> None:
+        """Record a `publish_refused` dead letter of the event, if a region's bridge filed one."""
         for region in self._regions:
             letter = await self._find(
                 dlq_stream(region),
@@ -166,23 +245,24 @@ class _Tracer:
             if letter is None:
                 continue
             h = letter.headers
-            print(
-                f"event {self._id}: {h.get(HDR_METHOD, '?')} {h.get(HDR_PATH, '?')} "
-                f"(service {path_of(letter.subject)[1]}, key {h.get(HDR_KEY, '?')}, "
-                f"hlc {h.get(HDR_HLC, '?')})"
+            self._trace.headers = h
+            self._trace.origin, self._trace.service = region, path_of(letter.subject)[1]
+            detail = (
+                f"by {events_stream(region)}, not replicated: dead letter {letter.stream} seq "
+                f"{letter.seq}: {h.get(HDR_DLQ_ERROR, '')} (xregion dlq replay, once the limit "
+                "is raised)"
             )
-            _line(region, "refused", f"by {events_stream(region)}, not replicated: dead letter "
-                  f"{letter.stream} seq {letter.seq}: {h.get(HDR_DLQ_ERROR, '')} "
-                  "(xregion dlq replay, once the limit is raised)")  # fmt: skip
-            return True
-        return False
+            self._add(_stored(region, "refused", detail, letter, reason=PUBLISH_REFUSED))
+            return
 
     async def _forwarding(self, published: Found, origin: str, target: str, service: str) -> None:
         copy = await self._find(replay_stream(target), replay_subject(target, origin, service))
         if copy is not None:
-            after_ms = (copy.time - published.time).total_seconds() * 1000
-            _line(target, "forwarded", f"{copy.stream} seq {copy.seq} at {_clock(copy.time)} "
-                  f"({after_ms:+.0f} ms)")  # fmt: skip
+            after_s = (copy.time - published.time).total_seconds()
+            detail = (
+                f"{copy.stream} seq {copy.seq} at {_clock(copy.time)} ({after_s * 1000:+.0f} ms)"
+            )
+            self._add(_stored(target, "forwarded", detail, copy, after_s=after_s))
             return
         letter = await self._find(
             dlq_stream(origin),
@@ -191,38 +271,34 @@ class _Tracer:
             where=lambda found: found.headers.get(HDR_DLQ_TARGET) == target,
         )
         if letter is not None:
-            _line(target, "refused", f"dead letter {letter.stream} seq {letter.seq}: "
-                  f"{letter.headers.get(HDR_DLQ_ERROR, '')}")  # fmt: skip
+            error = letter.headers.get(HDR_DLQ_ERROR, "")
+            detail = f"dead letter {letter.stream} seq {letter.seq}: {error}"
+            self._add(_stored(target, "refused", detail, letter, reason=FORWARD_REFUSED))
             return
-        _line(target, "not forwarded", await self._consumer_state(published, target))
+        state, detail = await self._consumer_state(published, target)
+        self._add(Step(target, "not_forwarded", detail, state=state))
 
-    async def _consumer_state(self, published: Found, target: str) -> str:
+    async def _consumer_state(self, published: Found, target: str) -> tuple[str, str]:
         consumer = broadcast_consumer(target)
         try:
             info = await self._js.consumer_info(published.stream, consumer)
         except (nats.errors.Error, TimeoutError) as exc:
-            return f"consumer {consumer} unreadable: {exc!r}"
+            return "unknown", f"consumer {consumer} unreadable: {exc!r}"
         floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
         if (floor or 0) >= published.seq:
-            return (
+            return "acked", (
                 f"{consumer} acked it, with no copy in the window: {target} is not one of its "
                 "targets, or it was forwarded later (widen --window)"
             )
-        return f"{consumer} has not acked it yet ({info.num_pending or 0} more events pending)"
+        pending = info.num_pending or 0
+        return "pending", f"{consumer} has not acked it yet ({pending} more events pending)"
 
     async def _applying(self, published: Found, region: str, service: str) -> None:
         key = published.headers.get(HDR_KEY, "")
         version = (published.headers.get(HDR_HLC, ""), self._id)
         record = await self._record(region, service, key)
-        if record is None:
-            state = "no version record for its key"
-        elif record.version == version:
-            state = "applied" if record.state == "applied" else "being applied (claimed)"
-        elif record.version > version:
-            state = f"superseded: the key holds a newer version (event {record.event_id})"
-        else:
-            state = f"not applied: the key holds an older version (event {record.event_id})"
-        _line(region, "version", state)
+        state, detail = _version_state(record, version)
+        self._add(Step(region, "version", detail, state=state))
         origin = published.subject.split(".")[2]
         letter = await self._find(
             dlq_stream(region),
@@ -231,9 +307,10 @@ class _Tracer:
             where=lambda found: found.headers.get(HDR_DLQ_REASON) != FORWARD_REFUSED,
         )
         if letter is not None:
-            _line(region, "dead-lettered", f"{letter.stream} seq {letter.seq}: "
-                  f"{letter.headers.get(HDR_DLQ_REASON, '')}: "
-                  f"{letter.headers.get(HDR_DLQ_ERROR, '')}")  # fmt: skip
+            reason = letter.headers.get(HDR_DLQ_REASON, "")
+            error = letter.headers.get(HDR_DLQ_ERROR, "")
+            detail = f"{letter.stream} seq {letter.seq}: {reason}: {error}"
+            self._add(_stored(region, "dead_lettered", detail, letter, reason=reason or None))
 
     async def _record(self, region: str, service: str, key: str) -> Record | None:
         bucket = versions_bucket(region)
@@ -267,6 +344,36 @@ class _Tracer:
         except (nats.errors.Error, TimeoutError):
             return None
         return None
+
+
+def _stored(
+    region: str,
+    step: str,
+    detail: str,
+    found: Found,
+    *,
+    after_s: float | None = None,
+    reason: str | None = None,
+) -> Step:
+    """A step about a stored message: its stream, sequence and stored time."""
+    return Step(
+        region, step, detail, found.stream, found.seq, found.time, after_s=after_s, reason=reason
+    )
+
+
+def _version_state(record: Record | None, version: tuple[str, str]) -> tuple[str, str]:
+    """(state, detail) of the key's version record against the event's version."""
+    if record is None:
+        return "none", "no version record for its key"
+    if record.version == version:
+        if record.state == "applied":
+            return "applied", "applied"
+        return "claimed", "being applied (claimed)"
+    if record.version > version:
+        return "superseded", (
+            f"superseded: the key holds a newer version (event {record.event_id})"
+        )
+    return "older", f"not applied: the key holds an older version (event {record.event_id})"
 
 
 async def _scan(
@@ -331,7 +438,3 @@ def _rfc3339(when: dt.datetime) -> str:
 
 def _clock(when: dt.datetime) -> str:
     return when.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + "Z"
-
-
-def _line(region: str, what: str, detail: str) -> None:
-    print(f"  {region:<12} {what:<15} {detail}")

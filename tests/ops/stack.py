@@ -7,6 +7,7 @@ Every process is stopped by its owner, by PID (SIGTERM, then SIGKILL after a dea
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,9 +24,11 @@ from tests.harness.toml import toml_value as _toml
 from tests.harness.xregion_procs import (
     XREGION,
     ServiceProcess,
+    clean_env,
     provision_region,
     region_table,
     run_xregion,
+    stop,
 )
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "Upstream",
     "prepare_region",
     "region_settings",
+    "run_piped",
     "run_xregion",
     "write_region_file",
     "write_state_file",
@@ -70,15 +74,19 @@ _REPLAYER: dict[str, Any] = {
 
 
 class Upstream(LoopbackApp):
-    """A region's demo service: answers every request 200 with JSON, counts the calls."""
+    """A region's demo service: answers every request 200 with JSON, counts the calls; a path
+    under `refused_prefix` is answered 400 (its replayed writes are dead-lettered)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls = 0
+        self.refused_prefix: str | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         await request.read()
         self.calls += 1
+        if self.refused_prefix is not None and request.path.startswith(self.refused_prefix):
+            return web.json_response({"error": "refused by the test"}, status=400)
         return web.json_response({"ok": True, "path": request.path})
 
 
@@ -174,3 +182,20 @@ def write_state_file(path: Path, cluster: SuperCluster, stacks: Sequence[RegionS
     }
     path.write_text(json.dumps(state, indent=2) + "\n")
     return path
+
+
+async def run_piped(*args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
+    """`xregion ARGS` as `xregion ARGS > file` runs it: stdout a pipe, no COLUMNS (unlike
+    `run_xregion`, which sets a wide COLUMNS), so rich would fall back to 80 columns."""
+    env = {k: v for k, v in clean_env().items() if k not in ("COLUMNS", "LINES")}
+    proc = await asyncio.create_subprocess_exec(
+        str(XREGION), *args, env=env | {"TERM": "dumb"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(timeout_s):
+            out, err = await proc.communicate()
+    finally:
+        await stop(proc)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

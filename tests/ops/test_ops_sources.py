@@ -179,6 +179,24 @@ def test_top_without_admin_urls_in_the_state_file_is_a_usage_error(
     assert "no admin endpoints" in capsys.readouterr().err
 
 
+def test_top_json_needs_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = region_toml(tmp_path / "us-east.toml", "us-east", free_ports(4))
+    assert run_cli("top", "--output", "json", "--config", str(config)) == 2
+    assert "--output json needs --once" in capsys.readouterr().err
+
+
+def test_top_once_json_with_nothing_answering_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = region_toml(tmp_path / "us-east.toml", "us-east", free_ports(4))
+    args = ("top", "--once", "--output", "json", "--interval", "0.1", "--config", str(config))
+    assert run_cli(*args) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["endpoints_up"], doc["endpoints"]) == (0, 3)
+    assert [row["up"] for row in doc["health"]] == [False, False, False]
+    assert {path["state"] for path in doc["paths"]} == {None}
+
+
 def test_top_once_with_nothing_answering_shows_down_and_exits_1(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -113,6 +115,58 @@ async def test_top_once_from_the_state_file_marks_a_dead_endpoint_down(
     assert "8/9 endpoints up" in out, out
     (down,) = [row for row in table_rows(out, stacks[0].region) if "http://127.0.0.1:9" in row]
     assert down[3] == "down", out
+
+
+FRAME_KEYS = ["at", "window_s", "endpoints_up", "endpoints", "paths", "regions", "health"]
+PATH_KEYS = [
+    "origin", "target", "forwarded_per_s", "applied_per_s", "applied_total", "lag_p50_s",
+    "lag_p99_s", "lag_source", "canary_age_s", "backlog", "state",
+]  # fmt: skip
+REGION_KEYS = [
+    "region", "replay_backlog", "dlq", "upstream_retries_per_s", "retried_per_s", "outbox",
+    "conflicts", "repeated",
+]  # fmt: skip
+HEALTH_KEYS = ["region", "service", "url", "up", "ready", "error"]
+
+
+async def test_top_once_json_matches_the_deployment(deployment: LocalDeployment) -> None:
+    origin = deployment.stacks["us-east"]
+    targets = [deployment.stacks[r] for r in REGIONS if r != "us-east"]
+    async with traffic(origin) as statuses:
+        await wait_until(
+            lambda: replayed(statuses, targets), 30, message="writes replayed in every target"
+        )
+        code, out, err = await run_xregion(
+            "top", "--once", "--output", "json", *_configs(deployment)
+        )
+    assert code == 0, err
+    doc = json.loads(out)
+    assert list(doc) == FRAME_KEYS
+    assert datetime.fromisoformat(doc["at"]) <= datetime.now(UTC)
+    assert doc["window_s"] > 0
+    assert (doc["endpoints_up"], doc["endpoints"]) == (9, 9)
+    paths = {(p["origin"], p["target"]): p for p in doc["paths"]}
+    assert list(paths) == list(itertools.permutations(REGIONS, 2))
+    for path in doc["paths"]:
+        assert list(path) == PATH_KEYS
+        assert path["state"] == "ok", path
+        assert isinstance(path["backlog"], int), path
+        assert isinstance(path["canary_age_s"], float), path  # canaries flow on every path
+    for target in targets:
+        path = paths[("us-east", target.region)]
+        assert path["forwarded_per_s"] > 0, path
+        assert path["applied_per_s"] > 0, path
+        assert path["applied_total"] >= 5, path
+        assert 0 < path["lag_p50_s"] <= path["lag_p99_s"], path
+    assert [r["region"] for r in doc["regions"]] == list(REGIONS)
+    for region in doc["regions"]:
+        assert list(region) == REGION_KEYS
+        assert isinstance(region["replay_backlog"], int), region
+    assert len(doc["health"]) == 9
+    for row in doc["health"]:
+        assert list(row) == HEALTH_KEYS
+        assert (row["up"], row["ready"], row["error"]) == (True, "ok", None), row
+        assert row["url"] == deployment.stacks[row["region"]].admin(row["service"])
 
 
 def _configs(deployment: LocalDeployment) -> list[str]:
