@@ -53,7 +53,7 @@ crosses 4 more process hand-offs than a direct one, so part of "added p50 at hal
 that, not the bridge's own work (the canonical log line's `upstream_ms`/`publish_ms` tell the
 rest).
 
-Targets (issue 3): replicated-write throughput >= 0.5x direct; added p50 <= 1 ms at half of
+Targets: replicated-write throughput >= 0.5x direct; added p50 <= 1 ms at half of
 the maximum load.
 """
 

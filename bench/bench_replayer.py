@@ -1,4 +1,4 @@
-"""Benchmark: drain rate of a replay backlog with 1 and 2 replayer processes (issue 5).
+"""Benchmark: drain rate of a replay backlog with 1 and 2 replayer processes.
 
     .venv/bin/python bench/bench_replayer.py [--events 50000] [--keys 5000] [--runs 1,2]
         [--log-level info|warning] [--json out.json] [--keep DIR] [--profile DIR]

@@ -1,4 +1,4 @@
-"""The admin HTTP port every process serves (DESIGN §8).
+"""The admin HTTP port every process serves (docs/DESIGN.md §8).
 
 * `/metrics` — the Prometheus registry in text format;
 * `/healthz` — the process is alive (the event loop answers);

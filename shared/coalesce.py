@@ -3,12 +3,12 @@ writes, the bridge's version records) leave in bursts, one socket write for many
 one write per event stage.
 
 nats-py writes its pending frames at the next turn of the event loop after a publish; with
-events finishing one stage at a time, that was about one `write()` system call per event on
-the NATS connection — measured as a fifth of the replayer's CPU (a loopback write wakes the
-server and runs the TCP stack in the writer's time slice). `Coalescer.publish` queues the
-frame and sends the queue `delay_s` later (default 1 ms), all frames in one loop turn, so
-nats-py writes them together, and the server reads them together. The price is that much
-latency per NATS round trip.
+events finishing one stage at a time, that was about one `write()` system call per event on the
+NATS connection, a large share of the replayer's CPU (a loopback write wakes the server and
+runs the TCP stack in the writer's time slice; docs/PERFORMANCE.md, "Measurements behind the
+code"). `Coalescer.publish` queues the frame and sends the queue `delay_s` later (default 1
+ms), all frames in one loop turn, so nats-py writes them together, and the server reads them
+together. The price is that much latency per NATS round trip.
 
 The queue is sent in order by one owned task; `aclose()` sends what is queued and waits for
 it (shutdown: before the connection is drained). A frame that cannot be sent is logged and

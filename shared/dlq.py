@@ -1,4 +1,4 @@
-"""Dead letters (DESIGN §5): the original message, kept whole, in `XR_DLQ_<region>`.
+"""Dead letters (docs/DESIGN.md §5): the original message, kept whole, in `XR_DLQ_<region>`.
 
 A dead letter is the original payload and headers, published to
 `xr.dlq.<region>.<origin>.<service>` with `Xr-Dlq-Reason`, `Xr-Dlq-Status` (the HTTP status,
@@ -117,7 +117,7 @@ SUBJECT_MISMATCH = "subject_mismatch"
 EXPIRED = "expired"
 
 # Set instead of the body when original body + dead-letter headers would exceed max_payload
-# (an oversized frame makes the server close the connection for good, NATS_NOTES §2.2).
+# (an oversized frame makes the server close the connection for good, docs/NATS.md §2.2).
 HDR_DLQ_BODY = "Xr-Dlq-Body"
 
 # What a slim letter keeps of its event's headers: what names the event and the write.

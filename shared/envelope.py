@@ -1,4 +1,4 @@
-"""The replication event and its NATS codec (DESIGN §4).
+"""The replication event and its NATS codec (docs/DESIGN.md §4).
 
 One event is one NATS message: the payload is the original request body, raw, and the metadata
 travels in headers. This module is the only code that knows those header names. `Event` checks
@@ -122,7 +122,7 @@ HDR_DLQ_ERROR = "Xr-Dlq-Error"
 HDR_DLQ_AT = "Xr-Dlq-At"
 # Set by a broadcaster on an event a target region refused for good: where a replay goes.
 HDR_DLQ_TARGET = "Xr-Dlq-Target"
-# HTTP headers a replayer sets on the calls it makes (DESIGN §5).
+# HTTP headers a replayer sets on the calls it makes (docs/DESIGN.md §5).
 HTTP_IDEMPOTENCY_KEY = "Idempotency-Key"
 HTTP_TRACEPARENT = "traceparent"
 

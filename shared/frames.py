@@ -1,4 +1,4 @@
-"""NATS messages with headers as nats-py 2.16 puts them on the wire (NATS_NOTES §2.2).
+"""NATS messages with headers as nats-py 2.16 puts them on the wire (docs/NATS.md §2.2).
 
 A message with headers travels as one HPUB frame: a control line, the header block
 (`NATS/1.0\\r\\n`, one `Name: value\\r\\n` per header, `\\r\\n`), the payload, `\\r\\n`. The

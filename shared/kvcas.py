@@ -6,11 +6,11 @@ per replayed event; the bridge's record of each local write).
 stream's answer — and returns the new revision, or None when the key moved on (JetStream
 error 10071/10164, nats-py's `KeyWrongLastSequenceError`).
 
-Why not `KeyValue.update`: each call goes through `Client.request`, which reads
-`os.urandom` (a system call) for its reply token, arms an `asyncio.wait_for`, validates the
-key and builds a `PubAck` dataclass; measured on the dev machine, 22 µs of client CPU per
-update against 12 µs here (one long-lived reply subscription, a counter for tokens, one
-timer per request). Creating a key (`last` unknown) and deletes stay with `KeyValue`.
+Why not `KeyValue.update`: each call goes through `Client.request`, which reads `os.urandom` (a
+system call) for its reply token, arms an `asyncio.wait_for`, validates the key and builds a
+`PubAck` dataclass; here one long-lived reply subscription, a counter for tokens and one timer
+per request take about half the client CPU (docs/PERFORMANCE.md, "Measurements behind the
+code"). Creating a key (`last` unknown) and deletes stay with `KeyValue`.
 
 Errors are nats-py's own, so callers handle one family: `nats.errors.TimeoutError` when no
 answer came in time, `NoStreamResponseError` when no stream listens (503), other JetStream

@@ -1,4 +1,4 @@
-"""Prometheus metrics shared by every service (DESIGN §8).
+"""Prometheus metrics shared by every service (docs/DESIGN.md §8).
 
 The Prometheus registry is one of the two process-wide things (with logging): metrics are
 declared at import time against `REGISTRY`, and the admin server exposes that registry.

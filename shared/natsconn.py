@@ -1,4 +1,4 @@
-"""The NATS connection every service holds (NATS_NOTES §2.1, §3.1).
+"""The NATS connection every service holds (docs/NATS.md §2.1, §3.1).
 
 `NatsConnection` is an async context manager around one nats-py client:
 

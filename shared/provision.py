@@ -1,4 +1,5 @@
-"""`xregion provision`: a region's streams, KV buckets and durable consumers (DESIGN §3, §6a).
+"""`xregion provision`: a region's streams, KV buckets and durable consumers (docs/DESIGN.md
+§3, §6a).
 
 Two halves:
 
@@ -19,10 +20,10 @@ instead (events before T are not forwarded to it). `Result.note` says which happ
 many events that is.
 
 Services bind to these assets at run time and never need the JetStream meta leader to run;
-provisioning does need it (every create/update is a meta operation, NATS_NOTES §1.6).
+provisioning does need it (every create/update is a meta operation, docs/NATS.md §1.6).
 
 KV buckets are created as streams with explicit placement and then opened as buckets, because
-nats-py drops the placement of `create_key_value` (NATS_NOTES §1.4).
+nats-py drops the placement of `create_key_value` (docs/NATS.md §1.4).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Region names and the NATS names derived from them (DESIGN §3).
+"""Region names and the NATS names derived from them (docs/DESIGN.md §3).
 
 Pure functions: every subject, stream and consumer name the product uses is spelled here and
 nowhere else, so a rename is one edit.

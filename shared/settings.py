@@ -1,4 +1,4 @@
-"""The region file (DESIGN §6): one TOML per region stack, read by every service.
+"""The region file (docs/DESIGN.md §6): one TOML per region stack, read by every service.
 
 `load_settings(path)` is the only entry point. Values come from the TOML file, and every value
 can be overridden by an environment variable prefixed `XR_` (`__` for nesting, e.g.
@@ -122,7 +122,7 @@ class NatsSettings(_Section):
 
 
 class StreamSettings(_Section):
-    """Limits of the streams `xregion provision` creates (DESIGN §3)."""
+    """Limits of the streams `xregion provision` creates (docs/DESIGN.md §3)."""
 
     max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
     duplicate_window_s: float = Field(default=120.0, ge=120)
@@ -131,7 +131,7 @@ class StreamSettings(_Section):
 
 
 class BridgeSettings(_Section):
-    """The bridge (DESIGN §5). Every wait is finite; sizes are bytes, times seconds."""
+    """The bridge (docs/DESIGN.md §5). Every wait is finite; sizes are bytes, times seconds."""
 
     listen: str = "127.0.0.1:8080"
     admin_listen: str = "127.0.0.1:9180"
@@ -208,7 +208,7 @@ class BridgeSettings(_Section):
 
 
 class BroadcasterSettings(_Section):
-    """The broadcaster (DESIGN §5). Counts are events, sizes bytes, times seconds.
+    """The broadcaster (docs/DESIGN.md §5). Counts are events, sizes bytes, times seconds.
 
     Per target region the broadcaster holds a window of events (fetched, not yet acked):
     at most `window_events` and about `window_max_bytes`. `ack_wait_s` and `max_ack_pending`
@@ -222,9 +222,9 @@ class BroadcasterSettings(_Section):
     window_events: int = Field(default=4096, ge=1, le=100_000)
     window_max_bytes: int = Field(default=64 * _MIB, gt=0)
     fetch_batch: int = Field(default=256, ge=1, le=10_000)
-    # Short, so a pause or a shutdown is obeyed within a second (NATS_NOTES §3.1.5).
+    # Short, so a pause or a shutdown is obeyed within a second (docs/NATS.md §3.1.5).
     fetch_timeout_s: float = Field(default=0.5, gt=0, le=30)
-    # Each publish_async future is bounded by this (NATS_NOTES §3.1.1).
+    # Each publish_async future is bounded by this (docs/NATS.md §3.1.1).
     publish_timeout_s: float = Field(default=5.0, gt=0, le=120)
     retry_base_s: float = Field(default=0.1, gt=0)
     retry_max_s: float = Field(default=5.0, gt=0)
@@ -255,7 +255,7 @@ class BroadcasterSettings(_Section):
 
 
 class ReplayerSettings(_Section):
-    """The replayer (DESIGN §5). Counts are events, times seconds.
+    """The replayer (docs/DESIGN.md §5). Counts are events, times seconds.
 
     `ack_wait_s` and `max_ack_pending` are applied to the replayer's durable consumer by
     `xregion provision`; `ack_wait_s` is also how long a per-key claim in the versions bucket
@@ -267,7 +267,7 @@ class ReplayerSettings(_Section):
     # Events held at once (being applied, or queued behind an earlier event for their key).
     concurrency: int = Field(default=64, ge=1, le=10_000)
     fetch_batch: int = Field(default=256, ge=1, le=10_000)
-    # Short, so a shutdown is obeyed within about a second (NATS_NOTES §3.1.5).
+    # Short, so a shutdown is obeyed within about a second (docs/NATS.md §3.1.5).
     fetch_timeout_s: float = Field(default=1.0, gt=0, le=30)
     ack_wait_s: float = Field(default=30.0, ge=1, le=3600)
     max_ack_pending: int = Field(default=2_000, ge=1, le=1_000_000)
@@ -318,7 +318,7 @@ class ReplayerSettings(_Section):
 
 
 class SigningSettings(_Section):
-    """DESIGN §9. `mode` has no default: turning signing off must be spelled out."""
+    """docs/DESIGN.md §9. `mode` has no default: turning signing off must be spelled out."""
 
     mode: Literal["ed25519", "off"]
     key_id: str | None = None

@@ -1,4 +1,4 @@
-"""Event signatures (DESIGN §9): Ed25519 over `envelope.signing_input`.
+"""Event signatures (docs/DESIGN.md §9): Ed25519 over `envelope.signing_input`.
 
 A bridge signs every event with its region's private key; `Xr-Sig` carries
 `<key-id>:<signature>`, the signature in unpadded base64url. A replayer verifies it against

@@ -1,4 +1,4 @@
-"""Last-writer-wins version records, shared by the bridge and the replayer (DESIGN §5).
+"""Last-writer-wins version records, shared by the bridge and the replayer (docs/DESIGN.md §5).
 
 A region keeps one record per (service, `Xr-Key`) in its KV bucket `xr-versions-<region>`,
 under the KV key `<service>.<sha256 of the key, 40 hex>` (KV keys have a restricted alphabet;

@@ -1,4 +1,4 @@
-"""Dead letters of events the region's own events stream can never take (DESIGN §5 bridge).
+"""Dead letters of events the region's own events stream can never take (docs/DESIGN.md §5 bridge).
 
 Some events can never be published, however often they are retried: JetStream refuses them
 for good (`PublishRefusedError`: over the events stream's `max_msg_size`, headers over 64 KiB,

@@ -20,14 +20,13 @@ same 503, and the error line is all that is left of it (spooled, it would only b
 in the outbox for ever).
 
 Cancelled callers: the publish runs in the caller's task (the request's handler), because a
-task of its own costs the response two hand-offs on the event loop (timed in the bridge at
-600 writes/s: 24 µs from the upstream's answer to the publish, 50 µs from the ack back to the
-handler). A caller can still be cancelled on the way (the HTTP server's
+task of its own costs the response two hand-offs on the event loop (docs/PERFORMANCE.md,
+"Measurements behind the code"). A caller can still be cancelled on the way (the HTTP server's
 shutdown deadline): the event is then handed to a new delivery in a task of its own, which
 publishes it again under the same `Nats-Msg-Id` (JetStream drops the copy if the first attempt
-landed after all) or spools it. What follows a failed publish (dead letter, outbox) always
-runs in a task of its own, shielded, so a cancellation never stops it half way. The tasks
-belong to `tasks`, which the bridge waits for on shutdown.
+landed after all) or spools it. What follows a failed publish (dead letter, outbox) always runs
+in a task of its own, shielded, so a cancellation never stops it half way. The tasks belong to
+`tasks`, which the bridge waits for on shutdown.
 
 Outcomes (the `outcome` label of `xr_bridge_events_total`):
 
@@ -238,7 +237,7 @@ def _counted(event: Event, delivered: Delivered) -> Delivered:
 
 
 def _fields(event: Event) -> dict[str, str]:
-    """What every log line about an event carries (DESIGN §8)."""
+    """What every log line about an event carries (docs/DESIGN.md §8)."""
     return {
         "event_id": event.event_id,
         "origin": event.origin,

@@ -1,4 +1,4 @@
-"""Republishing the outbox, oldest first (DESIGN §5 bridge).
+"""Republishing the outbox, oldest first (docs/DESIGN.md §5 bridge).
 
 A pass reads a batch of the oldest entries, publishes them (pipelined, in order, each with its
 original `Nats-Msg-Id`), and deletes exactly the ones JetStream acked. A pass that could not
@@ -169,7 +169,7 @@ class Drainer:
 
 
 def _about(entry: OutboxEntry) -> dict[str, str]:
-    """What a log line about an outbox entry's event carries (DESIGN §8)."""
+    """What a log line about an outbox entry's event carries (docs/DESIGN.md §8)."""
     origin, service = path_of(entry.subject)
     trace = entry.headers.get(HDR_TRACE, "")
     return {

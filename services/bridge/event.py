@@ -1,4 +1,4 @@
-"""Turning a write request into an `Event` (pure; DESIGN §4).
+"""Turning a write request into an `Event` (pure; docs/DESIGN.md §4).
 
 The bridge builds the event *before* it calls the upstream, so a write that could not be
 replicated (a path or key the envelope refuses, a frame over NATS' max_payload) is refused

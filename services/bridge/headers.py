@@ -1,4 +1,4 @@
-"""Header rewriting for the proxy (pure; RFC 9110 §7.6.1, DESIGN §4, §5).
+"""Header rewriting for the proxy (pure; RFC 9110 §7.6.1, docs/DESIGN.md §4, §5).
 
 Headers are handled as `(name, value)` pairs in arrival order, so repeated headers (several
 `Set-Cookie`, several `X-Forwarded-For`) survive untouched unless a rule says otherwise.

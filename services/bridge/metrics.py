@@ -1,4 +1,4 @@
-"""The bridge's Prometheus metrics (names are contracts: DESIGN §8)."""
+"""The bridge's Prometheus metrics (names are contracts: docs/DESIGN.md §8)."""
 
 from __future__ import annotations
 

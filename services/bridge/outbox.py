@@ -1,4 +1,4 @@
-"""The bridge's local durable outbox (DESIGN §5: "crash-safe, on disk").
+"""The bridge's local durable outbox (docs/DESIGN.md §5: "crash-safe, on disk").
 
 An event whose JetStream ack did not come in time is written here *before* the client gets
 its response, and stays until a later publish of it is acked. SQLite in WAL mode with

@@ -1,4 +1,4 @@
-"""One proxied request, start to finish (DESIGN §5 bridge).
+"""One proxied request, start to finish (docs/DESIGN.md §5 bridge).
 
     route ──▶ (replicated write: read body ≤ limit, build and sign event) ──▶ upstream
           ──▶ (2xx: event durable: JetStream ack, else outbox) ──▶ relay response, streamed
@@ -468,8 +468,8 @@ class Proxy:
         The write's version record (services/bridge/versions.py) is started by `_forward`
         once the response is out (or failed): the response does not wait for it unless too
         many records are in flight already, which is the backpressure. Started alongside the
-        publish, its KV traffic delayed the ack (publish p50 0.61 ms instead of 0.36 ms at 500
-        writes/s); started after it, its first steps never run in the response's time.
+        publish, its KV traffic delays the ack (docs/PERFORMANCE.md, "Measurements behind the
+        code"); started after it, its first steps never run in the response's time.
         """
         event = write.event
         started = time.perf_counter()

@@ -1,9 +1,9 @@
-"""Publishing events to JetStream and waiting for the ack (NATS_NOTES §1.5, §3.1).
+"""Publishing events to JetStream and waiting for the ack (docs/NATS.md §1.5, §3.1).
 
 One `publish` call sends one message with its `Nats-Msg-Id` (the event id) and waits, within
 one deadline, for a slot among the bounded in-flight publishes and then for the stream's ack.
 "No responders" (a stream being re-assigned after a restart) is retried within that deadline,
-as nats.go does (ADR-22). An error reply that describes the message itself (over the
+as nats.go does. An error reply that describes the message itself (over the
 stream's `max_msg_size`, headers over 64 KiB: `shared/pubacks.py`) is a refusal for good:
 no retry can change it, so the caller must not keep the event for another attempt. Anything
 else means the outcome is unknown: the caller keeps the event and retries later with the same
@@ -13,7 +13,7 @@ Acks come back on one wildcard inbox subscription that this publisher owns (`ope
 to the waiting publish by reply subject. That is what `js.publish` does through the client's
 request machinery, minus a second timer per message and the generic response handling: on
 the bridge's hot path it costs about a third less CPU per event than `js.publish`, and, unlike
-`publish_async` (NATS_NOTES §3.1.1), an error reply fails its publish at once. Every publish
+`publish_async` (docs/NATS.md §3.1.1), an error reply fails its publish at once. Every publish
 still awaits its own ack; the pipelining comes from many requests publishing at once.
 
 Errors::

@@ -1,4 +1,4 @@
-"""Which service a request is for, and whether it replicates (pure; DESIGN §5, §6).
+"""Which service a request is for, and whether it replicates (pure; docs/DESIGN.md §5, §6).
 
 A service's `routes` are path prefixes (`/catalog`) or hosts (`host:catalog.example.com`).
 

@@ -1,4 +1,4 @@
-"""Recording local writes in the region's version bucket (DESIGN §5 replayer, issue 5).
+"""Recording local writes in the region's version bucket (docs/DESIGN.md §5b).
 
 After the service answered a replicated write with 2xx, the bridge raises the per-(service,
 key) version record in KV bucket `xr-versions-<region>` to the write's HLC and event id (the
@@ -6,14 +6,14 @@ record format is `shared.versions`'), so that older events replayed here from ot
 are acked as `stale` instead of overwriting the newer local write.
 
 It starts once the event's delivery is settled (acked, spooled, or failed: the service has
-applied the write either way) and the response is out; the response does not wait for
-it: a record takes two KV round trips (read, then compare-and-set), and the window in which a
+applied the write either way) and the response is out; the response does not wait for it: a
+record takes two KV round trips (read, then compare-and-set), and the window in which a
 replayed older event could slip in opens when the service applies the write, not when the
-client hears of it. (Started alongside the publish instead, its KV
-traffic on the same connection and server delayed the publish's ack by a quarter of a ms.)
-Each record is bounded by `timeout_s`; at most `max_inflight` run without a request waiting
-for them (counted from `start`, not from their first step), beyond that the request waits for
-its own record (backpressure).
+client hears of it. (Started alongside the publish instead, its KV traffic on the same
+connection and server delays the publish's ack: docs/PERFORMANCE.md, "Measurements behind the
+code".) Each record is bounded by `timeout_s`; at most `max_inflight` run without a request
+waiting for them (counted from `start`, not from their first step), beyond that the request
+waits for its own record (backpressure).
 
 What the bridge remembers: for the keys it wrote most recently (`version_cache_keys`, oldest
 dropped first) the record it last read or wrote and its revision, so that a key written again
@@ -38,11 +38,10 @@ call, or a replayer that died holding it) leaves the write unrecorded, counted `
 logged, like any record that could not be written.
 
 The compare-and-sets leave in bursts (`version_coalesce_s`, default 5 ms; `shared.coalesce`):
-one socket write and one server read for all the records of a burst instead of one each. At
-about 1,000 writes/s on the dev machine that took the server's CPU per write from 0.24 to
-0.16 ms and what the records add to the bridge's p50 from about +0.35 to +0.17 ms
-(bench/bench_bridge.py, "version records" line). A record lands that much later, which widens
-by as much the window in which an older replayed event could overtake it.
+one socket write and one server read for all the records of a burst instead of one each, which
+roughly halves what the records cost the server and the bridge's latency (docs/PERFORMANCE.md,
+"Measurements behind the code"). A record lands that much later, which widens by as much the
+window in which an older replayed event could overtake it.
 
 A record never fails the client's write: when NATS is down, the bucket cannot be bound or the
 record cannot be written in time, the write goes on, the failure is counted

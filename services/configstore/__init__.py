@@ -1,4 +1,4 @@
-"""The demo service: a central configuration store, one instance per region (issue 6).
+"""The demo service: a central configuration store, one instance per region.
 
 It is the reference for how a service cooperates with xregion's last-writer-wins: it keeps
 the `Xr-Hlc` (and `Xr-Event-Id`) of each write as the record's version and answers 409 to a

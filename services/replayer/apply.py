@@ -1,5 +1,5 @@
-"""One delivery → one decision (DESIGN §5): `Applier.handle` returns a `Done` (ack) or raises
-`Retry` (nak with delay) or `Poison` (dead letter, then ack).
+"""One delivery → one decision (docs/DESIGN.md §5): `Applier.handle` returns a `Done` (ack) or
+raises `Retry` (nak with delay) or `Poison` (dead letter, then ack).
 
 Order of checks: canary (record, never call) → decode → signature → where and when it arrived
 (`classify.misplaced`: its replay subject, its targets, its age by HLC) → request (service,

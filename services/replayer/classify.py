@@ -1,4 +1,4 @@
-"""What to do with an event, decided from what is known without calling anyone (DESIGN §5).
+"""What to do with an event, decided from what is known without calling anyone (docs/DESIGN.md §5).
 Pure.
 
 An HTTP status or a transport error:

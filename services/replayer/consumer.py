@@ -2,7 +2,7 @@
 each outcome to exactly one NATS action, one metric label and one log line.
 
 * Binds to the pre-created durable (`pull_subscribe_bind`: no JetStream API call, so no meta
-  leader needed) and fetches in a loop with a short timeout (NATS_NOTES §3.1.5).
+  leader needed) and fetches in a loop with a short timeout (docs/NATS.md §3.1.5).
 * At most `concurrency` messages are held at once (applying, or queued behind an earlier
   message of the same key); a fetch asks for no more than the free slots, and waits until a
   quarter of them are free (one pull request per freed slot cost as much as the event).
@@ -13,7 +13,7 @@ each outcome to exactly one NATS action, one metric label and one log line.
   `Coalescer` (a burst per millisecond; queued synchronously, so a cancellation cannot lose
   one; the service sends the queue before it closes NATS).
 * Each event is handled inside `bound_contextvars(event_id, origin, service, trace_id)`, so
-  every line logged about it carries them (DESIGN §8), also the upstream's retry lines.
+  every line logged about it carries them (docs/DESIGN.md §8), also the upstream's retry lines.
 * After an HTTP answer, the `replayer.retried` and `replayer.dead_lettered` lines carry what
   the service said as `service_answer` (its body's excerpt), and the dead letter's
   `Xr-Dlq-Error` ends with it (`Poison.letter_error`).
@@ -189,7 +189,7 @@ class ReplayConsumer:
     async def _process(self, msg: Msg) -> None:
         headers = msg.headers or {}
         origin, service = path_of(msg.subject)
-        # Every line logged while handling this event carries these (DESIGN §8).
+        # Every line logged while handling this event carries these (docs/DESIGN.md §8).
         with bound_contextvars(
             event_id=headers.get(HDR_EVENT_ID, ""),
             origin=origin,

@@ -1,4 +1,4 @@
-"""The replayer's Prometheus metrics (DESIGN §8 names; process registry)."""
+"""The replayer's Prometheus metrics (docs/DESIGN.md §8 names; process registry)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Per-key order (DESIGN §5, §5a): one key's events reach the service one after the other, in
-HLC order, with any number of replayer instances; different keys run in parallel.
+"""Per-key order (docs/DESIGN.md §5, §5a): one key's events reach the service one after the
+other, in HLC order, with any number of replayer instances; different keys run in parallel.
 
 How ownership works
 -------------------

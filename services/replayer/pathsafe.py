@@ -1,4 +1,5 @@
-"""Path safety for replayed calls (DESIGN §9): an event must never make us leave the base URL.
+"""Path safety for replayed calls (docs/DESIGN.md §9): an event must never make us leave the
+base URL.
 
 Pure. `request_target(path)` is what a replayed call sends for an event's `Xr-Path`: every
 non-ASCII character percent-encoded as UTF-8 (RFC 3987 §3.1; a request line is ASCII, and

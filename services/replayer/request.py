@@ -1,4 +1,4 @@
-"""The HTTP call a replayed event becomes (DESIGN §5, §9). Pure.
+"""The HTTP call a replayed event becomes (docs/DESIGN.md §5, §9). Pure.
 
 The service name picks this region's configured base URL; the event only ever contributes a
 checked path (`pathsafe.request_target`: non-ASCII percent-encoded, escapes kept as they

@@ -22,11 +22,10 @@ The common case is one attempt that answers: it runs without building any retry 
 Only a retryable first outcome enters the tenacity loop, which takes that outcome as its
 first attempt, so attempts, total time, waits, logs and counts are those of one loop.
 
-Why aiohttp and not httpx (the design card's client): measured on the 2-core dev machine,
-64 concurrent keep-alive PUTs of 256 bytes to a local aiohttp service cost the client
-~85 µs of CPU per request with aiohttp and ~600 µs with httpx (pool split into shards of 16;
-~1,400 µs unsplit). httpx + httpcore + anyio were half of the replayer's CPU, the largest
-single cost of a replayed event. aiohttp is already a dependency (admin port, bridge).
+Why aiohttp and not httpx: a replayed call costs the client several times less CPU with
+aiohttp, and httpx's stack was the largest single cost of a replayed event
+(docs/PERFORMANCE.md, "Measurements behind the code"). aiohttp is already a dependency (admin
+port, bridge).
 
 The request goes out as built: the URL is passed pre-encoded (`yarl.URL(encoded=True)`, no
 re-quoting or normalisation of the checked path), no cookies are kept, redirects are never

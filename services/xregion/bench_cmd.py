@@ -1,4 +1,4 @@
-"""`xregion bench [NAME] [ARGS...]`: the benchmarks of the replication path (DESIGN §7).
+"""`xregion bench [NAME] [ARGS...]`: the benchmarks of the replication path (docs/DESIGN.md §7).
 
 The benchmarks are scripts in the source tree's `bench/` directory (they start their own NATS
 super-cluster, services and load, and report ratios measured side by side in one run; see each

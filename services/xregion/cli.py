@@ -1,4 +1,4 @@
-"""`xregion`: the one command line (DESIGN §7).
+"""`xregion`: the one command line (docs/DESIGN.md §7).
 
 Every subcommand has `--help` and fails with one clear line and a non-zero exit:
 2 for bad usage or configuration, 1 for a failure while running.

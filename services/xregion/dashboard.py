@@ -6,7 +6,7 @@ value is the increase), summed over a region's instances. Lag quantiles come fro
 `xr_replayer_lag_seconds` buckets at the target: from the bucket increases between the rounds
 when events arrived in between (`window`), else from the cumulative buckets (`cumulative`).
 
-Where each number is read (DESIGN §8 names):
+Where each number is read (docs/DESIGN.md §8 names):
 
 =====================  ===========  ==================================================
 number                 read at      metric

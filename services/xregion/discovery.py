@@ -1,4 +1,4 @@
-"""Finding every running xregion process through the NATS services API (DESIGN §8).
+"""Finding every running xregion process through the NATS services API (docs/DESIGN.md §8).
 
 Each process registers with `nats.micro` as `xr-bridge`, `xr-broadcaster` or `xr-replayer`,
 its region (and admin URL) in the metadata. `$SRV.PING|INFO|STATS` are plain subscriptions in

@@ -1,4 +1,4 @@
-"""`xregion dlq list|show|replay|purge`: the dead letters of a region (DESIGN §7).
+"""`xregion dlq list|show|replay|purge`: the dead letters of a region (docs/DESIGN.md §7).
 
 Dead letters live in `XR_DLQ_<region>` (shared/dlq.py). Every action works on a
 selection: `--service S`, `--reason X`, `--since T` (ISO-8601 time, or an age such as `90s`,

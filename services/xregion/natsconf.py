@@ -1,4 +1,4 @@
-"""Super-cluster topology model and nats-server config renderer (DESIGN §6a, §9).
+"""Super-cluster topology model and nats-server config renderer (docs/DESIGN.md §6a, §9).
 
 Pure: a TOML topology goes in, one config text per nats-server comes out. Nothing here opens a
 socket or starts a process (the only IO is reading the topology file and writing rendered
@@ -10,7 +10,7 @@ What every rendered server config promises:
   `["region:<region>"]` (a tie-breaker is tagged `tiebreaker:<name>` so region placement never
   picks it);
 * `cluster.routes` lists every route URL of the cluster *including the server itself* (a
-  one-server cluster cannot run clustered JetStream without it, NATS_NOTES §1.2);
+  one-server cluster cannot run clustered JetStream without it, docs/NATS.md §1.2);
 * `gateway.gateways` names every cluster of the super-cluster (tie-breaker included) with all
   of its gateway URLs; a server's gateway URL is its `gateway_advertise` when set, so a fault
   proxy placed in front of it is the only address anybody learns (see `faultproxy`);
@@ -679,7 +679,7 @@ def default_user(role: str, region: str | None) -> str:
 def role_permissions(
     role: str, region: str | None, regions: Sequence[str], *, user: str | None = None
 ) -> dict[str, Any]:
-    """NATS `permissions` for one service user (DESIGN §9, least privilege).
+    """NATS `permissions` for one service user (docs/DESIGN.md §9, least privilege).
 
     Every role subscribes to its user's own inboxes only, `_INBOX.<user>.>` (replies:
     JetStream acks, API answers, fetched messages; `shared.natsconn.inbox_prefix`, which is
@@ -756,7 +756,7 @@ def _cluster_block(topo: Topology, srv: ServerSpec, peers: Sequence[ServerSpec])
     block: dict[str, Value] = {
         "name": srv.cluster,
         "listen": f"{srv.listen_host}:{srv.cluster_port}",
-        # Every route of the cluster, the server itself included (NATS_NOTES §1.2).
+        # Every route of the cluster, the server itself included (docs/NATS.md §1.2).
         "routes": [p.route_url for p in peers if p.cluster == srv.cluster],
     }
     if topo.tls.enabled:

@@ -2,7 +2,7 @@
 and the processes of each stack.
 
 Each region gets its own region TOML under `<workdir>/stacks/<region>/region.toml` (the same
-file an operator would write, DESIGN §6) with signing on: an Ed25519 key pair per region
+file an operator would write, docs/DESIGN.md §6) with signing on: an Ed25519 key pair per region
 under `<workdir>/keys/`, and one trusted-keys file listing every region's public key. The
 demo service (`xregion demo-service`) is the region's `configs` service.
 

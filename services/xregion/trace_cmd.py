@@ -1,10 +1,10 @@
-"""`xregion trace EVENT_ID`: where one event is, in every region (DESIGN §7).
+"""`xregion trace EVENT_ID`: where one event is, in every region (docs/DESIGN.md §7).
 
 The event is found by its id alone. A UUIDv7 holds the millisecond the bridge minted it (before
 calling the service; the event is published after the service's answer), so every stream is
-read from a little before that time (`_SKEW_S`, for clocks that differ) to `--window` after
-it, with batched direct gets (ADR-31: no consumer is created, the meta leader is not needed).
-The search stops at the first copy found in each stream.
+read from a little before that time (`_SKEW_S`, for clocks that differ) to `--window` after it,
+with batched direct gets (the direct-get API: no consumer is created, the meta leader is not
+needed). The search stops at the first copy found in each stream.
 
 What it reports, one line per fact (with `--output json`, one `Step` each):
 

@@ -1,5 +1,5 @@
 """The publisher's own ack inbox against a real stream: acks, duplicates, error replies and
-subjects no stream listens on (NATS_NOTES §3.1.1, §3.1.4)."""
+subjects no stream listens on (docs/NATS.md §3.1.1, §3.1.4)."""
 
 from __future__ import annotations
 

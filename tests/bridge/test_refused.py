@@ -1,7 +1,7 @@
-"""Events the region's own events stream refuses for good (DESIGN §5 bridge), against the real
-stream: here `XR_EVENTS_US_EAST` takes at most `SMALL_LIMIT` bytes per message (headers
-included), so a write with a 1 KiB body is refused with err_code 10054 although it fits the
-server's max_payload, while a small write is stored as usual.
+"""Events the region's own events stream refuses for good (docs/DESIGN.md §5 bridge), against
+the real stream: here `XR_EVENTS_US_EAST` takes at most `SMALL_LIMIT` bytes per message
+(headers included), so a write with a 1 KiB body is refused with err_code 10054 although it
+fits the server's max_payload, while a small write is stored as usual.
 
 Before, the live path spooled such an event (the client got 2xx) and the drainer retried it
 for ever: every pass failed, the backoff grew to its maximum, and the event was stored nowhere

@@ -1,4 +1,4 @@
-"""Writes through a real bridge become events in the real events stream (DESIGN §4, §5).
+"""Writes through a real bridge become events in the real events stream (docs/DESIGN.md §4, §5).
 
 A write yields exactly one event with the right headers and a byte-identical body; failed
 writes and reads yield none; a body over the limit is refused with 413 before the upstream

@@ -1,4 +1,4 @@
-"""What a hostile client cannot make a real bridge do (issue 16), against real NATS and a
+"""What a hostile client cannot make a real bridge do, against real NATS and a
 real aiohttp upstream.
 
 * Replay markers: with signing off none is trusted; with signing on only a signature over

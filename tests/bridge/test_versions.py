@@ -1,4 +1,4 @@
-"""Local writes through the bridge raise the region's version records (issue 5 item 4).
+"""Local writes through the bridge raise the region's version records.
 
 A successful replicated write leaves an `applied` record with its HLC and event id in
 `xr-versions-us-east`; a failed write and a read leave none; a bucket that cannot be bound

@@ -40,7 +40,7 @@ async def test_first_connect_is_bounded() -> None:
 async def test_reconnects_after_the_server_returns_and_counts_it(
     make_supercluster: MakeSuperCluster,
 ) -> None:
-    # One-server regions need the other regions' gateways to run JetStream (NATS_NOTES §1.6),
+    # One-server regions need the other regions' gateways to run JetStream (docs/NATS.md §1.6),
     # so the smallest real shape is the 3-region dev super-cluster.
     cluster = await make_supercluster()
     server = next(s for s in cluster.servers if s.cluster == "us-east")

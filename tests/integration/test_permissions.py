@@ -1,4 +1,4 @@
-"""The production NATS permissions (`natsconf.role_permissions`, DESIGN §9) against the real
+"""The production NATS permissions (`natsconf.role_permissions`, docs/DESIGN.md §9) against the real
 services: a 3x1 super-cluster rendered with auth on and the users of `nats-conf/prod.toml`
 (no TLS), provisioned by the `provisioner` user, then in every region the bridge, broadcaster
 and replayer as real `xregion <service> --config F` processes, each logged in as its own

@@ -1,4 +1,4 @@
-"""Graceful shutdown (DESIGN §5): while in-flight events finish, none is handed to another
+"""Graceful shutdown (docs/DESIGN.md §5): while in-flight events finish, none is handed to another
 instance (held ones are kept alive), and what the deadline cuts off is nak'ed at once, also
 events that were still queued behind an earlier one of their key."""
 
