@@ -83,7 +83,9 @@ _BROADCASTER: dict[str, Any] = {
 _REPLAYER: dict[str, Any] = {
     "fetch_timeout_s": 0.3,
     "ack_wait_s": 4.0,
-    "upstream_timeout_s": 1.0,
+    # Within the claim (ack_wait_s), and long enough that a call slowed down by a busy machine
+    # is not retried in process: that retry would be a second call the counts cannot explain.
+    "upstream_timeout_s": 3.0,
     "retry_total_s": 0.5,
     "nak_base_s": 0.2,
     "nak_max_s": 1.0,

@@ -25,6 +25,7 @@ import pytest
 
 from services.xregion.natsconf import Topology, build_topology, env_references
 from services.xregion.supercluster import ServerExitedError, SuperCluster, with_free_ports
+from shared.natsconn import inbox_prefix
 
 __all__ = [
     "DEV_REGIONS",
@@ -117,6 +118,8 @@ async def nats_connect() -> AsyncIterator[NatsConnect]:
         opts.setdefault("connect_timeout", 2)
         opts.setdefault("reconnect_time_wait", 0.2)
         opts.setdefault("max_reconnect_attempts", 5)
+        # As the services connect: a user may subscribe to its own inboxes only.
+        opts.setdefault("inbox_prefix", inbox_prefix(opts.get("user")))
         client = await nats.connect(servers=servers, **opts)
         clients.append(client)
         return client

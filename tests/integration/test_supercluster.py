@@ -14,7 +14,7 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import Placement, StreamConfig
-from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
+from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
 from services.xregion.natsconf import (
     TlsSpec,
@@ -52,12 +52,25 @@ def processes_using(workdir: Path) -> list[int]:
     return found
 
 
+# "no suitable peers for placement": also what a cluster answers before its servers all joined.
+_NO_PEERS_YET = 10005
+
+
 async def add_stream(js: Any, name: str, subject: str, cluster: str, replicas: int = 1) -> Any:
     config = StreamConfig(
         name=name, subjects=[subject], placement=Placement(cluster=cluster), num_replicas=replicas
     )
+
+    async def create() -> Any:
+        try:
+            return await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code == _NO_PEERS_YET:
+                return None  # right after boot, not every server has joined the meta group
+            raise
+
     return await wait_until(
-        lambda: js.add_stream(config), 30, interval=0.2, ignore=JS_TRANSIENT,
+        create, 30, interval=0.2, ignore=JS_TRANSIENT,
         message=f"stream {name} created in {cluster}",
     )  # fmt: skip
 
