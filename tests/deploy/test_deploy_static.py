@@ -20,7 +20,6 @@ import importlib.util
 import json
 import os
 import re
-import shutil
 import subprocess
 import threading
 from collections.abc import Iterator, Mapping
@@ -48,6 +47,8 @@ from shared.settings import (
     Settings,
     load_settings,
 )
+from tests.deploy.kustomize import render
+from tests.harness.tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -268,14 +269,11 @@ def test_alert_rules_are_complete_and_cover_the_contract_metrics() -> None:
     } <= used
 
 
-@pytest.mark.skipif(
-    shutil.which("promtool") is None and not os.environ.get("CI"),
-    reason="promtool is not installed (CI installs it: .ci/run)",
-)
 def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    promtool = require_tool("promtool", "Debian's prometheus package: make dev-tools")
     for args in (["check", "rules", "rules.yaml"], ["test", "rules", "rules.test.yaml"]):
         done = subprocess.run(
-            ["promtool", *args],
+            [promtool, *args],
             cwd=DEPLOY / "prometheus",
             capture_output=True,
             text=True,
@@ -422,18 +420,7 @@ def test_overlay_region_files_differ_only_where_regions_differ(
 
 @functools.cache
 def rendered(region: str) -> tuple[dict[str, Any], ...]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed")
-    done = subprocess.run(
-        [kubectl, "kustomize", str(OVERLAYS / region)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return tuple(doc for doc in yaml.safe_load_all(done.stdout) if doc)
+    return tuple(render(OVERLAYS / region))
 
 
 def _objects(region: str, kind: str) -> dict[str, dict[str, Any]]:
