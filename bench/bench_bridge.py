@@ -358,8 +358,8 @@ class Drive:
 async def _bench(
     drive: Drive, rounds: int, workdir: Path, log_level: str = "info"
 ) -> tuple[list[Phase], Wakeup]:
+    from services.xregion.local.supercluster import SuperCluster, free_ports, with_free_ports
     from services.xregion.natsconf import build_topology
-    from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
 
     up_port, store_port, floor_port, *ports = free_ports(7)
     upstream = f"http://127.0.0.1:{up_port}"

@@ -1,6 +1,7 @@
 """Benchmark: per-target forwarding rate of the broadcaster vs JetStream's own stream sourcing.
 
-    .venv/bin/python bench/bench_broadcaster.py [--events 50000] [--delays 0,0.05] [--json F]
+    .venv/bin/xregion bench broadcaster [--events 30000] [--hot-events N] [--delays 0,0.05]
+                                        [--rounds 3] [--json bench/results/broadcaster.json]
 
 One run boots a local 3-region NATS super-cluster (1 server per region, fault proxy on the
 gateways), provisions every region with the default settings, and starts `xregion
@@ -9,21 +10,24 @@ broadcaster` for us-east as a separate process. For each injected one-way gatewa
 
 * native   — `--events` events are written into XR_EVENTS_US_EAST, then a stream placed in
              eu-west that *sources* them (filtered on their subject) is created: the server
-             copies them across the gateway (the yardstick, NATS_NOTES §1.7);
+             copies them across the gateway (the yardstick: design (b) of docs/DESIGN.md
+             "Broadcaster data path");
 * floor    — the same number of events forwarded to XR_REPLAY_EU_WEST by the cheapest loop
              nats-py allows, in this (uvloop) process: a callback pull subscription on a
              durable consumer, each message published unchanged (headers dict as received)
-             with a reply inbox, acked when its PubAck comes back; up to 1,024 in flight, no
-             decoding, no policy, no per-key order, no retries, no timeouts. No Python
-             broadcaster built on nats-py can beat it: it is the "Python floor";
+             with a reply inbox, acked when its PubAck comes back; as many in flight as the
+             broadcaster's default `window_events`, no decoding, no policy, no retries, no
+             timeouts. No Python broadcaster built on nats-py can beat it: the "Python floor";
 * one      — the same number of events is written while every path out of us-east is paused
              (`xregion pause`'s switch), then eu-west alone is resumed: the broadcaster drains
              the backlog into XR_REPLAY_EU_WEST;
 * both     — the same, resuming eu-west and ap-south together (rate per target);
-* hot-10   — one target, 1/10 of the events (at most 2,000) spread over only 10 keys (each
-             key is sent one event per round trip: the price of per-key order, forwarder.py).
+* hot-10   — one target, `--hot-events` events (default: `--events`) over only 10 keys;
+* hot-1    — the same with one key for all of them (a counter, a feature flag).
 
 Every mode forwards the same kind of events from the same stream between the same clusters.
+For each delay, native runs once, then `--rounds` rounds of floor, one, both, hot-10 and hot-1
+one after the other; the report takes medians over the rounds, of each ratio within its round.
 Rates are measured on the target stream between 10 % and 90 % of the events (start-up of
 either mechanism excluded), polling the stream every 10 ms from the target's own region, so
 the injected delay does not blur the clock. Events carry distinct keys and a 256-byte body
@@ -32,8 +36,9 @@ phase measures, so no phase leaves a backlog for a later one. CPU: seconds of th
 process (the broadcaster; for the floor, this bench process) per 1,000 forwarded events,
 read over the same 10-90 % span (all processes share the same cores).
 
-Targets (issue 4): >= 1,000 events/s for one target with 50 ms one-way delay, and >= 0.5x the
-native sourcing throughput.
+Targets (issue 14), per target and delay: uniform keys (`one`, `both`) >= 0.8x the floor row,
+one hot key (`hot-1`) >= 0.8x of `one`. The report prints those ratios; `--json` (default
+bench/results/broadcaster.json) gets the rows and the machine.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
@@ -70,8 +77,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from procs import cpu_seconds
 
 from services.broadcaster.pause import set_pause
+from services.xregion.local.supercluster import SuperCluster, with_free_ports
 from services.xregion.natsconf import build_topology
-from services.xregion.supercluster import SuperCluster, with_free_ports
 from shared import provision
 from shared.envelope import Event, encode, new_traceparent
 from shared.hlc import Hlc
@@ -91,6 +98,7 @@ from shared.settings import (
     Settings,
     SigningSettings,
 )
+from tests.harness.toml import toml_value
 
 ORIGIN = "us-east"
 REGIONS = ("us-east", "eu-west", "ap-south")
@@ -101,13 +109,14 @@ XREGION = Path(sys.executable).parent / "xregion"
 # told (service targets = the origin only) to skip them, so they do not compete with its phases.
 NATIVE_SERVICE = "bench-native"
 FLOOR_SERVICE = "bench-floor"
-HOT_EVENTS_MAX = 2_000
+RESULTS = Path(__file__).resolve().parent / "results" / "broadcaster.json"
 
 
 @dataclass
 class Row:
     delay_ms: int
-    mode: str  # native | floor | one | both | hot-10
+    mode: str  # native | floor | one | both | hot-10 | hot-1
+    round: int  # 1.. (modes are measured once per round, interleaved; native once)
     target: str
     events: int
     seconds: float
@@ -115,26 +124,30 @@ class Row:
     cpu_s_per_1k: float | None
 
 
-def _phase_service(mode: str, delay: float) -> str:
-    return f"bench-{mode}-{int(delay * 1000)}"
+def _phase_service(mode: str, delay: float, rnd: int) -> str:
+    return f"bench-{mode}-{int(delay * 1000)}-r{rnd}"
 
 
-def _services(delays: list[float]) -> dict[str, ServiceSettings]:
+def _services(delays: list[float], rounds: int) -> dict[str, ServiceSettings]:
     """Every phase's events go exactly where that phase measures them, so no phase leaves
     a backlog (for a target paused meanwhile) that a later phase would pay for."""
     skip = [ORIGIN]
     targets: dict[str, list[str] | Literal["all"]] = {NATIVE_SERVICE: skip, FLOOR_SERVICE: skip}
     for delay in delays:
-        targets[_phase_service("one", delay)] = ["eu-west"]
-        targets[_phase_service("both", delay)] = "all"
-        targets[_phase_service("hot-10", delay)] = ["eu-west"]
+        for rnd in range(1, rounds + 1):
+            targets[_phase_service("one", delay, rnd)] = ["eu-west"]
+            targets[_phase_service("both", delay, rnd)] = "all"
+            targets[_phase_service("hot-10", delay, rnd)] = ["eu-west"]
+            targets[_phase_service("hot-1", delay, rnd)] = ["eu-west"]
     return {
         name: ServiceSettings(upstream="http://127.0.0.1:9", routes=[f"/{name}"], targets=t)
         for name, t in targets.items()
     }
 
 
-def _settings(cluster: SuperCluster, region: str, data: Path, delays: list[float]) -> Settings:
+def _settings(
+    cluster: SuperCluster, region: str, data: Path, delays: list[float], rounds: int
+) -> Settings:
     return Settings(
         region=region,
         regions=list(REGIONS),
@@ -142,19 +155,19 @@ def _settings(cluster: SuperCluster, region: str, data: Path, delays: list[float
         nats=NatsSettings(servers=cluster.client_urls(region)),
         signing=SigningSettings(mode="off"),
         broadcaster=BroadcasterSettings(admin_listen="127.0.0.1:0"),
-        services=_services(delays),
+        services=_services(delays, rounds),
     )
 
 
 def _region_file(path: Path, settings: Settings) -> Path:
     data = settings.model_dump(mode="json")
-    lines = [f"{k} = {json.dumps(data[k])}" for k in ("region", "regions", "data_dir")]
+    lines = [f"{k} = {toml_value(data[k])}" for k in ("region", "regions", "data_dir")]
     for section in ("nats", "signing", "broadcaster"):
         lines.append(f"[{section}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in data[section].items() if v is not None]
+        lines += [f"{k} = {toml_value(v)}" for k, v in data[section].items() if v is not None]
     for name, service in data["services"].items():
         lines.append(f"[services.{name}]")
-        lines += [f"{k} = {json.dumps(v)}" for k, v in service.items()]
+        lines += [f"{k} = {toml_value(v)}" for k, v in service.items() if v is not None]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -297,11 +310,17 @@ class FloorForwarder:
 
 
 class Bench:
-    def __init__(self, cluster: SuperCluster, workdir: Path, events: int) -> None:
+    def __init__(
+        self, cluster: SuperCluster, workdir: Path, events: int, hot_events: int, rounds: int
+    ) -> None:
         self.cluster = cluster
+        self.rounds = rounds
+        self.rnd = 1
         self.workdir = workdir
         self.events = events
+        self.hot_events = hot_events
         self.rows: list[Row] = []
+        self.outcomes: dict[str, dict[str, float]] = {}  # target -> outcome -> events
         self.admin_url = ""
         self.pid = 0
         self.conns: dict[str, NatsConnection] = {}
@@ -311,15 +330,15 @@ class Bench:
         return self.conns[target].jetstream()
 
     async def run(self, delays: list[float]) -> list[Row]:
-        settings = _settings(self.cluster, ORIGIN, self.workdir / "data", delays)
+        settings = _settings(self.cluster, ORIGIN, self.workdir / "data", delays, self.rounds)
         for region in REGIONS:
-            s = _settings(self.cluster, region, self.workdir / "data", delays)
+            s = _settings(self.cluster, region, self.workdir / "data", delays, self.rounds)
             async with NatsConnection(s.nats, service="bench") as conn:
                 await provision.apply(conn.jetstream(), provision.plan(s, 1))
         config = _region_file(self.workdir / "us-east.toml", settings)
         async with contextlib.AsyncExitStack() as stack:
             for region in REGIONS:
-                s = _settings(self.cluster, region, self.workdir / "data", delays)
+                s = _settings(self.cluster, region, self.workdir / "data", delays, self.rounds)
                 conn = NatsConnection(s.nats, service=f"bench-{region}")
                 self.conns[region] = await stack.enter_async_context(conn)
             origin = self.conns[ORIGIN].jetstream()
@@ -342,11 +361,16 @@ class Bench:
                 await self._wait_started()
                 for delay in delays:
                     await self._delay(delay)
+                    self.rnd = 1
                     await self._native(origin, delay)
-                    await self._floor(delay)
-                    await self._broadcast(origin, delay, ("eu-west",), None)
-                    await self._broadcast(origin, delay, TARGETS, None)
-                    await self._broadcast(origin, delay, ("eu-west",), 10)
+                    for rnd in range(1, self.rounds + 1):
+                        self.rnd = rnd
+                        await self._floor(delay)
+                        await self._broadcast(origin, delay, ("eu-west",), None)
+                        await self._broadcast(origin, delay, TARGETS, None)
+                        await self._broadcast(origin, delay, ("eu-west",), 10)
+                        await self._broadcast(origin, delay, ("eu-west",), 1)
+                self.outcomes = await self._outcomes()
             finally:
                 proc.terminate()
                 await asyncio.wait_for(proc.wait(), 30)
@@ -368,6 +392,20 @@ class Bench:
                     return
             await asyncio.sleep(0.1)
         raise TimeoutError("broadcaster did not start: " + log.read_text()[-2000:])
+
+    async def _outcomes(self) -> dict[str, dict[str, float]]:
+        """The broadcaster's `xr_broadcaster_forwarded_total` over the whole run, per target
+        and outcome (retried and duplicate say how often the window was re-sent)."""
+        async with httpx.AsyncClient(timeout=2, trust_env=False) as http:
+            text = (await http.get(self.admin_url + "/metrics")).text
+        found: dict[str, dict[str, float]] = {}
+        for line in text.splitlines():
+            if line.startswith("xr_broadcaster_forwarded_total{"):
+                labels, value = line[len("xr_broadcaster_forwarded_total{") :].rsplit("} ", 1)
+                pairs = dict(p.split("=", 1) for p in labels.split(","))
+                target, outcome = pairs["target"].strip('"'), pairs["outcome"].strip('"')
+                found.setdefault(target, {})[outcome] = float(value)
+        return found
 
     async def _pause(self, js: JetStreamContext, targets: tuple[str, ...], *, paused: bool) -> None:
         for target in targets:
@@ -434,7 +472,7 @@ class Bench:
         service = FLOOR_SERVICE
         first = (await js.stream_info(events_stream(ORIGIN))).state.last_seq + 1
         await _preload(js, service, self.events, None)
-        durable = f"bench-floor-{int(delay * 1000)}"
+        durable = f"bench-floor-{int(delay * 1000)}-r{self.rnd}"
         await js.add_consumer(
             events_stream(ORIGIN),
             ConsumerConfig(
@@ -447,7 +485,7 @@ class Bench:
                 max_ack_pending=20_000,
             ),
         )
-        target = replay_subject("eu-west", ORIGIN, f"{service}-{int(delay * 1000)}")
+        target = replay_subject("eu-west", ORIGIN, f"{service}-{int(delay * 1000)}-r{self.rnd}")
         window = BroadcasterSettings().window_events  # the broadcaster's default, for parity
         floor = FloorForwarder(
             origin.nc, events_stream(ORIGIN), durable, target, self.events, window
@@ -470,9 +508,9 @@ class Bench:
     async def _broadcast(
         self, js: JetStreamContext, delay: float, targets: tuple[str, ...], keys: int | None
     ) -> None:
-        mode = "hot-10" if keys else ("one" if len(targets) == 1 else "both")
-        service = _phase_service(mode, delay)
-        count = min(self.events // 10, HOT_EVENTS_MAX) if keys else self.events
+        mode = f"hot-{keys}" if keys else ("one" if len(targets) == 1 else "both")
+        service = _phase_service(mode, delay, self.rnd)
+        count = self.hot_events if keys else self.events
         await self._caught_up(js)
         await _preload(js, service, count, keys)
         await self._pause(js, targets, paused=False)
@@ -508,6 +546,7 @@ class Bench:
         row = Row(
             int(delay * 1000),
             mode,
+            self.rnd,
             target,
             events,
             round(seconds, 3),
@@ -518,39 +557,85 @@ class Bench:
         print(f"  {row}", file=sys.stderr, flush=True)
 
 
+def _median_ratio(values: list[float], bases: list[float]) -> str:
+    ratios = [v / b for v, b in zip(values, bases, strict=False) if b]
+    return f"{statistics.median(ratios):.2f}" if ratios else "-"
+
+
 def _report(rows: list[Row]) -> str:
-    lines = [
-        f"{'delay':>6} {'mode':<7} {'target':<9} {'events/s':>9} {'x native':>9} {'cpu s/1k':>9}"
-    ]
-    native = {r.delay_ms: r.events_per_s for r in rows if r.mode == "native"}
+    """One line per (delay, mode, target): the median over rounds of events/s and CPU, and of
+    the issue's ratios taken within each round (side by side, so load that drifts between
+    rounds cancels): x native (same delay), x floor (same round), x one (uniform keys, same
+    round and target: for the hot-key modes)."""
+    head = f"{'delay':>6} {'mode':<7} {'target':<9} {'events/s':>9} {'x native':>9} {'x floor':>8}"
+    lines = [f"{head} {'x one':>6} {'cpu s/1k':>9} {'rounds':>6}"]
+    rate = {(r.delay_ms, r.mode, r.target, r.round): r.events_per_s for r in rows}
+    groups: dict[tuple[int, str, str], list[Row]] = {}
     for r in rows:
-        ratio = r.events_per_s / native[r.delay_ms] if native.get(r.delay_ms) else float("nan")
-        cpu = "-" if r.cpu_s_per_1k is None else f"{r.cpu_s_per_1k:.3f}"
+        groups.setdefault((r.delay_ms, r.mode, r.target), []).append(r)
+    for (delay, mode, target), group in groups.items():
+        values = [float(r.events_per_s) for r in group]
+        native = [rate.get((delay, "native", "eu-west", 1), 0.0)] * len(group)
+        floor = [rate.get((delay, "floor", "eu-west", r.round), 0.0) for r in group]
+        one = [rate.get((delay, "one", target, r.round), 0.0) for r in group]
+        cpus = [r.cpu_s_per_1k for r in group if r.cpu_s_per_1k is not None]
+        cpu = f"{statistics.median(cpus):.3f}" if cpus else "-"
+        hot = _median_ratio(values, one) if mode.startswith("hot") else "-"
         lines.append(
-            f"{r.delay_ms:>4}ms {r.mode:<7} {r.target:<9} {r.events_per_s:>9} "
-            f"{ratio:>9.2f} {cpu:>9}"
+            f"{delay:>4}ms {mode:<7} {target:<9} {round(statistics.median(values)):>9} "
+            f"{_median_ratio(values, native):>9} {_median_ratio(values, floor):>8} "
+            f"{hot:>6} {cpu:>9} {len(group):>6}"
         )
     return "\n".join(lines)
 
 
-async def _main(events: int, delays: list[float], workdir: Path) -> list[Row]:
+def _machine() -> dict[str, object]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cores": os.cpu_count(), "model": model, "loadavg_at_start": os.getloadavg()}
+
+
+async def _main(events: int, hot: int, delays: list[float], rounds: int, workdir: Path) -> Bench:
     topology = with_free_ports(build_topology(REGIONS))
     async with SuperCluster(topology, workdir / "nats", fault_proxy=True) as cluster:
-        return await Bench(cluster, workdir, events).run(delays)
+        bench = Bench(cluster, workdir, events, hot, rounds)
+        await bench.run(delays)
+        return bench
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=50_000, help="per phase")
+    parser.add_argument("--events", type=int, default=30_000, help="per phase")
+    parser.add_argument(
+        "--hot-events", type=int, default=None, help="per hot-key phase (default: --events)"
+    )
     parser.add_argument("--delays", default="0,0.05", help="one-way gateway delays, seconds")
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="times each mode is measured, interleaved"
+    )
+    parser.add_argument("--json", type=Path, default=RESULTS, help="write the figures here")
     args = parser.parse_args(argv)
     delays = [float(d) for d in args.delays.split(",")]
+    hot = args.events if args.hot_events is None else args.hot_events
+    machine = _machine()
     with tempfile.TemporaryDirectory(prefix="xr-bench-bc-") as tmp:
-        rows = uvloop.run(_main(args.events, delays, Path(tmp)))
-    print(_report(rows))
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+        bench = uvloop.run(_main(args.events, hot, delays, args.rounds, Path(tmp)))
+    rows = bench.rows
+    report = _report(rows)
+    print(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": " ".join(["xregion bench broadcaster", *(argv or sys.argv[1:])]),
+        "machine": machine,
+        "rows": [asdict(r) for r in rows],
+        "broadcaster_outcomes": bench.outcomes,
+        "report": report.splitlines(),
+    }
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

@@ -217,8 +217,8 @@ class Bench:
         return (sys.executable, "-m", "cProfile", "-o", str(self.profile / f"{name}.prof"))
 
     async def run(self, runs: list[int]) -> list[Run]:
+        from services.xregion.local.supercluster import SuperCluster, free_ports, with_free_ports
         from services.xregion.natsconf import build_topology
-        from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
         from shared.natsconn import NatsConnection
         from shared.settings import load_settings
 
@@ -258,7 +258,7 @@ class Bench:
     async def _one(
         self, js: Any, settings: Any, config: Path, upstream: str, service: str, instances: int
     ) -> Run:
-        from services.xregion.supercluster import free_ports
+        from services.xregion.local.supercluster import free_ports
 
         publish_s = await self._publish(js, service)
         print(f"  {instances} instance(s): {self.events} events published in "

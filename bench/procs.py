@@ -13,7 +13,7 @@ from pathlib import Path
 
 import aiohttp
 
-from services.xregion.supercluster import stop_process
+from services.xregion.local.supercluster import stop_process
 
 __all__ = ["cpu_seconds", "pids_using", "process", "wait_http"]
 

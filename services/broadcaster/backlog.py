@@ -1,4 +1,4 @@
-"""Backlog and lag of every target, read from the broadcaster's consumers (DESIGN §8).
+"""Backlog and lag of every target, read from the broadcaster's consumers.
 
 Both are properties of the consumer, not of one instance, so every instance reports the same
 value (dashboards take the max):

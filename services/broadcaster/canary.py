@@ -10,10 +10,11 @@ key `xr-canary/<origin>/<T>`, empty body, `Xr-Hlc` = send time) with one extra h
 consumer, window, gateway, publish and ack; pausing T holds canaries too); the other
 forwarders skip it. It lands on `xr.replay.<T>.<origin>.xr-canary` in `XR_REPLAY_<T>`.
 
-The replayer of T must check `shared.envelope.canary_target(msg.headers)` **before anything
-else** (before signature checks and service lookup): when it is not None, record the canary
-(`xr_replication_canary_age_seconds{origin,target}` = now - the newest canary's `Xr-Hlc` wall
-time) and ack; never call a service and never dead-letter it. Canaries are not signed.
+With signing on, a canary is signed with the region's key like any of its events. The
+replayer of T recognises it by `shared.envelope.canary_target(msg.headers)`, verifies it,
+checks that it is T's (the signed path names T, the subject its origin), records its age
+(`xr_replication_canary_age_seconds{origin,target}`, its time capped at now) and acks; it
+never calls a service for it and never dead-letters it (a refused canary is only counted).
 
 The event id is a UUIDv7 derived from (origin, target, time slot), with the slot's start as
 its time: several broadcaster instances of one region write the same id in the same slot,
@@ -37,6 +38,7 @@ from shared.hlc import Hlc
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
 from shared.regions import events_subject
+from shared.signing import Signer
 
 __all__ = ["CanarySender", "canary_event", "canary_event_id", "canary_message"]
 
@@ -88,10 +90,12 @@ class CanarySender:
         targets: Sequence[str],
         interval_s: float,
         hlc: Hlc | None = None,
+        signer: Signer | None = None,
         timeout_s: float = 2.0,
         wall_s: Callable[[], float] = time.time,
     ) -> None:
         self._conn = conn
+        self._signer = signer
         self._origin = origin
         self._targets = tuple(targets)
         self._interval_s = interval_s
@@ -116,6 +120,8 @@ class CanarySender:
 
     async def _send(self, target: str, slot_ms: int) -> None:
         event = canary_event(self._origin, target, slot_ms=slot_ms, hlc=self._hlc)
+        if self._signer is not None:
+            event = self._signer.sign(event)
         subject, headers, payload = canary_message(event, target)
         try:
             js = self._conn.jetstream(timeout_s=self._timeout_s)

@@ -6,7 +6,7 @@ The breaker keeps a failing target from being hammered and keeps the others unaf
       ▲                   ▲                                                  │
       └────success────────┴──────────────failure (one probe at a time)───────┘
 
-* closed: every lane may publish; the forwarder fetches.
+* closed: every held event may be published; the forwarder fetches.
 * open: nobody publishes and the forwarder does not fetch; the events it holds wait.
 * half-open: exactly one publish (the probe) may go; its success closes the breaker.
 

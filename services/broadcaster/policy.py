@@ -1,4 +1,4 @@
-"""Which target regions an event owes (DESIGN §5 broadcaster). Pure: no IO.
+"""Which target regions an event owes. Pure: no IO.
 
 `Policy.route(subject, headers, payload)` reads one stored message and returns a `Route`:
 the set of target regions that must receive it, plus what the forwarder needs to order and
@@ -19,7 +19,16 @@ label it. The rules, in order:
 5. **Malformed event** (the codec rejects it): forwarded unchanged to every peer region, so
    that the target's replayer dead-letters it with the reason instead of it vanishing here.
 
-Per-key order: the forwarder serialises publishes per `Route.lane` = (service, Xr-Key).
+The route is read from the routing headers alone when they are there in the bridge's
+spelling and valid (`Xr-Schema`, `Xr-Event-Id` = `Nats-Msg-Id`, `Xr-Origin`, `Xr-Service`,
+`Xr-Key`, `Xr-Trace`, a valid `Xr-Targets`, no other `Xr-` header but the known ones);
+anything else takes the full decode, which decides rule 5. So the broadcaster checks what
+routing needs; the rest of an event (HLC, method, path, signature, body) is checked by the
+target's replayer, which verifies every event anyway and dead-letters what is off (a full
+decode per event would cost the broadcaster more than the rest of its per-event work).
+
+`Route.lane` = (service, Xr-Key) names the key an event writes (the replayer orders by it;
+the forwarder does not serialise per key: docs/DESIGN.md "Broadcaster data path").
 
 `RouteCache` lets the forwarders of every target share one `route()` per stored message
 (decoding and validating an event is the biggest part of the broadcaster's own per-event
@@ -32,13 +41,43 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from shared.envelope import MalformedEventError, canary_target, decode
+from shared.envelope import (
+    HDR_CANARY,
+    HDR_EVENT_ID,
+    HDR_HLC,
+    HDR_KEY,
+    HDR_METHOD,
+    HDR_MSG_ID,
+    HDR_ORIGIN,
+    HDR_PATH,
+    HDR_REQ_PREFIX,
+    HDR_RULE,
+    HDR_SCHEMA,
+    HDR_SERVICE,
+    HDR_SIG,
+    HDR_TARGETS,
+    HDR_TRACE,
+    SCHEMA_VERSION,
+    MalformedEventError,
+    canary_target,
+    decode,
+    parse_targets,
+)
+from shared.regions import REGION_RE, SERVICE_RE
 from shared.settings import ServiceSettings, Settings
 
-__all__ = ["Lane", "Policy", "Route", "RouteCache", "ServicePolicy"]
+__all__ = ["Lane", "Policy", "Route", "RouteCache", "ServicePolicy", "about"]
 
-# (service, key): events of one lane are published one after the other, in stream order.
+# (service, key): the key an event writes.
 Lane = tuple[str, str]
+
+# Header names as the bridge writes them: any other `Xr-` name takes the full decode.
+_EXACT_NAMES = frozenset(
+    {HDR_MSG_ID, HDR_EVENT_ID, HDR_ORIGIN, HDR_SERVICE, HDR_METHOD, HDR_PATH, HDR_HLC, HDR_KEY}
+    | {HDR_RULE, HDR_TRACE, HDR_TARGETS, HDR_SCHEMA, HDR_SIG, HDR_CANARY}
+)
+_SCHEMA = str(SCHEMA_VERSION)
+_TRACE_LEN = 55  # 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +154,44 @@ class Policy:
 
     def route(self, subject: str, headers: Mapping[str, str] | None, payload: bytes) -> Route:
         """The route of one message of the events stream (`xr.events.<origin>.<service>`)."""
+        if headers:
+            fast = self._from_headers(headers)
+            if fast is not None:
+                return fast
+        return self._decoded(subject, headers, payload)
+
+    def _from_headers(self, headers: Mapping[str, str]) -> Route | None:
+        """The route read from the routing headers alone (module docstring), or None."""
+        if headers.get(HDR_SCHEMA) != _SCHEMA or not _only_known_names(headers):
+            return None
+        event_id, origin = headers.get(HDR_EVENT_ID), headers.get(HDR_ORIGIN)
+        service, key = headers.get(HDR_SERVICE), headers.get(HDR_KEY)
+        trace = headers.get(HDR_TRACE)
+        if event_id is None or origin is None or service is None or key is None:
+            return None
+        if trace is None or len(trace) != _TRACE_LEN or headers.get(HDR_MSG_ID) != event_id:
+            return None
+        if not (REGION_RE.fullmatch(origin) and SERVICE_RE.fullmatch(service)):
+            return None
+        requested = headers.get(HDR_TARGETS)
+        try:
+            wanted = None if requested is None else parse_targets(requested)
+        except MalformedEventError:
+            return None
+        canary = headers.get(HDR_CANARY)
+        canary = None if canary is None else canary.strip()
+        return Route(
+            origin=origin,
+            service=service,
+            lane=(service, key),
+            targets=self.targets(service=service, origin=origin, requested=wanted, canary=canary),
+            event_id=event_id,
+            kind="event" if canary is None else "canary",
+            trace_id=trace[3:35],
+            known_service=canary is not None or service in self.services,
+        )
+
+    def _decoded(self, subject: str, headers: Mapping[str, str] | None, payload: bytes) -> Route:
         canary = canary_target(headers)
         try:
             event = decode(headers, payload)
@@ -146,6 +223,16 @@ class Policy:
             known_service=service in self.services,
             problem=problem,
         )
+
+
+def _only_known_names(headers: Mapping[str, str]) -> bool:
+    """No `Xr-` header but those the bridge writes, in its spelling (else: full decode)."""
+    for name in headers:
+        if name in _EXACT_NAMES or name.startswith(HDR_REQ_PREFIX):
+            continue
+        if name[:3].lower() == "xr-":
+            return False
+    return True
 
 
 def _subject_parts(subject: str, *, default_origin: str) -> tuple[str, str]:
@@ -196,3 +283,13 @@ class RouteCache:
             if len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
         return route
+
+
+def about(route: Route) -> dict[str, object]:
+    """The fields every log line about an event carries."""
+    return {
+        "event_id": route.event_id,
+        "origin": route.origin,
+        "service": route.service,
+        "trace_id": route.trace_id,
+    }

@@ -1,17 +1,17 @@
 """JetStream publishes whose PubAcks come back to callbacks: the forwarder's output.
 
 `js.publish_async` costs a future, a semaphore wait wrapped in `wait_for` and, since its
-futures never resolve on server errors (NATS_NOTES §3.1.1), one more `wait_for` per message.
+futures never resolve on server errors (a known nats-py bug), one more `wait_for` per message.
 This adapter publishes with a reply subject `<inbox>.<n>` of its own and reads every PubAck
 on one callback subscription of `<inbox>.*`: `on_acked(item, seq, duplicate)` or
-`on_failed(item, failure)` is called exactly once per `publish()`, in the order the answers
-arrive. A publish with no answer within `timeout_s` fails (one sweeper task, no timer per
-message); an answer that comes later is ignored, so the caller's retry (same `Nats-Msg-Id`)
-is the only outcome it sees.
+`on_failed(item, failure)` is called exactly once per `publish()` (none for one the caller
+`abandon()`ed), in the order the answers arrive. A publish with no answer within `timeout_s`
+fails (one sweeper task, no timer per message); an answer that comes later is ignored, so the
+caller's retry (same `Nats-Msg-Id`) is the only outcome it sees.
 
 The caller bounds what is in flight (the forwarder's window). A message whose frame (payload
 plus headers, `frame_size()`) exceeds the server's `max_payload` is never sent: the server
-would close the connection for good (DESIGN §5a), for every target at once.
+would close the connection for good, for every target at once.
 
 Every `Failure` says whether sending the same message again can ever succeed. `permanent`,
 decided here where the answer arrives, so the caller need not parse reasons:
@@ -24,7 +24,7 @@ decided here where the answer arrives, so the caller need not parse reasons:
 Everything else is transient: no answer in time, 503 no responders, an unreadable PubAck, a
 failed send, and every other JetStream error (storage or resource limits, leadership changes,
 unknown codes). Unknown codes stay transient on purpose: a wrong "permanent" would dead-letter
-an event that a retry would have delivered, a wrong "transient" only delays a lane.
+an event that a retry would have delivered, a wrong "transient" only delays it.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,11 +46,20 @@ from nats.aio.subscription import Subscription
 from shared.frames import wire_size
 from shared.pubacks import PERMANENT_ERR_CODES, describe, is_permanent
 
-__all__ = ["PERMANENT_ERR_CODES", "Failure", "Publisher", "frame_size", "is_permanent"]
+__all__ = [
+    "PERMANENT_ERR_CODES",
+    "Failure",
+    "Publisher",
+    "frame_size",
+    "is_permanent",
+    "read_puback",
+]
 
 T = TypeVar("T")
 
 _NO_RESPONDERS = "503"
+_SEQ_RE = re.compile(rb'^\{"stream":"[^"]*",(?:"domain":"[^"]*",)?"seq":(\d+)[,}]')
+_DUPLICATE_RE = re.compile(rb'"duplicate":\s*true')
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +81,17 @@ def frame_size(payload: bytes, headers: dict[str, str] | None) -> int:
     """The bytes the server counts against `max_payload`: the payload, plus the header block
     as nats-py writes it when there are headers (`shared.frames.wire_size`)."""
     return len(payload) if headers is None else wire_size(headers, payload)
+
+
+def read_puback(data: bytes) -> tuple[int, bool] | None:
+    """(seq, duplicate) of a PubAck that reports a stored message, read without a JSON parse
+    (one per event: it adds up); None when it needs the full parse (an error, an odd form)."""
+    if b'"error"' in data:
+        return None
+    found = _SEQ_RE.search(data)
+    if found is None:
+        return None
+    return int(found[1]), _DUPLICATE_RE.search(data) is not None
 
 
 @dataclass(slots=True)
@@ -115,10 +136,17 @@ class Publisher(Generic[T]):
                 await sub.unsubscribe()
 
     async def publish(
-        self, item: T, subject: str, payload: bytes, headers: dict[str, str] | None
+        self,
+        item: T,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+        size: int | None = None,
     ) -> None:
-        """Send one message; its outcome comes to `on_acked` or `on_failed`."""
-        size = frame_size(payload, headers)
+        """Send one message; its outcome comes to `on_acked` or `on_failed`. `size`: its
+        `frame_size()`, when the caller knows it already."""
+        if size is None:
+            size = frame_size(payload, headers)
         if size > self._nc.max_payload:
             reason = f"{size} bytes exceed the connection's max_payload {self._nc.max_payload}"
             self._on_failed(item, Failure(reason, permanent=True))
@@ -143,12 +171,22 @@ class Publisher(Generic[T]):
                 break
             expired.append(token)
         for token in expired:
-            entry = self._in_flight.pop(token)
-            reason = f"no ack from the target within {self._timeout_s:g} s"
-            self._on_failed(entry.item, Failure(reason))
+            # on_failed may have abandoned the rest already.
+            overdue = self._in_flight.pop(token, None)
+            if overdue is not None:
+                reason = f"no ack from the target within {self._timeout_s:g} s"
+                self._on_failed(overdue.item, Failure(reason))
         if expired:
             self._settled()
         return len(expired)
+
+    def abandon(self) -> list[T]:
+        """Forget every publish in flight, oldest first: answers that still come are ignored,
+        so the caller's re-send (same `Nats-Msg-Id`) is the only outcome it sees."""
+        items = [entry.item for entry in self._in_flight.values()]
+        self._in_flight.clear()
+        self._settled()
+        return items
 
     async def run_expiry(self, interval_s: float) -> None:
         """`expire()` every `interval_s`, forever (the caller owns and cancels the task)."""
@@ -171,6 +209,10 @@ class Publisher(Generic[T]):
         headers = msg.headers
         if headers is not None and headers.get("Status") == _NO_RESPONDERS:
             self._on_failed(entry.item, Failure("no stream answered (503 no responders)"))
+            return
+        quick = read_puback(msg.data)
+        if quick is not None:
+            await self._on_acked(entry.item, *quick)
             return
         try:
             reply = json.loads(msg.data)

@@ -15,8 +15,8 @@ failure the caller backs off from. The failure carries the status, so the caller
 consumer that is gone (409 "Consumer Deleted" ends the requests open when it is deleted; later
 ones find nobody serving the consumer's subject: 503 no responders, which a leader election
 also causes for a moment) from a passing problem. `wait_closed()` bounds the wait: a request
-that is neither filled nor ended within its expiry plus a grace (NATS_NOTES §3.1.5: orphaned
-pull requests) counts as stalled and is forgotten; messages it still brings are delivered
+that is neither filled nor ended within its expiry plus a grace (nats-py can leave pull
+requests orphaned) counts as stalled and is forgotten; messages it still brings are delivered
 anyway.
 
 Each request has a reply subject of its own (`<inbox>.<n>`, one wildcard subscription), so a
@@ -74,7 +74,7 @@ class PullFailedError(Exception):
 
 
 class PullStalledError(Exception):
-    """A pull request was neither filled nor ended in time (NATS_NOTES §3.1.5)."""
+    """A pull request was neither filled nor ended in time (an orphaned pull request)."""
 
 
 class Puller:

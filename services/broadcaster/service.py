@@ -44,6 +44,7 @@ from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.settings import Settings
+from shared.signing import KeyFileError, load_signer
 from shared.tasks import TaskSet
 
 __all__ = [
@@ -80,6 +81,11 @@ class Broadcaster(Closeable):
                 f"regions lists no region but {settings.region}: nothing to broadcast to"
             )
         self._settings = settings
+        try:
+            # Canaries are events of this region: signed like its writes, or refused on arrival.
+            self._signer = load_signer(settings.signing)
+        except KeyFileError as exc:
+            raise BroadcasterConfigError(str(exc)) from None
         self._policy = Policy.from_settings(settings)
         self._hlc = hlc or Hlc()
         self._conn = NatsConnection(settings.nats, service="broadcaster", name=SERVICE_NAME)
@@ -190,6 +196,7 @@ class Broadcaster(Closeable):
             targets=list(self._forwarders),
             interval_s=s.broadcaster.canary_interval_s,
             hlc=self._hlc,
+            signer=self._signer,
         )
         _ = background.spawn(canaries.run(), name="canaries")
         self._monitor = BacklogMonitor(
@@ -201,7 +208,12 @@ class Broadcaster(Closeable):
         _ = background.spawn(self._monitor.run(), name="backlog")
 
     async def _start_admin(self) -> None:
-        admin = AdminServer(self._settings.broadcaster.admin_listen, service=SERVICE_NAME)
+        token = self._settings.broadcaster.admin_token
+        admin = AdminServer(
+            self._settings.broadcaster.admin_listen,
+            service=SERVICE_NAME,
+            token=token.get_secret_value() if token else None,
+        )
         admin.add_check("nats", self._nats_check)
         admin.add_check("consumers", self._consumers_check)
         admin.add_check("targets", self._targets_check)

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 
+from services.xregion.local.supercluster import SuperCluster, with_free_ports
 from services.xregion.natsconf import build_topology
-from services.xregion.supercluster import SuperCluster, with_free_ports
 from shared.natsconn import NatsConnection
 from tests.broadcaster.helpers import REGIONS, bc_settings, provision_all
 

@@ -20,7 +20,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared import provision
 from shared.envelope import Event, encode, new_traceparent
 from shared.hlc import Hlc
@@ -60,7 +60,7 @@ REGIONS = ("us-east", "eu-west", "ap-south")
 ORIGIN = "us-east"
 TARGETS = ("eu-west", "ap-south")
 XREGION = Path(sys.executable).parent / "xregion"
-# Answers a JetStream API call can get for a moment in a super-cluster (NATS_NOTES §3.2.4).
+# Answers a JetStream API call can get for a moment in a super-cluster (docs/NATS.md §3.2).
 JS_TRANSIENT = (NoStreamResponseError, ServiceUnavailableError, NatsTimeoutError)
 
 # Short waits so failures, pauses and redeliveries show within seconds.

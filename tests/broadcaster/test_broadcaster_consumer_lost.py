@@ -13,7 +13,7 @@ import pytest_asyncio
 from nats.js import JetStreamContext
 
 from services.broadcaster.service import Broadcaster
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared import provision
 from shared.regions import broadcast_consumer, events_stream
 from shared.settings import Settings

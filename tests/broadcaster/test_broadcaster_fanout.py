@@ -11,7 +11,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from services.broadcaster.service import Broadcaster
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.envelope import CANARY_SERVICE, HDR_CANARY, HDR_MSG_ID, canary_target, decode
 from shared.natsconn import NatsConnection
 from shared.regions import broadcast_consumer, events_stream

@@ -1,6 +1,6 @@
 """Frames at the size limit: a stored message that fits `max_payload` (payload plus headers)
 must be forwarded without growing past it, since an oversized frame closes the broadcaster's
-NATS connection for good (DESIGN §5a), for every target at once."""
+NATS connection for good, for every target at once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from nats.js import JetStreamContext
 
 from services.broadcaster.service import Broadcaster
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.natsconn import NatsConnection
 from tests.broadcaster.helpers import (
     ORIGIN,

@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.envelope import decode
 from tests.broadcaster.helpers import (
     ORIGIN,

@@ -12,7 +12,7 @@ import pytest_asyncio
 from nats.js import JetStreamContext
 
 from services.broadcaster.service import Broadcaster
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.envelope import decode
 from shared.natsconn import NatsConnection
 from tests.broadcaster.helpers import (

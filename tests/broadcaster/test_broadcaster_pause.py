@@ -15,7 +15,7 @@ from nats.js import JetStreamContext
 
 from services.broadcaster.pause import set_pause
 from services.broadcaster.service import Broadcaster
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.envelope import decode
 from shared.regions import broadcast_consumer, events_stream
 from tests.broadcaster.helpers import (

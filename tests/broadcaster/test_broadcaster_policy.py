@@ -119,6 +119,39 @@ def test_route_reads_header_names_in_any_case() -> None:
     assert HDR_TARGETS.lower() in headers
 
 
+def _any_case(headers: dict[str, str]) -> dict[str, str]:
+    """The same headers in lower case: not the bridge's spelling, so the full decode runs."""
+    return {k.lower(): v for k, v in headers.items()}
+
+
+@pytest.mark.parametrize("kind", ["event", "targets", "unknown service", "canary"])
+def test_the_route_read_from_the_headers_is_the_decoded_one(kind: str) -> None:
+    p = policy(catalog=svc(("eu-west", "ap-south"), allow=True))
+    if kind == "canary":
+        message = canary_message(
+            canary_event(HERE, "sa-east", slot_ms=1_700_000_000_000, hlc=Hlc()), "sa-east"
+        )
+    else:
+        service = "other" if kind == "unknown service" else "catalog"
+        targets = ("eu-west",) if kind == "targets" else None
+        headers, payload = encode(event(service, targets))
+        message = (f"xr.events.{HERE}.{service}", headers, payload)
+    subject, headers, payload = message
+    assert p.route(subject, headers, payload) == p.route(subject, _any_case(headers), payload)
+
+
+def test_only_the_routing_headers_are_checked_here() -> None:
+    # A bad HLC is the target replayer's to dead-letter: the route follows the service's
+    # policy. Unreadable routing headers (a bad Xr-Targets) make the event malformed here.
+    p = policy(catalog=svc(("eu-west",)))
+    headers, payload = encode(event())
+    route = p.route("xr.events.us-east.catalog", {**headers, "Xr-Hlc": "soon"}, payload)
+    assert (route.kind, route.targets) == ("event", frozenset({"eu-west"}))
+    bad = {**headers, "Xr-Targets": "eu west!"}
+    route = p.route("xr.events.us-east.catalog", bad, payload)
+    assert (route.kind, route.targets) == ("malformed", PEERS)
+
+
 regions_st = st.sets(st.sampled_from(REGIONS))
 services_st = st.builds(
     lambda t, a: ServicePolicy(None if t is None else frozenset(t), a),

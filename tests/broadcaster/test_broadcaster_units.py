@@ -1,6 +1,6 @@
-"""Pure parts of the broadcaster: the window's lanes, the gate's breaker, which publish and
-pull failures are permanent, canary ids, the settings' consistency rules, the pause command's
-paths."""
+"""Pure parts of the broadcaster: the window and its unsent queue, the gate's breaker, which
+publish and pull failures are permanent, canary ids, the settings' consistency rules, the pause
+command's paths."""
 
 from __future__ import annotations
 
@@ -15,11 +15,9 @@ from pydantic import ValidationError
 from services.broadcaster.canary import canary_event, canary_event_id, canary_message
 from services.broadcaster.gate import Gate, State
 from services.broadcaster.policy import Policy, RouteCache
-from services.broadcaster.publisher import is_permanent
+from services.broadcaster.publisher import is_permanent, read_puback
 from services.broadcaster.puller import PullFailedError
 from services.broadcaster.window import Held, Window
-from services.xregion.commands import CommandError
-from services.xregion.pause_cmd import paths_into
 from shared.envelope import (
     CANARY_SERVICE,
     HDR_CANARY,
@@ -36,8 +34,8 @@ from shared.settings import BroadcasterSettings
 from tests.broadcaster.helpers import XREGION
 
 
-def held(seq: int, lane: str, size: int = 10) -> Held[str]:
-    return Held(seq, lane, size, f"event-{seq}")
+def held(seq: int, size: int = 10) -> Held[str]:
+    return Held(seq, size, f"event-{seq}")
 
 
 # ---------------------------------------------------------------- route cache
@@ -84,42 +82,58 @@ def test_route_cache_is_bounded_oldest_first() -> None:
 # ---------------------------------------------------------------- window
 
 
-def test_one_key_is_one_lane_in_order() -> None:
+def test_every_held_event_may_be_in_flight_whatever_its_key() -> None:
     window: Window[str] = Window(max_events=10, max_bytes=10_000)
-    first, second, other = held(1, "a"), held(2, "a"), held(3, "b")
-    assert window.add(first) is True
-    assert window.add(second) is False  # waits behind the first of its key
-    assert window.add(other) is True
-    assert (len(window), window.lanes) == (3, 2)
-    assert window.done(first) is second
-    assert window.done(second) is None
-    assert window.lanes == 1
+    first, second = held(1), held(2)
+    assert window.add(first)
+    assert window.add(second)
+    assert window.add(held(1)) is False  # a redelivery of a held sequence is not held twice
+    assert (len(window), window.unsent) == (2, 0)
+    window.done(first)
+    assert [h.seq for h in window] == [2]
 
 
-def test_only_a_lane_head_can_be_done() -> None:
+def test_unsent_events_come_back_lowest_sequence_first() -> None:
     window: Window[str] = Window(max_events=10, max_bytes=10_000)
-    first, second = held(1, "a"), held(2, "a")
-    window.add(first)
-    window.add(second)
-    with pytest.raises(ValueError, match="head"):
-        window.done(second)
+    events = {seq: held(seq) for seq in (4, 1, 3, 2)}
+    for each in events.values():
+        window.add(each)
+        window.queue(each)
+    window.queue(events[3])  # queued once only
+    window.done(events[2])  # settled meanwhile: leaves the queue
+    assert window.unsent == 3
+    assert [h.seq for h in iter(window.pop_unsent, None)] == [1, 3, 4]
+    assert window.unsent == 0
+
+
+def test_a_sequence_held_again_after_done_queues_beside_its_old_entry() -> None:
+    window: Window[str] = Window(max_events=10, max_bytes=10_000)
+    old, again = held(5), held(5)
+    window.add(old)
+    window.queue(old)
+    window.done(old)
+    window.add(held(6))
+    window.add(again)
+    window.queue(again)
+    assert window.pop_unsent() is again
 
 
 def test_room_by_count_and_by_bytes() -> None:
     window: Window[str] = Window(max_events=3, max_bytes=100)
-    window.add(held(1, "a"))
+    window.add(held(1))
     assert window.room() == 2
-    window.add(held(2, "b", size=95))
+    window.add(held(2, size=95))
     assert window.room() == 0  # bytes reached
     assert window.held_bytes == 105
 
 
 def test_take_all_returns_everything_in_stream_order() -> None:
     window: Window[str] = Window(max_events=10, max_bytes=10_000)
-    for seq, lane in ((5, "b"), (1, "a"), (7, "a"), (3, "c")):
-        window.add(held(seq, lane))
+    for seq in (5, 1, 7, 3):
+        window.add(held(seq))
+    window.queue(next(iter(window)))
     assert [h.seq for h in window.take_all()] == [1, 3, 5, 7]
-    assert (len(window), window.lanes, window.held_bytes) == (0, 0, 0)
+    assert (len(window), window.unsent, window.held_bytes) == (0, 0, 0)
 
 
 # ---------------------------------------------------------------- gate
@@ -222,6 +236,20 @@ def test_only_errors_about_the_message_itself_are_permanent(error: object, perma
     assert is_permanent(error) is permanent
 
 
+@pytest.mark.parametrize(
+    ("data", "read"),
+    [
+        (b'{"stream":"T","seq":1}', (1, False)),
+        (b'{"stream":"T","seq":1,"duplicate": true}', (1, True)),  # as nats-server 2.15 writes
+        (b'{"stream":"T","seq":12,"domain":"hub","duplicate":true}', (12, True)),
+        (b'{"error":{"code":503,"err_code":10077,"description":"maximum messages"}}', None),
+        (b'{"seq":3,"stream":"T"}', None),  # another order: the full parse decides
+    ],
+)
+def test_the_common_puback_is_read_without_json(data: bytes, read: tuple[int, bool] | None) -> None:
+    assert read_puback(data) == read
+
+
 def test_a_failed_pull_tells_a_deleted_consumer_from_no_responders() -> None:
     deleted = PullFailedError("status 409", status="409", description="Consumer Deleted")
     nobody = PullFailedError("status 503", status="503")
@@ -262,16 +290,6 @@ def test_window_must_fit_the_consumer_and_waits_the_ack_wait() -> None:
     with pytest.raises(ValidationError, match="retry_base_s"):
         BroadcasterSettings(retry_base_s=10, retry_max_s=1)
     assert BroadcasterSettings().canary_interval_s == 5.0
-
-
-def test_pause_paths() -> None:
-    regions = ["us-east", "eu-west", "ap-south"]
-    assert paths_into(regions, "eu-west") == [("us-east", "eu-west"), ("ap-south", "eu-west")]
-    assert paths_into(regions, "eu-west", "ap-south") == [("ap-south", "eu-west")]
-    for target, origin in (("mars", None), ("eu-west", "eu-west"), ("eu-west", "mars")):
-        with pytest.raises(CommandError) as caught:
-            paths_into(regions, target, origin)
-        assert caught.value.exit_code == 2
 
 
 def test_pause_without_target_is_a_usage_error(tmp_path: Path) -> None:
