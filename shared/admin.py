@@ -5,6 +5,11 @@
 * `/readyz` — the worst of the registered readiness checks: `ok` and `degraded` (amber) answer
   200, `down` answers 503. The JSON body lists every check, so an operator sees why.
 
+With a `token`, `/metrics` answers 401 unless the request carries `Authorization: Bearer
+<token>`, and `/readyz` without it answers only its status (same code, no checks): probes need
+no secret and learn nothing but ready or not. `/healthz` is always open (a liveness probe, and
+it says nothing but "alive").
+
 Checks are plain synchronous callables reading state the service already keeps (connection
 up, consumers bound, outbox depth); the admin port never does I/O on a probe's behalf.
 """
@@ -12,6 +17,7 @@ up, consumers bound, outbox depth); the admin port never does I/O on a probe's b
 from __future__ import annotations
 
 import enum
+import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Self
@@ -56,8 +62,10 @@ class AdminServer(Closeable):
         service: str,
         registry: CollectorRegistry = REGISTRY,
         checks: Mapping[str, ReadinessCheck] | None = None,
+        token: str | None = None,
     ) -> None:
         self._host, self._port = split_listen(listen)
+        self._token = f"Bearer {token}".encode() if token else None
         self._service = service
         self._registry = registry
         self._checks: dict[str, ReadinessCheck] = dict(checks or {})
@@ -97,7 +105,19 @@ class AdminServer(Closeable):
         await self.start()
         return self
 
+    def _authorized(self, request: web.Request) -> bool:
+        if self._token is None:
+            return True
+        sent = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
+        return hmac.compare_digest(sent, self._token)  # constant time: no length-by-length probe
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        if not self._authorized(request):
+            return web.json_response(
+                {"error": "unauthorized", "detail": "send Authorization: Bearer <admin token>"},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="xregion-admin"'},
+            )
         body = generate_latest(self._registry)
         response = web.Response(body=body)
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
@@ -109,6 +129,9 @@ class AdminServer(Closeable):
     async def _readyz(self, request: web.Request) -> web.Response:
         results = {name: check() for name, check in self._checks.items()}
         worst = max((r.status for r in results.values()), default=Health.OK)
+        status = 503 if worst is Health.DOWN else 200
+        if not self._authorized(request):
+            return web.json_response({"status": worst.label}, status=status)
         body = {
             "status": worst.label,
             "service": self._service,
@@ -116,7 +139,7 @@ class AdminServer(Closeable):
                 n: {"status": r.status.label, "detail": r.detail} for n, r in results.items()
             },
         }
-        return web.json_response(body, status=503 if worst is Health.DOWN else 200)
+        return web.json_response(body, status=status)
 
 
 def _bound_port(runner: web.AppRunner, requested: int) -> int:

@@ -135,6 +135,8 @@ class BridgeSettings(_Section):
 
     listen: str = "127.0.0.1:8080"
     admin_listen: str = "127.0.0.1:9180"
+    # Bearer token for /metrics and /readyz details (docs/SECURITY.md); /healthz stays open.
+    admin_token: SecretStr | None = None
     max_replicated_body_bytes: int = Field(default=8 * _MIB, gt=0)
     # Extra request headers copied into events as Xr-Req-*, on top of the built-in allow-list
     # (Content-Type, Content-Encoding, Idempotency-Key).
@@ -218,6 +220,8 @@ class BroadcasterSettings(_Section):
     """
 
     admin_listen: str = "127.0.0.1:9181"
+    # Bearer token for /metrics and /readyz details (docs/SECURITY.md); /healthz stays open.
+    admin_token: SecretStr | None = None
     # Enough for 40k events/s at 100 ms round trip; 2 instances still fit max_ack_pending.
     window_events: int = Field(default=4096, ge=1, le=100_000)
     window_max_bytes: int = Field(default=64 * _MIB, gt=0)
@@ -264,6 +268,8 @@ class ReplayerSettings(_Section):
     """
 
     admin_listen: str = "127.0.0.1:9182"
+    # Bearer token for /metrics and /readyz details (docs/SECURITY.md); /healthz stays open.
+    admin_token: SecretStr | None = None
     # Events held at once (being applied, or queued behind an earlier event for their key).
     concurrency: int = Field(default=64, ge=1, le=10_000)
     fetch_batch: int = Field(default=256, ge=1, le=10_000)
@@ -321,9 +327,12 @@ class SigningSettings(_Section):
     """docs/DESIGN.md §9. `mode` has no default: turning signing off must be spelled out."""
 
     mode: Literal["ed25519", "off"]
-    key_id: str | None = None
+    key_id: str | None = None  # the bridge's key: signs events
     private_key_file: Path | None = None
     trusted_keys_file: Path | None = None
+    # The replayer's own key (signs replay markers); without it the replayer uses key_id's.
+    replayer_key_id: str | None = None
+    replayer_private_key_file: Path | None = None
 
     @model_validator(mode="after")
     def _keys_when_signing(self) -> Self:
@@ -331,6 +340,8 @@ class SigningSettings(_Section):
             for name in ("key_id", "private_key_file", "trusted_keys_file"):
                 if getattr(self, name) is None:
                     raise ValueError(f"{name} is required when mode = 'ed25519'")
+        if (self.replayer_key_id is None) != (self.replayer_private_key_file is None):
+            raise ValueError("replayer_key_id and replayer_private_key_file go together")
         return self
 
 

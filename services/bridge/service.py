@@ -41,6 +41,7 @@ from services.bridge.outbox import Outbox, OutboxError
 from services.bridge.proxy import Proxy, ProxyConfig
 from services.bridge.publisher import Publisher
 from services.bridge.routing import RouteConflictError, RouteTable
+from services.bridge.serverlog import ServerLog
 from services.bridge.upstream import Upstream
 from services.bridge.versions import LocalVersions
 from shared.admin import AdminServer, CheckResult, Health
@@ -51,7 +52,8 @@ from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import Backoff, NatsConnectError, NatsConnection
 from shared.netaddr import split_listen
 from shared.settings import Settings
-from shared.signing import KeyFileError, load_signer, load_verifier
+from shared.sighup import on_sighup
+from shared.signing import KeyFileError, load_signer, load_verifier, reload_verifier
 from shared.tasks import TaskSet
 
 __all__ = [
@@ -102,7 +104,7 @@ class Bridge(Closeable):
     def __init__(self, settings: Settings, *, hlc: Hlc | None = None) -> None:
         try:
             self._signer = load_signer(settings.signing)
-            self._verifier = load_verifier(settings.signing)
+            self._verifier = load_verifier(settings.signing, regions=settings.regions)
         except KeyFileError as exc:
             raise BridgeConfigError(f"signing: {exc}") from None
         try:
@@ -123,6 +125,13 @@ class Bridge(Closeable):
         self.instance_id = uuid.uuid4().hex[:12]
         self.url = ""
         self.admin_url = ""
+
+    def reload_trusted_keys(self) -> bool:
+        """Re-read the trusted-keys file (SIGHUP); a bad file keeps the keys in use."""
+        if self._verifier is None:
+            return False
+        s = self._settings
+        return reload_verifier(self._verifier, s.signing, regions=s.regions)
 
     @property
     def outbox(self) -> Outbox:
@@ -280,7 +289,12 @@ class Bridge(Closeable):
         )
 
     async def _start_admin(self) -> None:
-        admin = AdminServer(self._settings.bridge.admin_listen, service=SERVICE_NAME)
+        token = self._settings.bridge.admin_token
+        admin = AdminServer(
+            self._settings.bridge.admin_listen,
+            service=SERVICE_NAME,
+            token=token.get_secret_value() if token else None,
+        )
         admin.add_check("nats", self._nats_check)
         admin.add_check("outbox", self._outbox_check)
         admin.add_check("lifecycle", self._lifecycle_check)
@@ -295,6 +309,7 @@ class Bridge(Closeable):
         server = web.Server(
             proxy.handle,
             access_log=None,
+            logger=ServerLog(),
             auto_decompress=False,
             keepalive_timeout=_CLIENT_KEEPALIVE_S,
         )
@@ -373,7 +388,8 @@ async def serve(
     async with Bridge(settings) as bridge:
         if on_started is not None:
             on_started(bridge)
-        closed = await _first_of(shutdown_trigger(), bridge.nats_closed.wait()) == 1
+        with on_sighup(bridge.reload_trusted_keys):
+            closed = await _first_of(shutdown_trigger(), bridge.nats_closed.wait()) == 1
     if closed:
         log.error("bridge.exit", reason="the NATS connection closed for good")
         return 1

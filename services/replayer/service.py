@@ -48,7 +48,8 @@ from shared.natsconn import NatsConnectError, NatsConnection
 from shared.provision import versions_bucket
 from shared.regions import dlq_stream, replay_consumer, replay_stream
 from shared.settings import Settings
-from shared.signing import KeyFileError, load_signer, load_verifier
+from shared.sighup import on_sighup
+from shared.signing import KeyFileError, Verifier, load_signer, load_verifier, reload_verifier
 
 __all__ = [
     "SERVICE_NAME",
@@ -100,6 +101,7 @@ class Replayer(Closeable):
         self._consumer: ReplayConsumer | None = None
         self._applier: Applier | None = None
         self._versions: VersionStore | None = None
+        self._verifier: Verifier | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._stopping = False
@@ -133,6 +135,13 @@ class Replayer(Closeable):
         self._stopping = True
         await self._stack.aclose()
 
+    def reload_trusted_keys(self) -> bool:
+        """Re-read the trusted-keys file (SIGHUP); a bad file keeps the keys in use."""
+        if self._verifier is None:
+            return False
+        s = self._settings
+        return reload_verifier(self._verifier, s.signing, regions=s.regions)
+
     async def run_until_idle(self) -> None:
         """Fetch and apply until the consumer has nothing left and nothing is held (tests)."""
         await self.consumer.run(until_idle=True)
@@ -142,13 +151,15 @@ class Replayer(Closeable):
     async def _start(self) -> None:
         s = self._settings
         try:
-            verifier, signer = load_verifier(s.signing), load_signer(s.signing)
+            verifier = load_verifier(s.signing, regions=s.regions)
+            signer = load_signer(s.signing, role="replayer")
         except KeyFileError as exc:
             raise ReplayerConfigError(str(exc)) from None
         try:
             await self._stack.enter_async_context(self._conn)
         except NatsConnectError as exc:
             raise ReplayerStartError(str(exc)) from None
+        self._verifier = verifier
         js = self._conn.jetstream()
         kv = await self._bucket()
         out = None
@@ -222,7 +233,12 @@ class Replayer(Closeable):
         self._stack.push_async_callback(self._consumer.aclose)
 
     async def _start_admin(self) -> None:
-        admin = AdminServer(self._settings.replayer.admin_listen, service=SERVICE_NAME)
+        token = self._settings.replayer.admin_token
+        admin = AdminServer(
+            self._settings.replayer.admin_listen,
+            service=SERVICE_NAME,
+            token=token.get_secret_value() if token else None,
+        )
         admin.add_check("nats", self._nats_check)
         admin.add_check("consumer", self._consumer_check)
         admin.add_check("lifecycle", self._lifecycle_check)
@@ -313,11 +329,12 @@ async def serve(
         replayer.start_consuming()
         if on_started is not None:
             on_started(replayer)
-        reason = await _first_of(
-            shutdown=shutdown_trigger(),
-            nats_closed=replayer.nats_closed.wait(),
-            failed=replayer.failed.wait(),
-        )
+        with on_sighup(replayer.reload_trusted_keys):
+            reason = await _first_of(
+                shutdown=shutdown_trigger(),
+                nats_closed=replayer.nats_closed.wait(),
+                failed=replayer.failed.wait(),
+            )
     if reason == "shutdown":
         log.info("replayer.exit", reason="shutdown requested")
         return 0
