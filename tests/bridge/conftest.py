@@ -15,8 +15,8 @@ import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 
+from services.xregion.local.supercluster import SuperCluster, with_free_ports
 from services.xregion.natsconf import build_topology
-from services.xregion.supercluster import SuperCluster, with_free_ports
 from shared.natsconn import NatsConnection
 from tests.bridge.helpers import REGION, REGIONS, provision_region, write_region_file
 from tests.bridge.upstream_app import TestUpstream

@@ -25,7 +25,7 @@ from nats.js.errors import NotFoundError
 from yarl import URL
 
 from services.bridge.service import Bridge
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared import provision
 from shared.envelope import Event, decode
 from shared.natsconn import NatsConnection
@@ -50,6 +50,7 @@ __all__ = [
     "region_file",
     "running_bridge",
     "send",
+    "settings_for",
     "stored_events",
     "write_region_file",
 ]
@@ -350,3 +351,25 @@ class TcpLink:
         finally:
             sink.transport.abort()
             self._writers.discard(sink)
+
+
+def settings_for(
+    tmp_path: Path,
+    cluster: SuperCluster,
+    upstream: TestUpstream,
+    service: str,
+    *,
+    bridge: dict[str, Any] | None = None,
+    signing: dict[str, Any] | None = None,
+    **options: Any,
+) -> Settings:
+    """A region file for one bridge with one service `service` in front of `upstream`, routed
+    at `/<service>`; `options` go into the service's section."""
+    return write_region_file(
+        tmp_path / "region.toml",
+        nats_urls=cluster.client_urls(REGION),
+        data_dir=tmp_path / "data",
+        services={service: {"upstream": upstream.url, "routes": [f"/{service}"], **options}},
+        bridge=bridge,
+        signing=signing,
+    )

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from nats.js import JetStreamContext
 
-from services.xregion.supercluster import SuperCluster, free_ports
+from services.xregion.local.supercluster import SuperCluster, free_ports
 from tests.bridge.helpers import (
     REGION,
     XREGION,

@@ -29,9 +29,9 @@ from services.bridge.deadletters import DeadLetters
 from services.bridge.drainer import Drainer
 from services.bridge.outbox import Outbox
 from services.bridge.publisher import Publisher, PublishRefusedError
-from services.xregion.dlq_cmd import Selection, run_dlq
-from services.xregion.supercluster import SuperCluster
-from services.xregion.trace_cmd import run_trace
+from services.xregion.local.supercluster import SuperCluster
+from services.xregion.ops.dlq import Selection, run_dlq
+from services.xregion.ops.trace import run_trace
 from shared.dlq import HDR_DLQ_BODY, PUBLISH_REFUSED, replay_message
 from shared.envelope import (
     HDR_DLQ_ATTEMPTS,

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from prometheus_client import REGISTRY
 
 from services.bridge.service import Bridge
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.hlc import HlcStamp
 from shared.ids import is_uuid7, uuid7_str
 from shared.natsconn import NatsConnection
@@ -31,6 +31,7 @@ from tests.bridge.helpers import (
     make_keys,
     running_bridge,
     send,
+    settings_for,
     stored_events,
     write_region_file,
 )
@@ -38,28 +39,6 @@ from tests.bridge.upstream_app import TestUpstream
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def settings_for(
-    tmp_path: Path,
-    cluster: SuperCluster,
-    upstream: TestUpstream,
-    service: str,
-    *,
-    bridge: dict[str, Any] | None = None,
-    signing: dict[str, Any] | None = None,
-    **options: Any,
-) -> Any:
-    return write_region_file(
-        tmp_path / "region.toml",
-        nats_urls=cluster.client_urls(REGION),
-        data_dir=tmp_path / "data",
-        services={
-            service: {"upstream": upstream.url, "routes": [f"/{service}"], **options},
-        },
-        bridge=bridge,
-        signing=signing,
-    )
 
 
 def counter(name: str, **labels: str) -> float:

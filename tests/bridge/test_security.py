@@ -20,7 +20,6 @@ import json
 import socket
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from nats.js import JetStreamContext
@@ -28,7 +27,7 @@ from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from services.replayer.service import Replayer
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.envelope import Event, encode, new_traceparent
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
@@ -43,6 +42,7 @@ from tests.bridge.helpers import (
     make_keys,
     running_bridge,
     send,
+    settings_for,
     stored_events,
     write_region_file,
 )
@@ -52,26 +52,6 @@ from tests.harness.wait import wait_until
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 FAR_FUTURE = "999999999999999-000000"
-
-
-def settings_for(
-    tmp_path: Path,
-    cluster: SuperCluster,
-    upstream: TestUpstream,
-    service: str,
-    *,
-    bridge: dict[str, Any] | None = None,
-    signing: dict[str, Any] | None = None,
-    **options: Any,
-) -> Settings:
-    return write_region_file(
-        tmp_path / "region.toml",
-        nats_urls=cluster.client_urls(REGION),
-        data_dir=tmp_path / "data",
-        services={service: {"upstream": upstream.url, "routes": [f"/{service}"], **options}},
-        bridge=bridge,
-        signing=signing,
-    )
 
 
 def sample(name: str, **labels: str) -> float:

@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from services.bridge.service import Bridge
-from services.xregion.supercluster import SuperCluster, free_ports
+from services.xregion.local.supercluster import SuperCluster, free_ports
 from tests.bridge.helpers import (
     REGION,
     http_client,

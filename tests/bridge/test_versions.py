@@ -21,7 +21,7 @@ from structlog.testing import capture_logs
 from services.bridge.outbox import Outbox
 from services.bridge.service import outbox_path
 from services.bridge.versions import LocalVersions
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.envelope import encode
 from shared.hlc import HlcStamp
 from shared.natsconn import NatsConnection

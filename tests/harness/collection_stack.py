@@ -26,9 +26,9 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
+from services.xregion.local.supercluster import SuperCluster, free_ports, with_free_ports
 from services.xregion.natsconf import build_topology
-from services.xregion.scrape import parse_metrics
-from services.xregion.supercluster import SuperCluster, free_ports, with_free_ports
+from services.xregion.ops.scrape import parse_metrics
 from shared import regions
 from shared.natsconn import NatsConnection
 from shared.settings import ServiceSettings, Settings, load_settings
@@ -82,10 +82,11 @@ _BROADCASTER: dict[str, Any] = {
 }
 _REPLAYER: dict[str, Any] = {
     "fetch_timeout_s": 0.3,
-    "ack_wait_s": 4.0,
-    # Within the claim (ack_wait_s), and long enough that a call slowed down by a busy machine
-    # is not retried in process: that retry would be a second call the counts cannot explain.
-    "upstream_timeout_s": 3.0,
+    # At least 2 x (retry_total_s + upstream_timeout_s): a call and its retries fit a claim.
+    "ack_wait_s": 6.0,
+    # Long enough that a call slowed down by a busy machine is not retried in process: that
+    # retry would be a second call of the event that the repeat counts cannot explain.
+    "upstream_timeout_s": 2.5,
     "retry_total_s": 0.5,
     "nak_base_s": 0.2,
     "nak_max_s": 1.0,

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 import nats
 import pytest
 
+from services.xregion.local.supercluster import ServerExitedError, SuperCluster, with_free_ports
 from services.xregion.natsconf import Topology, build_topology, env_references
-from services.xregion.supercluster import ServerExitedError, SuperCluster, with_free_ports
 from shared.natsconn import inbox_prefix
 
 __all__ = [

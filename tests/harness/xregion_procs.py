@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from services.xregion.supercluster import stop_process
+from services.xregion.local.supercluster import stop_process
 from shared import provision
 from shared.natsconn import NatsConnection
 from shared.settings import Settings
@@ -114,9 +114,13 @@ async def stop(proc: asyncio.subprocess.Process | None) -> None:
         await stop_process(proc, _STOP_TIMEOUT_S)
 
 
-async def run_xregion(*args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
-    """`xregion ARGS` to completion: (exit code, stdout, stderr). Wide output, no colours."""
-    env = {**clean_env(), "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+async def run_xregion(
+    *args: str, timeout_s: float = 60.0, wide: bool = True
+) -> tuple[int, str, str]:
+    """`xregion ARGS` to completion: (exit code, stdout, stderr), no colours. `wide`: 200
+    columns; otherwise what `xregion ARGS > file` gets (no COLUMNS: rich falls back to 80)."""
+    env = {k: v for k, v in clean_env().items() if k not in ("COLUMNS", "LINES")}
+    env |= {"COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"} if wide else {"TERM": "dumb"}
     proc = await asyncio.create_subprocess_exec(
         str(XREGION), *args, env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

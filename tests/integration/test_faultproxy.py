@@ -1,4 +1,4 @@
-"""The gateway fault proxy (services/xregion/faultproxy.py): against a scripted gateway peer
+"""The gateway fault proxy (services/xregion/local/faultproxy.py): against a scripted gateway peer
 (byte order, latency, cut/refuse/restore) and against a real super-cluster (a cut partitions
 two regions while the third keeps flowing; latency shows up in round trips; reconnects never
 go around the proxies)."""
@@ -15,15 +15,15 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from services.xregion.faultproxy import (
+from services.xregion.local.faultproxy import (
     FaultInjector,
     GatewayProxy,
     LinkFaults,
     UnknownClusterError,
     gateway_name_from_connect,
 )
+from services.xregion.local.supercluster import SuperCluster, SuperClusterError
 from services.xregion.natsconf import TlsSpec, build_topology, replace
-from services.xregion.supercluster import SuperCluster, SuperClusterError
 from tests.harness.fixtures import NatsConnect
 from tests.harness.wait import wait_until
 

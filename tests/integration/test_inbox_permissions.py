@@ -19,9 +19,9 @@ from pydantic import SecretStr
 from services.xregion.natsconf import Topology
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.settings import NatsSettings
+from tests.harness.auth import authed_topology, password_var
 from tests.harness.fixtures import MakeSuperCluster, NatsConnect
 from tests.harness.wait import wait_until
-from tests.integration.test_permissions import authed_topology, password_var
 
 pytestmark = [pytest.mark.integration]
 

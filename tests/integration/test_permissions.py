@@ -36,12 +36,13 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.xregion.natsconf import Topology, build_topology, load_topology, replace
-from services.xregion.supercluster import SuperCluster, free_ports
+from services.xregion.local.supercluster import SuperCluster, free_ports
+from services.xregion.natsconf import Topology
 from shared import provision
 from shared.natsconn import NatsConnection
 from shared.regions import events_stream, replay_stream
 from shared.settings import Settings, load_settings
+from tests.harness.auth import authed_topology, password_var
 from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
 from tests.harness.http import LoopbackApp
 from tests.harness.wait import wait_until
@@ -55,16 +56,6 @@ SERVICES = ("bridge", "broadcaster", "replayer")
 SERVICE = "catalog"
 ORIGIN, PAUSED_TARGET, OTHER_TARGET = "us-east", "eu-west", "ap-south"
 STOP_TIMEOUT_S = 10.0
-
-
-def authed_topology() -> Topology:
-    """3 regions x 1 server on loopback with prod's accounts and users (auth without TLS)."""
-    return replace(build_topology(REGIONS), auth=load_topology(ROOT / "nats-conf/prod.toml").auth)
-
-
-def password_var(user: str) -> str:
-    """prod.toml's naming: user `bridge-us-east` -> `XR_NATS_BRIDGE_US_EAST_PASSWORD`."""
-    return "XR_NATS_" + user.upper().replace("-", "_") + "_PASSWORD"
 
 
 class Upstream(LoopbackApp):

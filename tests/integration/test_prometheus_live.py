@@ -30,7 +30,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from services.xregion import prometheus
+from services.xregion.local import prometheus
 from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.wait import wait_until
 from tests.harness.xregion_procs import XREGION, clean_env, run_xregion

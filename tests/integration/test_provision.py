@@ -14,7 +14,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared import provision
 from shared.natsconn import NatsConnection
 from shared.regions import broadcast_consumer, dlq_stream, events_stream, replay_stream

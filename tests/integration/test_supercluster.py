@@ -1,4 +1,4 @@
-"""A real nats-server super-cluster (services/xregion/supercluster.py): boot, cross-region
+"""A real nats-server super-cluster (services/xregion/local/supercluster.py): boot, cross-region
 traffic, JetStream placement and dedup, a region going down, the checked-in topologies."""
 
 from __future__ import annotations
@@ -16,6 +16,14 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import Placement, StreamConfig
 from nats.js.errors import BadRequestError, NoStreamResponseError, ServiceUnavailableError
 
+from services.xregion.local.supercluster import (
+    ServerExitedError,
+    ServerProbe,
+    SuperCluster,
+    SuperClusterError,
+    readiness_problem,
+    with_free_ports,
+)
 from services.xregion.natsconf import (
     TlsSpec,
     Topology,
@@ -23,14 +31,6 @@ from services.xregion.natsconf import (
     load_topology,
     replace,
     server_specs,
-)
-from services.xregion.supercluster import (
-    ServerExitedError,
-    ServerProbe,
-    SuperCluster,
-    SuperClusterError,
-    readiness_problem,
-    with_free_ports,
 )
 from tests.harness.fixtures import MakeSuperCluster, NatsConnect, TlsFiles
 from tests.harness.wait import wait_until

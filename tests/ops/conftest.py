@@ -11,29 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from services.xregion.local.supercluster import SuperCluster, with_free_ports
 from services.xregion.natsconf import build_topology
-from services.xregion.supercluster import SuperCluster, with_free_ports
 from tests.harness.wait import wait_until
-from tests.ops.stack import REGIONS, RegionStack, Upstream, prepare_region
+from tests.ops.stack import REGIONS, LocalDeployment, RegionStack, Upstream, prepare_region
 
 READY_TIMEOUT_S = 60.0
-
-
-@dataclass(frozen=True)
-class LocalDeployment:
-    cluster: SuperCluster
-    stacks: dict[str, RegionStack]
-    workdir: Path
-
-    def configs(self) -> list[str]:
-        return [str(self.stacks[r].config) for r in REGIONS]
 
 
 @pytest_asyncio.fixture(scope="package", loop_scope="package")

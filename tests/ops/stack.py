@@ -7,7 +7,6 @@ Every process is stopped by its owner, by PID (SIGTERM, then SIGKILL after a dea
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from services.xregion.supercluster import SuperCluster, free_ports
+from services.xregion.local.supercluster import SuperCluster, free_ports
 from shared.settings import Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.http import LoopbackApp
@@ -24,11 +23,9 @@ from tests.harness.toml import toml_value as _toml
 from tests.harness.xregion_procs import (
     XREGION,
     ServiceProcess,
-    clean_env,
     provision_region,
     region_table,
     run_xregion,
-    stop,
 )
 
 __all__ = [
@@ -36,6 +33,7 @@ __all__ = [
     "SERVICE",
     "SERVICES",
     "XREGION",
+    "LocalDeployment",
     "RegionStack",
     "ServiceProcess",
     "Upstream",
@@ -185,17 +183,17 @@ def write_state_file(path: Path, cluster: SuperCluster, stacks: Sequence[RegionS
 
 
 async def run_piped(*args: str, timeout_s: float = 60.0) -> tuple[int, str, str]:
-    """`xregion ARGS` as `xregion ARGS > file` runs it: stdout a pipe, no COLUMNS (unlike
-    `run_xregion`, which sets a wide COLUMNS), so rich would fall back to 80 columns."""
-    env = {k: v for k, v in clean_env().items() if k not in ("COLUMNS", "LINES")}
-    proc = await asyncio.create_subprocess_exec(
-        str(XREGION), *args, env=env | {"TERM": "dumb"},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        async with asyncio.timeout(timeout_s):
-            out, err = await proc.communicate()
-    finally:
-        await stop(proc)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    """`xregion ARGS` as `xregion ARGS > file` runs it (stdout a pipe, no COLUMNS)."""
+    return await run_xregion(*args, timeout_s=timeout_s, wide=False)
+
+
+@dataclass(frozen=True)
+class LocalDeployment:
+    """What the package-wide `deployment` fixture (tests/ops/conftest.py) yields."""
+
+    cluster: SuperCluster
+    stacks: dict[str, RegionStack]
+    workdir: Path
+
+    def configs(self) -> list[str]:
+        return [str(self.stacks[r].config) for r in REGIONS]

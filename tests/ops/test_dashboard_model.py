@@ -7,10 +7,10 @@ import math
 import pytest
 from rich.console import Console
 
-from services.xregion.dashboard import Frame, PathRow, build_frame, quantile
-from services.xregion.dashboard_view import fmt_duration, render
-from services.xregion.deployment import AdminEndpoint
-from services.xregion.scrape import MetricsFormatError, Scrape, parse_metrics
+from services.xregion.ops.dashboard import Frame, PathRow, build_frame, quantile
+from services.xregion.ops.dashboard_view import fmt_duration, render
+from services.xregion.ops.deployment import AdminEndpoint
+from services.xregion.ops.scrape import MetricsFormatError, Scrape, parse_metrics
 
 REGIONS = ("us-east", "eu-west")
 BROADCASTER = AdminEndpoint("us-east", "broadcaster", "http://127.0.0.1:1")

@@ -12,8 +12,7 @@ import httpx
 import pytest
 
 from tests.harness.wait import wait_until
-from tests.ops.conftest import LocalDeployment
-from tests.ops.stack import run_xregion
+from tests.ops.stack import LocalDeployment, run_xregion
 
 pytestmark = [
     pytest.mark.integration,

@@ -12,7 +12,8 @@ import pytest
 import structlog
 
 from services.xregion import cli
-from services.xregion.deployment import (
+from services.xregion.local.supercluster import free_ports
+from services.xregion.ops.deployment import (
     AdminEndpoint,
     DeploymentError,
     admin_url,
@@ -20,9 +21,8 @@ from services.xregion.deployment import (
     from_state,
     load_deployment,
 )
-from services.xregion.discovery import join, parse_started
-from services.xregion.status_cmd import status_rows
-from services.xregion.supercluster import free_ports
+from services.xregion.ops.discovery import join, parse_started
+from services.xregion.ops.status import status_rows
 from shared.settings import load_settings
 
 STATE = {

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.ops.conftest import LocalDeployment
-from tests.ops.stack import REGIONS, run_xregion
+from tests.ops.stack import REGIONS, LocalDeployment, run_xregion
 
 pytestmark = [
     pytest.mark.integration,

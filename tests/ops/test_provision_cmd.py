@@ -7,8 +7,7 @@ import json
 
 import pytest
 
-from tests.ops.conftest import LocalDeployment
-from tests.ops.stack import run_piped, run_xregion
+from tests.ops.stack import LocalDeployment, run_piped, run_xregion
 
 pytestmark = [
     pytest.mark.integration,

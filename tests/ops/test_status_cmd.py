@@ -15,8 +15,14 @@ import httpx
 import pytest
 
 from tests.harness.wait import wait_until
-from tests.ops.conftest import LocalDeployment
-from tests.ops.stack import REGIONS, SERVICES, run_piped, run_xregion, write_state_file
+from tests.ops.stack import (
+    REGIONS,
+    SERVICES,
+    LocalDeployment,
+    run_piped,
+    run_xregion,
+    write_state_file,
+)
 
 pytestmark = [
     pytest.mark.integration,

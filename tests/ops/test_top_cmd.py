@@ -14,8 +14,14 @@ import httpx
 import pytest
 
 from tests.harness.wait import wait_until
-from tests.ops.conftest import LocalDeployment
-from tests.ops.stack import REGIONS, SERVICES, RegionStack, run_xregion, write_state_file
+from tests.ops.stack import (
+    REGIONS,
+    SERVICES,
+    LocalDeployment,
+    RegionStack,
+    run_xregion,
+    write_state_file,
+)
 
 pytestmark = [
     pytest.mark.integration,

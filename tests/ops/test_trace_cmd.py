@@ -14,8 +14,7 @@ import pytest
 
 from shared.ids import uuid7_str
 from tests.harness.wait import wait_until
-from tests.ops.conftest import LocalDeployment
-from tests.ops.stack import REGIONS, run_xregion
+from tests.ops.stack import REGIONS, LocalDeployment, run_xregion
 
 pytestmark = [
     pytest.mark.integration,

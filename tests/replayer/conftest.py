@@ -12,8 +12,8 @@ import pytest_asyncio
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from services.xregion.local.supercluster import SuperCluster, with_free_ports
 from services.xregion.natsconf import build_topology
-from services.xregion.supercluster import SuperCluster, with_free_ports
 from shared import provision
 from shared.natsconn import NatsConnection
 from shared.regions import dlq_stream, replay_consumer, replay_stream

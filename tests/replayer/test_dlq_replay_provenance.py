@@ -17,7 +17,7 @@ import pytest_asyncio
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from services.xregion.dlq_cmd import Selection, run_dlq
+from services.xregion.ops.dlq import Selection, run_dlq
 from shared.dlq import FORWARD_REFUSED, PUBLISH_REFUSED, dead_letter
 from shared.envelope import HDR_DLQ_TARGET, Event, encode
 from shared.natsconn import NatsConnection

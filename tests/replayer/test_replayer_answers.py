@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from services.replayer.request import build_request
 from services.replayer.service import Replayer
 from services.replayer.upstream import Answer, Upstream
-from services.xregion.dlq_cmd import Selection, run_dlq
+from services.xregion.ops.dlq import Selection, run_dlq
 from shared.dlq import _ERROR_MAX
 from shared.settings import ServiceSettings, Settings
 from tests.harness.wait import wait_until

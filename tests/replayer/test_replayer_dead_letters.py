@@ -13,7 +13,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from services.replayer.service import Replayer
-from services.xregion.dlq_cmd import Selection, run_dlq
+from services.xregion.errors import UsageError
+from services.xregion.ops.dlq import Selection, run_dlq
 from shared.envelope import encode
 from shared.settings import Settings
 from tests.replayer.helpers import REGION, make_event, publish, publish_raw
@@ -121,13 +122,11 @@ async def test_dlq_replay_after_the_service_is_fixed_applies_once(
 async def test_dlq_show_and_purge_which_needs_yes(
     js: JetStreamContext, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from services.xregion.commands import CommandError
-
     await publish(js, dataclasses.replace(make_event("/billing/2"), service="billing"))
     async with Replayer(settings, retry_waits=False) as replayer:
         await replayer.run_until_idle()
     assert len(await dead_letters(js)) == 1
-    with pytest.raises(CommandError):
+    with pytest.raises(UsageError):
         await run_dlq(settings, "purge", Selection(region=REGION), yes=False)
     assert (
         await run_dlq(

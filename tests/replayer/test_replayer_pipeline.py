@@ -14,7 +14,7 @@ from nats.js.errors import NotFoundError
 from services.bridge.service import Bridge
 from services.broadcaster.service import Broadcaster
 from services.replayer.service import Replayer
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared import provision
 from shared.natsconn import NatsConnection
 from shared.regions import replay_consumer, replay_stream

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from services.replayer.service import Replayer
-from services.xregion.supercluster import SuperCluster
+from services.xregion.local.supercluster import SuperCluster
 from shared.regions import replay_consumer, replay_stream
 from tests.harness.wait import wait_until
 from tests.replayer.helpers import REGION, make_event, make_settings, publish

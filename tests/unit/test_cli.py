@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from services.xregion.bench_cmd import bench_scripts
-from services.xregion.commands import CommandError
+from services.xregion.cli.bench import bench_scripts
+from services.xregion.cli.common import CommandError
 
 COMMANDS = [
     "bridge", "broadcaster", "replayer", "provision", "nats-conf", "up", "demo",
@@ -112,3 +113,31 @@ def test_trace_refuses_what_is_not_an_event_id(tmp_path: Path) -> None:
     result = xregion("trace", "--help")
     assert result.returncode == 0
     assert "EVENT_ID" in result.stdout
+
+
+def _region_file(tmp_path: Path) -> Path:
+    config = tmp_path / "region.toml"
+    config.write_text(
+        'region = "us-east"\nregions = ["us-east", "eu-west"]\n[signing]\nmode = "off"\n'
+    )
+    return config
+
+
+def test_a_usage_error_of_the_library_exits_2_with_one_line(tmp_path: Path) -> None:
+    # paths_into raises UsageError before anything connects: the CLI alone maps it.
+    result = xregion("pause", "--config", str(_region_file(tmp_path)), "--target", "mars")
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[-1] == (
+        "xregion pause: --target 'mars' is not one of regions ['us-east', 'eu-west']"
+    )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_failure_of_the_library_exits_1_with_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "XR_NATS__SERVERS": '["nats://127.0.0.1:9"]',
+           "XR_NATS__FIRST_CONNECT_TIMEOUT_S": "0.5"}  # fmt: skip
+    result = xregion("pause", "--list", "--config", str(_region_file(tmp_path)), env=env)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("xregion pause: "), result.stderr
+    assert "Traceback" not in result.stderr

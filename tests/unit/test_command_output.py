@@ -11,18 +11,20 @@ import math
 import pytest
 from rich.console import Console
 
-from services.broadcaster.pause import PauseInfo
-from services.xregion import cli, output
-from services.xregion.dashboard import Frame, HealthRow, PathRow, RegionRow
-from services.xregion.pause_cmd import PathSwitch, all_paths
-from services.xregion.status_cmd import (
+from services.xregion import cli
+from services.xregion.errors import UsageError
+from services.xregion.ops import output
+from services.xregion.ops.dashboard import Frame, HealthRow, PathRow, RegionRow
+from services.xregion.ops.pause import PathSwitch, all_paths, paths_into
+from services.xregion.ops.status import (
     PathStatus,
     StatusRow,
     path_statuses,
     status_json,
     status_tables,
 )
-from services.xregion.trace_cmd import Step, Trace
+from services.xregion.ops.trace import Step, Trace
+from shared.pause import PauseInfo
 
 AT = dt.datetime(2026, 12, 2, 13, 29, 46, 123456, tzinfo=dt.UTC)
 
@@ -276,3 +278,12 @@ DLQ_KEYS = (
     "seq", "stored", "at", "origin", "service", "reason", "status", "attempts", "event_id",
     "target", "error",
 )  # fmt: skip
+
+
+def test_pause_paths_into_a_target_and_usage_errors() -> None:
+    regions = ["us-east", "eu-west", "ap-south"]
+    assert paths_into(regions, "eu-west") == [("us-east", "eu-west"), ("ap-south", "eu-west")]
+    assert paths_into(regions, "eu-west", "ap-south") == [("ap-south", "eu-west")]
+    for target, origin in (("mars", None), ("eu-west", "eu-west"), ("eu-west", "mars")):
+        with pytest.raises(UsageError):
+            paths_into(regions, target, origin)

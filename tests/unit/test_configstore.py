@@ -9,8 +9,8 @@ import httpx
 import pytest
 from aiohttp import web
 
-from services.configstore.app import make_app
-from services.configstore.store import ConfigStore
+from services.demo_service.app import make_app
+from services.demo_service.store import ConfigStore
 
 OLD, NEW, NEWER = "000000000000010-000000", "000000000000020-000000", "000000000000030-000000"
 

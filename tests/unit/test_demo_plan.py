@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from services.xregion.demo import Op, Outcome, expected_items, expected_state, plan_traffic
+from services.xregion.local.demo import Op, Outcome, expected_items, expected_state, plan_traffic
 
 REGIONS = ["us-east", "eu-west", "ap-south"]
 

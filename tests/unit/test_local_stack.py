@@ -9,14 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.xregion.local import hold_workdir
-from services.xregion.natsconf import build_topology, server_specs
-from services.xregion.stack import (
+from services.xregion.local.stack import (
     StackPorts,
     example_region_files,
     plan_stacks,
     write_stack_files,
 )
+from services.xregion.local.up import hold_workdir
+from services.xregion.natsconf import build_topology, server_specs
 from shared.settings import load_settings
 from shared.signing import load_signer, load_verifier
 
@@ -29,7 +29,7 @@ def test_the_checked_in_region_files_are_what_up_writes() -> None:
         path = REPO / "deploy" / "regions" / f"{region}.toml"
         assert path.read_text() == text, (
             f"{path} is stale; regenerate with: .venv/bin/python -c 'from pathlib import Path; "
-            "from services.xregion.stack import example_region_files as f; "
+            "from services.xregion.local.stack import example_region_files as f; "
             '[Path(f"deploy/regions/{r}.toml").write_text(t) for r, t in f().items()]\''
         )
 

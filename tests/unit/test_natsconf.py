@@ -1,4 +1,4 @@
-"""Topology model and nats-server config rendering (services/xregion/natsconf.py)."""
+"""Topology model and nats-server config rendering (services/xregion/natsconf/)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from services.xregion.local.supercluster import find_nats_server
 from services.xregion.natsconf import (
     GENERATED_HEADER,
     TlsSpec,
@@ -26,7 +27,6 @@ from services.xregion.natsconf import (
     server_config,
     server_specs,
 )
-from services.xregion.supercluster import find_nats_server
 from tests.harness.fixtures import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]

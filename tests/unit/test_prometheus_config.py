@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
-from services.xregion import prometheus
-from services.xregion.stack import plan_stacks
+from services.xregion.local import prometheus
+from services.xregion.local.stack import plan_stacks
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRAPE = ROOT / "deploy" / "prometheus" / "scrape.yaml"

@@ -1,0 +1,1 @@
+"""Integration tests against real nats-server super-clusters on free loopback ports."""
