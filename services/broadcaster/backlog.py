@@ -15,6 +15,7 @@ Consumer info and direct gets are answered by the region's own servers: no meta 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -33,13 +34,25 @@ log = get_logger("xr.broadcaster")
 
 
 class Reading:
-    """The latest backlog and lag of one target (None before the first good read)."""
+    """The latest backlog of one target and the time of its oldest owed event (None before the
+    first good read); the lag is that event's age *now*."""
 
-    __slots__ = ("backlog", "lag_s")
+    __slots__ = ("_wall_s", "backlog", "oldest_s")
 
-    def __init__(self) -> None:
+    def __init__(self, wall_s: Callable[[], float] = time.time) -> None:
+        self._wall_s = wall_s
         self.backlog: int | None = None
-        self.lag_s: float | None = None
+        self.oldest_s: float | None = None  # 0.0: nothing owed
+
+    @property
+    def lag_s(self) -> float | None:
+        if self.oldest_s is None:
+            return None
+        return max(0.0, self._wall_s() - self.oldest_s) if self.oldest_s else 0.0
+
+
+def _lag_or_zero(reading: Reading) -> float:
+    return reading.lag_s or 0.0
 
 
 class BacklogMonitor:
@@ -59,7 +72,10 @@ class BacklogMonitor:
         self._stream = events_stream(region)
         self._interval_s = interval_s
         self._wall_s = wall_s
-        self.readings = {target: Reading() for target in targets}
+        self.readings = {target: Reading(wall_s) for target in targets}
+        for target, reading in self.readings.items():
+            # Computed when scraped: an age that grows between polls, as the oldest event ages.
+            LAG.labels(target).set_function(functools.partial(_lag_or_zero, reading))
         self._failing: set[str] = set()
 
     async def run(self) -> None:
@@ -81,12 +97,12 @@ class BacklogMonitor:
     async def _read(self, target: str, reading: Reading) -> None:
         info: ConsumerInfo = await self._js.consumer_info(self._stream, broadcast_consumer(target))
         backlog = (info.num_pending or 0) + (info.num_ack_pending or 0)
-        lag_s = await self._oldest_age_s(info) if backlog else 0.0
-        reading.backlog, reading.lag_s = backlog, lag_s
+        reading.oldest_s = await self._oldest_time_s(info) if backlog else 0.0
+        reading.backlog = backlog
         BACKLOG.labels(target).set(backlog)
-        LAG.labels(target).set(lag_s)
 
-    async def _oldest_age_s(self, info: ConsumerInfo) -> float:
+    async def _oldest_time_s(self, info: ConsumerInfo) -> float:
+        """When the oldest event not yet acked was stored (0.0 when none is found)."""
         floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
         try:
             msg = await self._js.get_msg(
@@ -100,4 +116,4 @@ class BacklogMonitor:
             return 0.0
         if msg.time is None:
             return 0.0
-        return max(0.0, self._wall_s() - msg.time.timestamp())
+        return min(msg.time.timestamp(), self._wall_s())

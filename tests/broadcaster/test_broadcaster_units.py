@@ -10,8 +10,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from nats.aio.client import Client as NATS
+from prometheus_client import REGISTRY
 from pydantic import ValidationError
 
+from services.broadcaster.backlog import BacklogMonitor
 from services.broadcaster.canary import canary_event, canary_event_id, canary_message
 from services.broadcaster.gate import Gate, State
 from services.broadcaster.policy import Policy, RouteCache
@@ -311,3 +314,26 @@ def test_pause_without_target_is_a_usage_error(tmp_path: Path) -> None:
             .splitlines()[-1]
             .endswith("--target is required" + (" (or --list)" if command == "pause" else ""))
         )
+
+
+def test_the_lag_gauge_is_the_oldest_events_age_when_scraped() -> None:
+    """Between two polls the lag keeps growing with the clock: the gauge is computed at
+    scrape time from when the oldest owed event was stored, not set at the last poll."""
+    now = [1_000.0]
+    monitor = BacklogMonitor(
+        NATS().jetstream(), region="us-east", targets=["ap-south"], interval_s=60,
+        wall_s=lambda: now[0],
+    )  # fmt: skip
+    reading = monitor.readings["ap-south"]
+
+    def scraped() -> float | None:
+        return REGISTRY.get_sample_value("xr_broadcaster_lag_seconds", {"target": "ap-south"})
+
+    assert reading.lag_s is None
+    assert scraped() == 0.0  # before the first read: nothing known, nothing owed
+    reading.oldest_s = 990.0
+    assert scraped() == 10.0
+    now[0] = 1_030.0
+    assert scraped() == 40.0
+    reading.oldest_s = 0.0  # nothing owed any more
+    assert scraped() == 0.0

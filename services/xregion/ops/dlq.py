@@ -243,7 +243,7 @@ async def _purge(js: JetStreamContext, sel: Selection, msgs: list[RawStreamMsg])
 def _verifier(settings: Settings) -> Verifier | None:
     """The trusted keys events are checked against before a replay (None: signing off)."""
     try:
-        return load_verifier(settings.signing)
+        return load_verifier(settings.signing, regions=settings.regions)
     except KeyFileError as exc:
         raise UsageError(f"cannot check signatures before replaying: {exc}") from None
 
