@@ -280,8 +280,27 @@ class Forwarder:
         headers, size = self._headers(msg, route)
         pending = Pending(msg, route, self._subject(route), headers)
         held = Held(seq, size, pending, touched_s=time.monotonic())
-        if self._window.add(held):
-            await self._sender.submit(held)
+        if not self._window.add(held):
+            return
+        if route.origin != self.region:
+            self._foreign(held)
+            return
+        await self._sender.submit(held)
+
+    def _foreign(self, held: HeldEvent) -> None:
+        """An event in this region's stream that names another origin (forged, or written with
+        a stolen credential): its replay subject is another region's, which the permissions
+        refuse for ever, so it is dead-lettered here instead of holding the target's path."""
+        route = held.item.route
+        held.item.refused = (
+            f"its origin {route.origin!r} is not {self.region!r}, whose events stream holds it: "
+            "never forwarded"
+        )
+        log.error(
+            "broadcaster.foreign_origin", target=self.target, origin=route.origin,
+            service=route.service, event_id=route.event_id,
+        )  # fmt: skip
+        self._dead_letters.file(held)
 
     def _subject(self, route: Route) -> str:
         key = (route.origin, route.service)

@@ -43,6 +43,7 @@ from shared.regions import (
     dlq_subject,
     events_stream,
     replay_stream,
+    replay_subject,
 )
 from tests.broadcaster.helpers import JS_TRANSIENT, ORIGIN, Producer, bc_settings, count_replay
 from tests.harness.wait import wait_until
@@ -326,3 +327,44 @@ async def test_a_stream_refusal_is_permanent_and_answered(
 
 async def _counts_are(js: JetStreamContext, service: str, wanted: dict[str, int]) -> bool:
     return all([await count_replay(js, t, service) == n for t, n in wanted.items()])
+
+
+async def test_an_event_naming_another_origin_is_dead_lettered_and_the_path_goes_on(
+    cluster: SuperCluster, js: JetStreamContext
+) -> None:
+    """An event in us-east's stream that claims to come from eu-west (forged, or written with
+    a stolen credential) would be published under eu-west's replay subject, which us-east's
+    broadcaster may never publish to: it is dead-lettered instead, and the events after it
+    reach their target."""
+    producer = Producer(js, "forged-origin", keys=10)
+    forged = dataclasses.replace(producer.event(0), origin=ACCEPTING)
+    await producer.send_event(forged)
+    await producer.send(3)
+
+    async def letter() -> RawStreamMsg | None:
+        try:
+            subject = dlq_subject(ORIGIN, ACCEPTING, producer.service)
+            return await js.get_last_msg(dlq_stream(ORIGIN), subject)
+        except NotFoundError:
+            return None
+
+    with capture_logs() as logs:
+        async with Broadcaster(bc_settings(cluster)):
+            await wait_until(
+                lambda: _counts_are(js, producer.service, {REFUSING: 3, ACCEPTING: 3}),
+                20,
+                message="the events after the forged one reached both targets",
+            )
+            found = await wait_until(letter, 10, message="the forged event's dead letter")
+            await wait_until(
+                lambda: _acked_past(js, REFUSING, producer.sent[0].seq), 10, message="acked"
+            )
+
+    assert found is not None
+    headers = found.headers or {}
+    assert headers[HDR_EVENT_ID] == forged.event_id
+    assert "is not 'us-east'" in headers[HDR_DLQ_ERROR]
+    subject = replay_subject(REFUSING, ACCEPTING, producer.service)
+    info = await js.stream_info(replay_stream(REFUSING), subjects_filter=subject)
+    assert not (info.state.subjects or {}).get(subject), "the forged event was forwarded"
+    assert [e["origin"] for e in logs if e["event"] == "broadcaster.foreign_origin"] == [ACCEPTING]
