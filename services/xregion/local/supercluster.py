@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import dataclasses
 import os
+import random
 import shutil
 import signal
 import socket
@@ -115,8 +116,45 @@ def find_nats_server(explicit: str | None = None) -> str:
     )
 
 
+# Ports are picked below the kernel's ephemeral range: a port from bind(0) lies inside it, and
+# any outgoing connection made before our server binds it may take it as its local port.
+_PORTS_FLOOR = 10_000
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_handed_out: set[int] = set()
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports that were free on `host` a moment ago (bind to port 0)."""
+    """`count` distinct ports that were free on `host` a moment ago, below the ephemeral range
+    when there is room there (else from bind to port 0), never the same twice in a process."""
+    ceiling = _ephemeral_low()
+    if ceiling - _PORTS_FLOOR < 1_000:
+        return _kernel_ports(count, host)
+    found: list[int] = []
+    while len(found) < count:
+        port = random.randrange(_PORTS_FLOOR, ceiling)
+        if port not in _handed_out and _bindable(host, port):
+            _handed_out.add(port)
+            found.append(port)
+    return found
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _bindable(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _kernel_ports(count: int, host: str) -> list[int]:
     socks: list[socket.socket] = []
     try:
         for _ in range(count):
