@@ -36,6 +36,7 @@ from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.toml import toml_value as _toml
 from tests.harness.wait import wait_until
 from tests.harness.xregion_procs import (
+    FAST_BROADCASTER,
     XREGION,
     ServiceProcess,
     clean_env,
@@ -68,17 +69,6 @@ _NATS: dict[str, Any] = {
     "first_connect_timeout_s": 10.0,
     "reconnect_wait_s": 0.1,
     "reconnect_wait_max_s": 0.5,
-}
-_BROADCASTER: dict[str, Any] = {
-    "fetch_timeout_s": 0.25,
-    "publish_timeout_s": 1.0,
-    "ack_wait_s": 3.0,
-    "retry_base_s": 0.05,
-    "retry_max_s": 0.5,
-    "canary_interval_s": 0.5,
-    "control_poll_s": 0.1,
-    "metrics_poll_s": 0.25,
-    "shutdown_timeout_s": 5.0,
 }
 _REPLAYER: dict[str, Any] = {
     "fetch_timeout_s": 0.3,
@@ -272,7 +262,7 @@ class CollectionDeployment:
                 "listen": f"127.0.0.1:{bridge}",
                 "admin_listen": f"127.0.0.1:{bridge_admin}",
             },
-            "broadcaster": {"admin_listen": f"127.0.0.1:{broadcaster_admin}", **_BROADCASTER},
+            "broadcaster": {"admin_listen": f"127.0.0.1:{broadcaster_admin}", **FAST_BROADCASTER},
             "replayer": {"admin_listen": f"127.0.0.1:{replayer_admin}", **_REPLAYER},
             "services": {name: {"upstream": upstream, **v} for name, v in services.items()},
         }

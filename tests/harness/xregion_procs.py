@@ -23,6 +23,7 @@ from tests.harness.toml import toml_value
 from tests.harness.wait import wait_until
 
 __all__ = [
+    "FAST_BROADCASTER",
     "XREGION",
     "ServiceProcess",
     "clean_env",
@@ -34,6 +35,19 @@ __all__ = [
 
 XREGION = Path(sys.executable).parent / "xregion"
 _STOP_TIMEOUT_S = 10.0
+# A broadcaster with short waits, so canaries, pauses, backlogs and retries show within a
+# second or two (the test stacks' `[broadcaster]` section).
+FAST_BROADCASTER: dict[str, Any] = {
+    "fetch_timeout_s": 0.25,
+    "publish_timeout_s": 1.0,
+    "ack_wait_s": 3.0,
+    "retry_base_s": 0.05,
+    "retry_max_s": 0.5,
+    "canary_interval_s": 0.5,
+    "control_poll_s": 0.1,
+    "metrics_poll_s": 0.25,
+    "shutdown_timeout_s": 5.0,
+}
 
 
 def clean_env() -> dict[str, str]:

@@ -2,8 +2,8 @@
 scrapes every process with the shipped job, Prometheus evaluates every query of the Grafana
 dashboard and of the alert rules, and real faults put their alerts in motion.
 
-Prometheus is Debian's `prometheus` (installed by `.ci/run` and `make dev-tools`). Under CI a
-missing binary fails the tests instead of skipping them.
+Prometheus is Debian's `prometheus` (installed by `.ci/run` and `make dev-tools`); without it
+the tests skip, and under CI they fail (`tests/harness/tools.py`).
 
 The shipped rules hold for minutes (`for: 5m`, `1h`) before firing, longer than a test may
 run; their `for` and their annotations are covered by the promtool unit tests
@@ -30,8 +30,8 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from services.xregion.local import prometheus
 from tests.harness.fixtures import DEV_REGIONS
+from tests.harness.tools import require_tool
 from tests.harness.wait import wait_until
 from tests.harness.xregion_procs import XREGION, clean_env, run_xregion
 
@@ -47,13 +47,6 @@ RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
 # Grafana's variables, as a dashboard user would set them: every region, a one-minute window.
 _VARIABLES = {"$__rate_interval": "1m", "$region": ".*"}
 _STOP_TIMEOUT_S = 20.0
-
-
-def _require_prometheus() -> None:
-    if prometheus.binary() is None:
-        if os.environ.get("CI"):
-            pytest.fail("prometheus is not installed (.ci/run installs Debian's package)")
-        pytest.skip("prometheus is not installed (make dev-tools)")
 
 
 @dataclass(frozen=True)
@@ -91,7 +84,7 @@ def _up(workdir: Path, state_file: Path) -> Iterator[subprocess.Popen[bytes]]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
-    _require_prometheus()
+    require_tool("prometheus", "make dev-tools; .ci/run installs Debian's package")
     base = tmp_path_factory.mktemp("prometheus-live")
     state_file = base / "state.json"
     with _up(base / "work", state_file) as proc:

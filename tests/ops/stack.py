@@ -21,6 +21,7 @@ from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.http import LoopbackApp
 from tests.harness.toml import toml_value as _toml
 from tests.harness.xregion_procs import (
+    FAST_BROADCASTER,
     XREGION,
     ServiceProcess,
     provision_region,
@@ -50,17 +51,6 @@ SERVICES = ("bridge", "broadcaster", "replayer")
 SERVICE = "catalog"
 
 # Short waits so canaries, backlogs and retries show within a second or two.
-_BROADCASTER: dict[str, Any] = {
-    "fetch_timeout_s": 0.25,
-    "publish_timeout_s": 1.0,
-    "ack_wait_s": 3.0,
-    "retry_base_s": 0.05,
-    "retry_max_s": 0.5,
-    "canary_interval_s": 0.5,
-    "control_poll_s": 0.1,
-    "metrics_poll_s": 0.25,
-    "shutdown_timeout_s": 5.0,
-}
 _REPLAYER: dict[str, Any] = {
     "fetch_timeout_s": 0.3,
     "ack_wait_s": 4.0,
@@ -106,7 +96,7 @@ def region_settings(cluster: SuperCluster, region: str, upstream: str, workdir: 
             "listen": f"127.0.0.1:{bridge}",
             "admin_listen": f"127.0.0.1:{bridge_admin}",
         },
-        broadcaster={"admin_listen": f"127.0.0.1:{broadcaster_admin}", **_BROADCASTER},  # type: ignore[arg-type]
+        broadcaster={"admin_listen": f"127.0.0.1:{broadcaster_admin}", **FAST_BROADCASTER},  # type: ignore[arg-type]
         replayer={"admin_listen": f"127.0.0.1:{replayer_admin}", **_REPLAYER},  # type: ignore[arg-type]
         services={SERVICE: {"upstream": upstream, "routes": ["/catalog"]}},  # type: ignore[dict-item]
     )
