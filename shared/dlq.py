@@ -19,7 +19,7 @@ Who files what, in their own region's DLQ:
 
 * the replayer: events it cannot apply (reasons such as `http_422`, `retries_exhausted`,
   `bad_signature`), or must not apply where or when they arrived (`NOT_A_TARGET`,
-  `SUBJECT_MISMATCH`, `EXPIRED`);
+  `SUBJECT_MISMATCH`, `EXPIRED`, `FUTURE_HLC`);
 * the broadcaster: events a target region refused for good (`FORWARD_REFUSED`, with
   `Xr-Dlq-Target`);
 * the bridge: events its own events stream refused for good (`PUBLISH_REFUSED`, e.g. over the
@@ -89,6 +89,7 @@ from shared.signing import SignatureError, Verifier
 __all__ = [
     "EXPIRED",
     "FORWARD_REFUSED",
+    "FUTURE_HLC",
     "HDR_DLQ_BODY",
     "NOT_A_TARGET",
     "PUBLISH_REFUSED",
@@ -113,8 +114,10 @@ PUBLISH_REFUSED = "publish_refused"
 NOT_A_TARGET = "not_a_target"
 # its replay subject names another origin or service than the event's (signed) headers;
 SUBJECT_MISMATCH = "subject_mismatch"
-# it was written, by its HLC, longer ago than `replayer.max_event_age_s`.
+# it was written, by its HLC, longer ago than `replayer.max_event_age_s`;
 EXPIRED = "expired"
+# its HLC is further ahead of the replayer's clock than `replayer.max_event_ahead_s`.
+FUTURE_HLC = "future_hlc"
 
 # Set instead of the body when original body + dead-letter headers would exceed max_payload
 # (an oversized frame makes the server close the connection for good, docs/NATS.md §2.2).

@@ -3,7 +3,7 @@
 The Prometheus registry is one of the two process-wide things (with logging): metrics are
 declared at import time against `REGISTRY`, and the admin server exposes that registry.
 Service-specific metrics live in their service's package; the ones here concern the parts all
-services share: the NATS connection and the build.
+services share: the NATS connection, retries and the build.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ __all__ = [
     "NATS_ERRORS",
     "NATS_RECONNECTS",
     "REGISTRY",
+    "RETRIES",
     "XREGION_VERSION",
     "CollectorRegistry",
 ]
@@ -41,4 +42,9 @@ NATS_RECONNECTS = Counter(
 )
 NATS_ERRORS = Counter(
     "xr_nats_errors_total", "Errors reported by the NATS client, by type", ["service", "error"]
+)
+RETRIES = Counter(
+    "xr_retries_total",
+    "Retries scheduled (shared/retry.py), by the component that retries and why",
+    ["component", "reason"],
 )

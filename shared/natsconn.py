@@ -5,7 +5,8 @@
 * the first connect is bounded (`first_connect_timeout_s`): a service that cannot reach NATS
   at start says so and exits instead of hanging (nats-py alone would retry for minutes);
 * once connected, it reconnects forever, with jittered exponential backoff capped at
-  `reconnect_wait_max_s`, logging and counting every disconnect and reconnect;
+  `reconnect_wait_max_s` (`shared/retry.py`, component `nats.reconnect`), logging and counting
+  every disconnect and reconnect;
 * if the client closes for good anyway (nats-py closes on any protocol `-ERR`), `closed` is
   set so the owner can shut down instead of running without a connection;
 * `aclose()` drains (bounded by `drain_timeout_s`), then closes; it is idempotent;
@@ -25,7 +26,6 @@ import asyncio
 import random
 import re
 import ssl
-from dataclasses import dataclass, field
 from typing import Any, Self
 
 import nats
@@ -35,10 +35,10 @@ from nats.js import JetStreamContext
 from shared.lifecycle import Closeable
 from shared.logs import get_logger
 from shared.metrics import NATS_CONNECTED, NATS_DISCONNECTS, NATS_ERRORS, NATS_RECONNECTS
+from shared.retry import RetryPolicy
 from shared.settings import NatsSettings
 
 __all__ = [
-    "Backoff",
     "NatsConnectError",
     "NatsConnection",
     "inbox_prefix",
@@ -85,24 +85,6 @@ class NatsConnectError(Exception):
     """The first connection to NATS could not be made within the configured time."""
 
 
-@dataclass
-class Backoff:
-    """Full-jitter exponential backoff: attempt n waits uniform(0, min(cap, base * 2**n))."""
-
-    base_s: float
-    cap_s: float
-    attempt: int = 0
-    rng: random.Random = field(default_factory=random.Random)
-
-    def next_delay(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 30)))
-        self.attempt += 1
-        return self.rng.uniform(ceiling / 2, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
 class NatsConnection(Closeable):
     """One NATS client for one service process; see the module docstring."""
 
@@ -110,7 +92,9 @@ class NatsConnection(Closeable):
         self._settings = settings
         self._service = service
         self._name = name or service
-        self._backoff = Backoff(settings.reconnect_wait_s, settings.reconnect_wait_max_s)
+        self._reconnects = RetryPolicy.backoff(
+            "nats.reconnect", base_s=settings.reconnect_wait_s, max_s=settings.reconnect_wait_max_s
+        ).retries()
         self._nc: Client | None = None
         self.closed = asyncio.Event()
 
@@ -156,8 +140,7 @@ class NatsConnection(Closeable):
         except (TimeoutError, nats.errors.Error) as exc:
             log.warning("nats.drain_failed", error=redact_url(repr(exc)))
         finally:
-            if not nc.is_closed:
-                await nc.close()
+            await _close(nc)
             NATS_CONNECTED.labels(self._service).set(0)
 
     async def __aenter__(self) -> Self:
@@ -207,7 +190,8 @@ class NatsConnection(Closeable):
     ) -> tuple[Server | None, float]:
         # nats-py waits a constant time between attempts; this spreads them out instead, so a
         # fleet of processes does not hammer a server that is coming back.
-        return random.choice(servers) if servers else None, self._backoff.next_delay()
+        delay = self._reconnects.next_delay("disconnected", service=self._service)
+        return random.choice(servers) if servers else None, delay
 
     def _connect_failure(self, exc: BaseException) -> str:
         servers = ", ".join(redact_url(url) for url in self._settings.servers)
@@ -233,7 +217,7 @@ class NatsConnection(Closeable):
         log.warning("nats.disconnected")
 
     async def _on_reconnected(self) -> None:
-        self._backoff.reset()
+        self._reconnects.reset()
         NATS_RECONNECTS.labels(self._service).inc()
         NATS_CONNECTED.labels(self._service).set(1)
         log.info("nats.reconnected", url=_safe_url(self._nc))
@@ -243,6 +227,19 @@ class NatsConnection(Closeable):
         if self._nc is not None:
             log.error("nats.closed", error=redact_url(repr(self._nc.last_error)))
         self.closed.set()
+
+
+async def _close(nc: Client) -> None:
+    """Close `nc`. nats-py, closed while its link is down with publishes still buffered,
+        writes them to the dead transport and raises RuntimeError after it has marked itself
+        closed. Those publishes were never acked, so whoever sent them still holds them (an outbox,
+    an unacked source message)."""
+    if nc.is_closed:
+        return
+    try:
+        await nc.close()
+    except RuntimeError as exc:
+        log.warning("nats.close_unclean", error=redact_url(repr(exc)))
 
 
 def _safe_url(nc: Client | None) -> str | None:

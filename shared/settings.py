@@ -296,6 +296,9 @@ class ReplayerSettings(_Section):
     # version record and its marker may have expired, so it could roll the key back or apply
     # twice. None: 90 % of streams.max_age_s, the versions bucket's TTL (room for clock skew).
     max_event_age_s: float | None = Field(default=None, gt=0)
+    # An event whose HLC is further ahead of this replayer's clock is dead-lettered as
+    # `future_hlc`, uncalled: with last-writer-wins it would win its key for good.
+    max_event_ahead_s: float = Field(default=60.0, gt=0)
     # How long (by the event's HLC) a change that finds its resource missing here (404 to an
     # `apply` event other than a create) is retried: its create may be on its way from another
     # region. Past it, the event is dead-lettered.

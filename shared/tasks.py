@@ -1,9 +1,9 @@
 """An owner for background tasks (uvicorn's `tasks.add(t); t.add_done_callback(discard)`).
 
 Every task a service starts belongs to a `TaskSet`, which keeps a strong reference until
-the task is done, reports a task that failed (log line and an optional callback, so the
-service can stop instead of running without it), waits for all with a deadline and cancels
-the rest with a reason.
+the task is done, reports a task that failed (to its `on_failure` callback, so the service
+can stop instead of running without it; a log line when there is none), waits for all with a
+deadline and cancels the rest with a reason.
 """
 
 from __future__ import annotations
@@ -44,14 +44,15 @@ class TaskSet:
         self._tasks.discard(task)
         if task.cancelled() or task.exception() is None:
             return
+        if self._on_failure is not None:
+            self._on_failure(task)
+            return
         log.error(
             "task.failed",
             owner=self._name,
             task=task.get_name(),
             error=repr(task.exception()),
         )
-        if self._on_failure is not None:
-            self._on_failure(task)
 
     async def wait(self, timeout_s: float) -> bool:
         """Wait for every task to finish; True if they all did within `timeout_s`."""

@@ -3,7 +3,10 @@
 A pass reads a batch of the oldest entries, publishes them (pipelined, in order, each with its
 original `Nats-Msg-Id`), and deletes exactly the ones JetStream acked. A pass that could not
 publish everything ends the pass; the next one waits a jittered, growing delay (reset by a
-pass that succeeds), so a NATS outage costs one attempt every `retry_max_s` at most. The
+pass that succeeds; `shared/retry.py`, component `bridge.outbox`), so a NATS outage costs one
+attempt every `retry_max_s` at most. An error the drainer does not know (anything but the
+outbox's and the publisher's own) ends `run()`: the bridge treats that as a failed part and
+stops (`shared.lifecycle`), rather than answer writes whose outbox no longer drains. The
 drainer sleeps while the outbox is empty and is woken by `wake()` when an event is spooled.
 
 An entry that can never be published would fail every pass for ever, and with it the whole
@@ -42,7 +45,7 @@ from services.bridge.publisher import EventPublisher, PublishRefusedError, Publi
 from shared.dlq import path_of
 from shared.envelope import HDR_TRACE, EventTooLargeError
 from shared.logs import get_logger
-from shared.natsconn import Backoff
+from shared.retry import RetryPolicy
 
 __all__ = ["Drainer"]
 
@@ -63,7 +66,7 @@ class Drainer:
         dead_letters: DeadLetters,
         batch: int,
         timeout_s: float,
-        backoff: Backoff,
+        retry: RetryPolicy,
         record: Callable[[Mapping[str, str], bytes], Awaitable[object]] | None = None,
     ) -> None:
         self._record = record
@@ -72,7 +75,7 @@ class Drainer:
         self._dead_letters = dead_letters
         self._batch = batch
         self._timeout_s = timeout_s
-        self._backoff = backoff
+        self._retries = retry.retries()
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -87,9 +90,9 @@ class Drainer:
                 await self._wakeup.wait()
                 continue
             if await self.drain_pass():
-                self._backoff.reset()
+                self._retries.reset()
             else:
-                await asyncio.sleep(self._backoff.next_delay())
+                await asyncio.sleep(self._next_delay())
 
     async def drain(self, timeout_s: float) -> bool:
         """Drain until empty or `timeout_s` passes (start-up, shutdown); True when empty."""
@@ -97,11 +100,14 @@ class Drainer:
             async with asyncio.timeout(timeout_s):
                 while self._outbox.depth:
                     if not await self.drain_pass():
-                        await asyncio.sleep(self._backoff.next_delay())
+                        await asyncio.sleep(self._next_delay())
         except TimeoutError:
             return False
-        self._backoff.reset()
+        self._retries.reset()
         return True
+
+    def _next_delay(self) -> float:
+        return self._retries.next_delay("not_drained", outbox_depth=self._outbox.depth)
 
     async def drain_pass(self) -> bool:
         """Publish one batch; True when all of it was acked (or dead-lettered) and deleted."""

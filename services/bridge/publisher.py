@@ -107,10 +107,16 @@ class Publisher(Closeable):
     def __init__(self, conn: NatsConnection, *, max_inflight: int) -> None:
         self._conn = conn
         self._slots = asyncio.Semaphore(max_inflight)
+        self._queued = 0
         self._acks: dict[str, asyncio.Future[Msg]] = {}
         self._ids = itertools.count()
         self._inbox = ""
         self._sub: Subscription | None = None
+
+    @property
+    def waiting_for_slot(self) -> int:
+        """Publishes waiting for one of the `max_inflight` slots to free up."""
+        return self._queued
 
     @property
     def max_payload(self) -> int:
@@ -167,12 +173,22 @@ class Publisher(Closeable):
             raise PublishUnknownError("NATS is not connected")
         try:
             async with asyncio.timeout(timeout_s):
-                async with self._slots:
+                await self._take_slot()
+                try:
                     return await self._attempts(subject, block, payload)
+                finally:
+                    self._slots.release()
         except TimeoutError as exc:
             raise PublishUnknownError(f"no JetStream ack within {timeout_s:g} s") from exc
         except (nats.errors.Error, OSError) as exc:
             raise PublishUnknownError(f"JetStream publish failed: {exc!r}") from exc
+
+    async def _take_slot(self) -> None:
+        self._queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._queued -= 1
 
     async def _attempts(self, subject: str, block: bytes, payload: bytes) -> PubAck:
         # Runs under the caller's deadline, which also bounds these retries.

@@ -5,11 +5,15 @@ bucket (bound, never created; a bridge without it still starts) → drain the ou
 → upstream client → admin port → HTTP listener → NATS services API registration
 (`xr-bridge`).
 
-Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
-accepting and let in-flight requests finish, with their publishes (`shutdown_timeout_s`) →
-admin port → upstream client → stop the drainer after one last bounded pass → publisher →
-close the outbox → drain and close NATS. Whatever the outbox still holds is on disk for the
-next start.
+Stop (`aclose`, one ordered sequence under one deadline, `shared.lifecycle`): readiness goes
+red → deregister → stop accepting and let in-flight requests finish, with their publishes
+(`shutdown_timeout_s`) → admin port → upstream client → stop the drainer after one last bounded
+pass → publisher → close the outbox → drain and close NATS. Whatever the outbox still holds is
+on disk for the next start.
+
+A run ends on SIGTERM/SIGINT (exit 0), when the NATS connection closes for good, or when the
+outbox drainer fails (exit 1, one `bridge.failed` line naming it): a bridge whose outbox no
+longer drains must not go on answering writes it would only spool.
 
 Errors::
 
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -46,13 +51,14 @@ from services.bridge.upstream import Upstream
 from services.bridge.versions import LocalVersions
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
-from shared.lifecycle import Closeable, ServiceError
+from shared.lifecycle import Closeable, Lifecycle, ServiceError
+from shared.lifecycle import serve as serve_service
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
-from shared.natsconn import Backoff, NatsConnectError, NatsConnection
+from shared.natsconn import NatsConnectError, NatsConnection
 from shared.netaddr import split_listen
+from shared.retry import RetryPolicy
 from shared.settings import Settings
-from shared.sighup import on_sighup
 from shared.signing import KeyFileError, load_signer, load_verifier, reload_verifier
 from shared.tasks import TaskSet
 
@@ -113,14 +119,17 @@ class Bridge(Closeable):
             raise BridgeConfigError(str(exc)) from None
         self._settings = settings
         self._hlc = hlc or Hlc()
-        self._stack = contextlib.AsyncExitStack()
-        self._stopping = False
+        s = settings.bridge
+        self.lifecycle = Lifecycle(
+            "bridge",
+            stop_timeout_s=s.shutdown_timeout_s + _FINAL_DRAIN_S + settings.nats.drain_timeout_s,
+        )
         self._conn = NatsConnection(settings.nats, service="bridge", name=SERVICE_NAME)
+        self.lifecycle.stop_when(self._conn.closed, "the NATS connection closed for good")
         self._outbox = Outbox(
             outbox_path(settings.data_dir, settings.bridge.listen),
             max_bytes=settings.bridge.outbox_max_bytes,
         )
-        self._tasks = TaskSet("bridge")
         self._deliveries = TaskSet("deliveries")
         self.instance_id = uuid.uuid4().hex[:12]
         self.url = ""
@@ -152,20 +161,19 @@ class Bridge(Closeable):
 
     async def aclose(self) -> None:
         """The shutdown sequence (module docstring); idempotent."""
-        self._stopping = True
-        await self._stack.aclose()
+        await self.lifecycle.aclose()
 
     async def _start(self) -> None:
         s = self._settings.bridge
         try:
-            await self._stack.enter_async_context(self._conn)
+            await self.lifecycle.enter(self._conn)
         except NatsConnectError as exc:
             raise BridgeStartError(str(exc)) from None
         try:
-            await self._stack.enter_async_context(self._outbox)
+            await self.lifecycle.enter(self._outbox)
         except OutboxError as exc:
             raise BridgeStartError(str(exc)) from None
-        publisher = await self._stack.enter_async_context(
+        publisher = await self.lifecycle.enter(
             Publisher(self._conn, max_inflight=s.max_inflight_publishes)
         )
         versions = LocalVersions(
@@ -178,7 +186,7 @@ class Bridge(Closeable):
             coalesce_s=s.version_coalesce_s,
         )
         if s.record_local_versions:
-            await self._stack.enter_async_context(versions)
+            await self.lifecycle.enter(versions)
         dead_letters = self._dead_letters(publisher)
         drainer = Drainer(
             self._outbox,
@@ -186,13 +194,16 @@ class Bridge(Closeable):
             dead_letters=dead_letters,
             batch=s.outbox_batch,
             timeout_s=s.publish_timeout_s,
-            backoff=Backoff(s.outbox_retry_base_s, s.outbox_retry_max_s),
+            retry=RetryPolicy.backoff(
+                "bridge.outbox", base_s=s.outbox_retry_base_s, max_s=s.outbox_retry_max_s
+            ),
             record=versions.record_published if s.record_local_versions else None,
         )
         await self._drain_at_start(drainer)
-        self._stack.push_async_callback(self._stop_drainer, drainer)
-        _ = self._tasks.spawn(drainer.run(), name="outbox-drainer")
-        upstream = await self._stack.enter_async_context(Upstream(s))
+        drainers = self.lifecycle.tasks("outbox")
+        self.lifecycle.on_stop(functools.partial(self._stop_drainer, drainer, drainers))
+        _ = drainers.spawn(drainer.run(), name="outbox-drainer")
+        upstream = await self.lifecycle.enter(Upstream(s))
         await self._start_admin()
         delivery = self._delivery(publisher, dead_letters, drainer)
         proxy = self._proxy(delivery, upstream, versions if s.record_local_versions else None)
@@ -233,8 +244,8 @@ class Bridge(Closeable):
                 note="new events queue behind the spooled ones; draining continues",
             )
 
-    async def _stop_drainer(self, drainer: Drainer) -> None:
-        await self._tasks.cancel("bridge shutting down")
+    async def _stop_drainer(self, drainer: Drainer, drainers: TaskSet) -> None:
+        await drainers.cancel("bridge shutting down")
         if self._outbox.depth and self._conn.is_connected:
             await drainer.drain(_FINAL_DRAIN_S)
         if self._outbox.depth:
@@ -299,7 +310,7 @@ class Bridge(Closeable):
         admin.add_check("outbox", self._outbox_check)
         admin.add_check("lifecycle", self._lifecycle_check)
         try:
-            await self._stack.enter_async_context(admin)
+            await self.lifecycle.enter(admin)
         except OSError as exc:
             raise BridgeStartError(_listen_failure("admin_listen", admin.url, exc)) from None
         self.admin_url = admin.url
@@ -317,7 +328,7 @@ class Bridge(Closeable):
             server, handle_signals=False, shutdown_timeout=s.shutdown_timeout_s
         )
         await runner.setup()
-        self._stack.push_async_callback(self._stop_http, runner)
+        self.lifecycle.on_stop(functools.partial(self._stop_http, runner))
         host, port = split_listen(s.listen)
         try:
             site = web.TCPSite(runner, host, port, reuse_address=True, backlog=_LISTEN_BACKLOG)
@@ -346,7 +357,7 @@ class Bridge(Closeable):
                 "admin_url": self.admin_url,
             },
         )
-        self._stack.push_async_callback(service.stop)
+        self.lifecycle.on_stop(service.stop, name="services-api")
         # Once started, the bridge is discoverable: its subscriptions have reached the server.
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await self._conn.nc.flush(timeout=_REGISTER_FLUSH_S)
@@ -365,8 +376,10 @@ class Bridge(Closeable):
         return CheckResult(Health.OK, "empty")
 
     def _lifecycle_check(self) -> CheckResult:
-        if self._stopping:
+        if self.lifecycle.stopping:
             return CheckResult(Health.DOWN, "shutting down")
+        if self.lifecycle.failed.is_set():
+            return CheckResult(Health.DOWN, "a component failed; exiting")
         return CheckResult(Health.OK, "running")
 
 
@@ -380,33 +393,13 @@ async def serve(
     shutdown_trigger: Callable[[], Awaitable[object]],
     on_started: Callable[[Bridge], None] | None = None,
 ) -> int:
-    """Run a bridge until `shutdown_trigger()` completes (or NATS closes for good).
-
-    Returns the exit code: 0 after a requested shutdown, 1 if NATS closed for good. Start
-    failures raise BridgeError.
-    """
-    async with Bridge(settings) as bridge:
-        if on_started is not None:
-            on_started(bridge)
-        with on_sighup(bridge.reload_trusted_keys):
-            closed = await _first_of(shutdown_trigger(), bridge.nats_closed.wait()) == 1
-    if closed:
-        log.error("bridge.exit", reason="the NATS connection closed for good")
-        return 1
-    log.info("bridge.exit", reason="shutdown requested")
-    return 0
-
-
-async def _first_of(*waits: Awaitable[object]) -> int:
-    """Wait until one of `waits` completes and return its index; the others are cancelled."""
-    tasks = TaskSet("serve")
-    spawned = [tasks.spawn(_awaited(w)) for w in waits]
-    try:
-        done, _ = await asyncio.wait(spawned, return_when=asyncio.FIRST_COMPLETED)
-        return next(i for i, task in enumerate(spawned) if task in done)
-    finally:
-        await tasks.cancel("serve finished")
-
-
-async def _awaited(awaitable: Awaitable[object]) -> object:
-    return await awaitable
+    """Run a bridge until `shutdown_trigger()` completes, NATS closes for good or the outbox
+    drainer fails (`shared.lifecycle.serve`). Returns the exit code: 0 after a requested
+    shutdown, else 1. Start failures raise BridgeError."""
+    bridge = Bridge(settings)
+    return await serve_service(
+        bridge,
+        shutdown_trigger=shutdown_trigger,
+        on_started=on_started,
+        reload=bridge.reload_trusted_keys,
+    )

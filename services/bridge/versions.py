@@ -46,7 +46,8 @@ window in which an older replayed event could overtake it.
 A record never fails the client's write: when NATS is down, the bucket cannot be bound or the
 record cannot be written in time, the write goes on, the failure is counted
 (`xr_bridge_version_records_total{outcome="failed"}`, one per failed attempt) and logged. The
-record is then tried again after `retry_delays_s` (1, 5 and 30 s): a write left unrecorded
+record is then tried again after 1, 5 and 30 s (`retry`, a fixed `shared.retry` policy,
+component `bridge.version`): a write left unrecorded
 would let an older event replayed later be applied over it, and the causes pass (NATS back,
 a replayer's claim on a newer version released or applied). Retries wait in timers, at most
 `_MAX_RETRIES` at a time (more are given up at once); `aclose` gives up those still waiting,
@@ -82,6 +83,7 @@ from shared.lifecycle import Closeable
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
+from shared.retry import RetryPolicy
 from shared.tasks import TaskSet
 from shared.versions import CAS_ATTEMPTS, Record, cas_write, read_record, record_key
 
@@ -112,7 +114,7 @@ _KV_ERRORS = (_Unavailable, _Contended, TimeoutError, nats.errors.Error, OSError
 _CLAIM_POLL_S = 0.005
 _CLAIM_POLL_MAX_S = 0.1
 # A failed record is tried again after each of these pauses, then given up.
-_RETRY_DELAYS_S = (1.0, 5.0, 30.0)
+_RETRY = RetryPolicy.fixed("bridge.version", (1.0, 5.0, 30.0))
 _MAX_RETRIES = 10_000
 
 
@@ -129,10 +131,10 @@ class LocalVersions(Closeable):
         max_inflight: int,
         cache_keys: int = 100_000,
         coalesce_s: float = 0.0,
-        retry_delays_s: tuple[float, ...] = _RETRY_DELAYS_S,
+        retry: RetryPolicy = _RETRY,
     ) -> None:
         self._conn = conn
-        self._retry_delays_s = retry_delays_s
+        self._retry = retry
         self._waiting_retries: dict[int, tuple[asyncio.TimerHandle, _Retry]] = {}
         self._retry_ids = itertools.count()
         self._retries = TaskSet("version-retries")
@@ -245,18 +247,21 @@ class LocalVersions(Closeable):
                 bucket=self._bucket,
                 error=_describe(exc),
                 attempt=attempt + 1,
-                retry_in_s=self._retry_later(retry, attempt),
+                retry_in_s=self._retry_later(retry, _reason(exc)),
             )
         VERSION_RECORDS.labels(service, outcome).inc()
         return outcome
 
-    def _retry_later(self, retry: _Retry, attempt: int) -> float | None:
+    def _retry_later(self, retry: _Retry, reason: str) -> float | None:
         """Schedule `retry` (`record`'s arguments); the pause, or None if given up."""
         full = len(self._waiting_retries) + len(self._retries) >= _MAX_RETRIES
-        if attempt >= len(self._retry_delays_s) or self._closed or full:
-            VERSION_RECORDS.labels(retry[0], "given_up").inc()
+        service, _, _, event_id, _, attempt = retry
+        delay = None
+        if not (self._closed or full):
+            delay = self._retry.schedule(attempt, reason, event_id=event_id, service=service)
+        if delay is None:
+            VERSION_RECORDS.labels(service, "given_up").inc()
             return None
-        delay = self._retry_delays_s[attempt]
         token = next(self._retry_ids)
         timer = asyncio.get_running_loop().call_later(delay, self._retry_due, token)
         self._waiting_retries[token] = (timer, retry)
@@ -348,6 +353,17 @@ class LocalVersions(Closeable):
         self._known[kv_key] = (record, revision)
         if len(self._known) > self._cache_keys:
             del self._known[next(iter(self._known))]
+
+
+def _reason(exc: BaseException) -> str:
+    """The retry reason (a metric label) of a failed record."""
+    if isinstance(exc, _Unavailable):
+        return "unavailable"
+    if isinstance(exc, _Contended):
+        return "contended"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return "kv_error"
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 
 from services.broadcaster.puller import PullFailedError
 from shared.logs import get_logger
-from shared.natsconn import Backoff
+from shared.retry import RetryPolicy
 
 __all__ = ["ConsumerHealth", "ConsumerMissingError"]
 
@@ -47,14 +47,14 @@ class ConsumerHealth:
         consumer: str,
         target: str,
         window_events: int,
-        backoff: Backoff,
+        retry: RetryPolicy,
     ) -> None:
         self._js = js
         self._stream = stream
         self._consumer = consumer
         self._target = target
         self._window_events = window_events
-        self._backoff = backoff
+        self._retries = retry.retries()
         self._failing = False
         self._missing = False
         self._check_at = 0.0  # monotonic time before which no check is made
@@ -101,7 +101,7 @@ class ConsumerHealth:
             log.info("broadcaster.consumer_restored", target=self._target, consumer=self._consumer)
         if self._failing:
             self._failing = False
-            self._backoff.reset()
+            self._retries.reset()
             log.info("broadcaster.fetch_recovered", target=self._target)
 
     async def fetch_failed(self, exc: PullFailedError) -> float:
@@ -119,7 +119,8 @@ class ConsumerHealth:
                 error=str(exc),
                 note=self.missing_text(),
             )
-        return self._backoff.next_delay()
+        reason = "consumer_missing" if self._missing else "fetch_failed"
+        return self._retries.next_delay(reason, target=self._target)
 
     async def _gone(self, exc: PullFailedError) -> bool:
         """Does this failed pull request mean the consumer no longer exists? A 503 is checked

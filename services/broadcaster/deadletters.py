@@ -33,7 +33,7 @@ from services.broadcaster.publisher import Failure, Publisher
 from shared.dlq import FORWARD_REFUSED, DeadLetter, dead_letter, fit, slim
 from shared.envelope import HDR_DLQ_TARGET, HDR_MSG_ID
 from shared.logs import get_logger
-from shared.natsconn import Backoff
+from shared.retry import RetryPolicy
 
 __all__ = ["FORWARD_REFUSED", "DeadLetters"]
 
@@ -50,14 +50,14 @@ class DeadLetters:
         region: str,
         target: str,
         timeout_s: float,
-        backoff: Backoff,
+        retry: RetryPolicy,
         counters: PathCounters,
         on_settled: Callable[[HeldEvent], Awaitable[None]],
     ) -> None:
         self._nc = nc
         self._region = region
         self._target = target
-        self._backoff = backoff
+        self._retries = retry.retries()
         self._counters = counters
         self._on_settled = on_settled
         self._publisher: Publisher[HeldEvent] = Publisher(
@@ -94,7 +94,7 @@ class DeadLetters:
             await self._queued.wait()
             if self._failing and not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self._backoff.next_delay())
+                    await asyncio.wait_for(self._stopping.wait(), self._next_delay())
             if self._stopping.is_set():
                 return
             ready = sorted(self._queue, key=lambda h: h.seq)
@@ -102,6 +102,9 @@ class DeadLetters:
             self._queued.clear()
             for held in ready:
                 await self._send(held)
+
+    def _next_delay(self) -> float:
+        return self._retries.next_delay("publish_failed", target=self._target)
 
     async def _send(self, held: HeldEvent) -> None:
         if held.item.dropped is not None:
@@ -130,7 +133,7 @@ class DeadLetters:
     async def _stored(self, held: HeldEvent, seq: int, duplicate: bool) -> None:
         """The DLQ stored the letter: now the source may be acked for this target."""
         self._failing = False
-        self._backoff.reset()
+        self._retries.reset()
         pending = held.item
         self._counters.inc(pending.route.origin, "dead_lettered")
         log.error(

@@ -48,6 +48,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -65,8 +66,9 @@ from services.broadcaster.sender import Sender
 from services.broadcaster.window import Held, Window
 from shared.envelope import HDR_MSG_ID
 from shared.logs import get_logger
-from shared.natsconn import Backoff, NatsConnection
+from shared.natsconn import NatsConnection
 from shared.regions import broadcast_consumer, events_stream, replay_subject
+from shared.retry import RetryPolicy
 from shared.settings import BroadcasterSettings
 from shared.tasks import TaskSet
 
@@ -97,7 +99,7 @@ class Forwarder:
         target: str,
         routes: RouteCache,
         settings: BroadcasterSettings,
-        on_failure: Callable[[], None] | None = None,
+        on_failure: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         s = settings
         self.region = region
@@ -113,7 +115,7 @@ class Forwarder:
         self._counters = PathCounters(target)
         self._held = HELD.labels(target)
         self._wake_event = asyncio.Event()
-        self.gate = Gate(Backoff(s.retry_base_s, s.retry_max_s), on_change=self._wake)
+        self.gate = Gate(self._retry("broadcaster.gate"), on_change=self._wake)
         # Paused until the control bucket has been read: an operator's pause must hold
         # from the first event on.
         self.gate.set_paused(True)
@@ -126,11 +128,11 @@ class Forwarder:
         )  # fmt: skip
         self._dead_letters = DeadLetters(
             conn.nc, region=region, target=target, timeout_s=s.publish_timeout_s,
-            backoff=Backoff(s.retry_base_s, s.retry_max_s), counters=self._counters,
+            retry=self._retry("broadcaster.dead_letter"), counters=self._counters,
             on_settled=self._settled,
         )  # fmt: skip
         self._on_failure = on_failure
-        task_failed = None if on_failure is None else _ignore_arg(on_failure)
+        task_failed = None if on_failure is None else _task_failed(on_failure)
         self._tasks = TaskSet(f"forwarder-{target}", on_failure=task_failed)
         self._background = TaskSet(f"keepalive-{target}", on_failure=task_failed)
         self._subjects: dict[tuple[str, str], str] = {}
@@ -147,7 +149,12 @@ class Forwarder:
             consumer=broadcast_consumer(self.target),
             target=self.target,
             window_events=s.window_events,
-            backoff=Backoff(s.retry_base_s, s.retry_max_s),
+            retry=self._retry("broadcaster.fetch"),
+        )
+
+    def _retry(self, component: str) -> RetryPolicy:
+        return RetryPolicy.backoff(
+            component, base_s=self._s.retry_base_s, max_s=self._s.retry_max_s
         )
 
     def _intake(self, conn: NatsConnection, s: BroadcasterSettings) -> Puller:
@@ -199,6 +206,9 @@ class Forwarder:
         self._dead_letters.stop()
         deadline = time.monotonic() + timeout_s
         if not await self._tasks.wait(timeout_s):
+            log.warning(
+                "broadcaster.shutdown_deadline_passed", target=self.target, timeout_s=timeout_s
+            )
             await self._tasks.cancel("broadcaster shutdown deadline passed")
         await self._sender.aclose(max(0.0, deadline - time.monotonic()))
         await self._dead_letters.aclose(max(0.0, deadline - time.monotonic()))
@@ -285,7 +295,21 @@ class Forwarder:
         if route.origin != self.region:
             self._foreign(held)
             return
+        if route.unverified is not None:
+            self._unverified(held, route.unverified)
+            return
         await self._sender.submit(held)
+
+    def _unverified(self, held: HeldEvent, reason: str) -> None:
+        """An event whose signature does not verify (`verify.py`): every target would refuse
+        it, so it is dead-lettered here, once, instead of being forwarded."""
+        route = held.item.route
+        held.item.refused = reason
+        log.error(
+            "broadcaster.unverified_event", target=self.target, service=route.service,
+            event_id=route.event_id, reason=reason,
+        )  # fmt: skip
+        self._dead_letters.file(held)
 
     def _foreign(self, held: HeldEvent) -> None:
         """An event in this region's stream that names another origin (forged, or written with
@@ -391,9 +415,10 @@ class Forwarder:
             log.warning("broadcaster.ack_failed", target=self.target, error=repr(exc))
 
     def _crashed(self, where: str, exc: Exception) -> None:
+        if self._on_failure is not None:  # the owner reports it, and stops
+            self._on_failure(f"forwarder {self.target} {where}", exc)
+            return
         log.error("broadcaster.callback_failed", target=self.target, where=where, error=repr(exc))
-        if self._on_failure is not None:
-            self._on_failure()
 
     # ------------------------------------------------------------------ background
 
@@ -416,8 +441,14 @@ def _stream_seq(msg: Msg) -> int:
     return int(msg.metadata.sequence.stream)
 
 
-def _ignore_arg(callback: Callable[[], None]) -> Callable[[object], None]:
-    def call(_: object) -> None:
-        callback()
+def _task_failed(
+    callback: Callable[[str, BaseException], None],
+) -> Callable[[asyncio.Task[Any]], None]:
+    """A TaskSet's failure hook that reports the task by name, with its error."""
+
+    def call(task: asyncio.Task[Any]) -> None:
+        exc = task.exception()
+        assert exc is not None
+        callback(f"task {task.get_name()}", exc)
 
     return call

@@ -23,7 +23,7 @@ import enum
 import time
 from collections.abc import Callable
 
-from shared.natsconn import Backoff
+from shared.retry import RetryPolicy
 
 __all__ = ["Gate", "State"]
 
@@ -42,12 +42,12 @@ class Gate:
 
     def __init__(
         self,
-        backoff: Backoff,
+        retry: RetryPolicy,
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] | None = None,
     ) -> None:
-        self._backoff = backoff
+        self._retries = retry.retries()
         self._clock = clock
         self._on_change = on_change
         self._state = State.CLOSED
@@ -115,12 +115,13 @@ class Gate:
         self._probing = False
         if self._state is not State.CLOSED:
             self._state = State.CLOSED
-            self._backoff.reset()
+            self._retries.reset()
             self._notify()
 
-    def failure(self) -> float:
-        """Open the breaker; returns how long it stays open (seconds)."""
-        delay = self._backoff.next_delay()
+    def failure(self, **context: object) -> float:
+        """Open the breaker; returns how long it stays open (seconds). `context` goes into
+        the retry's log line."""
+        delay = self._retries.next_delay("publish_failed", **context)
         self._probing = False
         self._state = State.OPEN
         self._open_until = max(self._open_until, self._clock() + delay)

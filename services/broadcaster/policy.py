@@ -1,4 +1,5 @@
-"""Which target regions an event owes. Pure: no IO.
+"""Which target regions an event owes. Pure (no IO) but for `RouteCache`, which reads the
+trusted keys through `verify.py`.
 
 `Policy.route(subject, headers, payload)` reads one stored message and returns a `Route`:
 the set of target regions that must receive it, plus what the forwarder needs to order and
@@ -25,22 +26,26 @@ spelling and valid (`Xr-Schema`, `Xr-Event-Id` = `Nats-Msg-Id`, `Xr-Origin`, `Xr
 anything else takes the full decode, which decides rule 5. So the broadcaster checks what
 routing needs; the rest of an event (HLC, method, path, signature, body) is checked by the
 target's replayer, which verifies every event anyway and dead-letters what is off (a full
-decode per event would cost the broadcaster more than the rest of its per-event work).
+decode per event would cost the broadcaster more than the rest of its per-event work). With
+signing on, `RouteCache` decodes and verifies each event once all the same (`verify.py`).
 
 `Route.lane` = (service, Xr-Key) names the key an event writes (the replayer orders by it;
 the forwarder does not serialise per key: docs/DESIGN.md "Broadcaster data path").
 
 `RouteCache` lets the forwarders of every target share one `route()` per stored message
 (decoding and validating an event is the biggest part of the broadcaster's own per-event
-work).
+work), and, with signing on, one verification (`verify.py`): the forwarder dead-letters an
+event whose signature does not verify instead of forwarding it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from services.broadcaster.verify import EventCheck
 from shared.envelope import (
     HDR_CANARY,
     HDR_EVENT_ID,
@@ -64,7 +69,7 @@ from shared.envelope import (
     parse_targets,
 )
 from shared.regions import REGION_RE, SERVICE_RE
-from shared.settings import ServiceSettings, Settings
+from shared.settings import ServiceSettings, Settings, SigningSettings
 
 __all__ = ["Lane", "Policy", "Route", "RouteCache", "ServicePolicy", "about"]
 
@@ -106,6 +111,7 @@ class Route:
     trace_id: str | None = None
     known_service: bool = True
     problem: str | None = None  # why a malformed message did not decode
+    unverified: str | None = None  # why its signature does not verify (`verify.py`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +121,14 @@ class Policy:
     region: str
     peers: frozenset[str]
     services: Mapping[str, ServicePolicy]
+    # Where the trusted keys are, for `RouteCache` to verify events (None: not verified).
+    signing: SigningSettings | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
-        return cls.build(
-            settings.region,
-            settings.regions,
-            {name: ServicePolicy.from_settings(s) for name, s in settings.services.items()},
-        )
+        services = {name: ServicePolicy.from_settings(s) for name, s in settings.services.items()}
+        policy = cls.build(settings.region, settings.regions, services)
+        return dataclasses.replace(policy, signing=settings.signing)
 
     @classmethod
     def build(
@@ -255,17 +261,24 @@ class RouteCache:
     Every forwarder reads the same stored messages, so the first to see sequence N computes
     its route and the others take it from here; an entry goes when every other reader took
     it, or, oldest first, when more than `max_entries` wait (a paused or slower target then
-    computes its own).
+    computes its own). With signing on, a route also says whether the message verifies
+    (`verify.py`; loading the trusted keys raises `verify.TrustedKeysError`).
     """
 
     def __init__(self, policy: Policy, *, readers: int, max_entries: int) -> None:
         self.policy = policy
+        self._check = EventCheck.load(policy.signing, sorted(policy.peers | {policy.region}))
         self._readers = readers
         self._max_entries = max_entries
         self._entries: OrderedDict[int, _Cached] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def check(self) -> EventCheck | None:
+        """The signature check (None with signing off); `check.reload()` re-reads the keys."""
+        return self._check
 
     def route(
         self, seq: int, subject: str, headers: Mapping[str, str] | None, payload: bytes
@@ -278,6 +291,10 @@ class RouteCache:
                 del self._entries[seq]
             return cached.route
         route = self.policy.route(subject, headers, payload)
+        if self._check is not None and route.kind != "malformed":
+            refusal = self._check.refusal(headers, payload)
+            if refusal is not None:
+                route = dataclasses.replace(route, unverified=refusal)
         if self._readers > 1:
             self._entries[seq] = _Cached(route, self._readers - 1)
             if len(self._entries) > self._max_entries:

@@ -171,7 +171,7 @@ class Sender:
 
     def _retry(self, held: HeldEvent, error: str, events: int) -> None:
         opening = self._gate.state is State.CLOSED
-        delay_s = self._gate.failure()
+        delay_s = self._gate.failure(target=self._target)
         self._unreachable.set(1)
         # One line when the target starts failing; each further retry at debug level.
         emit = log.warning if opening else log.debug

@@ -5,10 +5,14 @@ exists) → first read of the pause switches (forwarders start paused and leave 
 once the switches are read) → forwarders start → pause watcher, canary sender, backlog
 monitor → NATS services API registration (`xr-broadcaster`, region in the metadata).
 
-Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop the
-canary sender, backlog monitor and pause watcher → every forwarder stops fetching, lets its
-publishes under way finish and be acked (`shutdown_timeout_s`), and nak's what it still holds
-so it is redelivered at once, in order → admin port → drain and close NATS.
+Stop (`aclose`, one ordered sequence under one deadline, `shared.lifecycle`): readiness goes
+red → deregister → stop the canary sender, backlog monitor and pause watcher → every
+forwarder stops fetching, lets its publishes under way finish and be acked
+(`shutdown_timeout_s`), and nak's what it still holds so it is redelivered at once, in order →
+admin port → drain and close NATS.
+
+A run ends on SIGTERM/SIGINT (exit 0), when the NATS connection closes for good, or when a
+background task or a forwarder's part fails (exit 1, one `broadcaster.failed` line naming it).
 
 Readiness (`/readyz`): `nats` (connected), `consumers` (down while a forwarder is not bound or
 its consumer went missing at run time: the detail names the consumer and `xregion
@@ -25,9 +29,8 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Self
+from typing import Self
 
 from nats.micro import add_service
 
@@ -39,13 +42,13 @@ from services.broadcaster.pause import PauseWatcher
 from services.broadcaster.policy import Policy, RouteCache
 from shared.admin import AdminServer, CheckResult, Health
 from shared.hlc import Hlc
-from shared.lifecycle import Closeable, ServiceError
+from shared.lifecycle import Closeable, Lifecycle, ServiceError
+from shared.lifecycle import serve as serve_service
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.settings import Settings
 from shared.signing import KeyFileError, load_signer
-from shared.tasks import TaskSet
 
 __all__ = [
     "SERVICE_NAME",
@@ -88,19 +91,26 @@ class Broadcaster(Closeable):
             raise BroadcasterConfigError(str(exc)) from None
         self._policy = Policy.from_settings(settings)
         self._hlc = hlc or Hlc()
+        self.lifecycle = Lifecycle(
+            "broadcaster",
+            stop_timeout_s=settings.broadcaster.shutdown_timeout_s + settings.nats.drain_timeout_s,
+        )
         self._conn = NatsConnection(settings.nats, service="broadcaster", name=SERVICE_NAME)
-        self._stack = contextlib.AsyncExitStack()
-        self._tasks = TaskSet("broadcaster", on_failure=self._task_failed)
+        self.lifecycle.stop_when(self._conn.closed, "the NATS connection closed for good")
         self._forwarders: dict[str, Forwarder] = {}
         self._watcher: PauseWatcher | None = None
+        self._routes: RouteCache | None = None
         self._monitor: BacklogMonitor | None = None
-        self._stopping = False
-        self.failed = asyncio.Event()
         self.admin_url = ""
 
     @property
     def forwarders(self) -> dict[str, Forwarder]:
         return dict(self._forwarders)
+
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set once a part failed (the process exits 1)."""
+        return self.lifecycle.failed
 
     @property
     def nats_closed(self) -> asyncio.Event:
@@ -115,17 +125,21 @@ class Broadcaster(Closeable):
             raise
         return self
 
+    def reload_trusted_keys(self) -> bool:
+        """Re-read the trusted-keys file (SIGHUP); a bad file keeps the keys in use."""
+        check = self._routes.check if self._routes is not None else None
+        return check.reload() if check is not None else False
+
     async def aclose(self) -> None:
         """The shutdown sequence (module docstring); idempotent."""
-        self._stopping = True
-        await self._stack.aclose()
+        await self.lifecycle.aclose()
 
     # ------------------------------------------------------------------ start
 
     async def _start(self) -> None:
         s = self._settings
         try:
-            await self._stack.enter_async_context(self._conn)
+            await self.lifecycle.enter(self._conn)
         except NatsConnectError as exc:
             raise BroadcasterStartError(str(exc)) from None
         await self._start_admin()
@@ -151,6 +165,7 @@ class Broadcaster(Closeable):
         routes = RouteCache(
             self._policy, readers=len(targets), max_entries=4 * s.broadcaster.window_events
         )
+        self._routes = routes
         for target in targets:
             forwarder = Forwarder(
                 self._conn,
@@ -158,14 +173,14 @@ class Broadcaster(Closeable):
                 target=target,
                 routes=routes,
                 settings=s.broadcaster,
-                on_failure=self.failed.set,
+                on_failure=self.lifecycle.fail,
             )
             try:
                 await forwarder.check_consumer(s.nats.request_timeout_s)
             except ConsumerMissingError as exc:
                 raise BroadcasterStartError(str(exc)) from None
             self._forwarders[target] = forwarder
-        self._stack.push_async_callback(self._stop_forwarders)
+        self.lifecycle.on_stop(self._stop_forwarders)
 
     async def _start_watcher(self) -> None:
         s = self._settings
@@ -187,8 +202,7 @@ class Broadcaster(Closeable):
     def _start_background(self) -> None:
         s = self._settings
         assert self._watcher is not None
-        background = TaskSet("background", on_failure=self._task_failed)
-        self._stack.push_async_callback(background.cancel, "broadcaster stopping")
+        background = self.lifecycle.tasks("background")
         _ = background.spawn(self._watcher.run(), name="pause-watcher")
         canaries = CanarySender(
             self._conn,
@@ -219,7 +233,7 @@ class Broadcaster(Closeable):
         admin.add_check("targets", self._targets_check)
         admin.add_check("lifecycle", self._lifecycle_check)
         try:
-            await self._stack.enter_async_context(admin)
+            await self.lifecycle.enter(admin)
         except OSError as exc:
             raise BroadcasterStartError(
                 f"cannot listen on broadcaster.admin_listen {admin.url}: {exc.strerror or exc}"
@@ -238,7 +252,7 @@ class Broadcaster(Closeable):
                 "admin_url": self.admin_url,
             },
         )
-        self._stack.push_async_callback(service.stop)
+        self.lifecycle.on_stop(service.stop, name="services-api")
 
     # ------------------------------------------------------------------ stop
 
@@ -252,9 +266,6 @@ class Broadcaster(Closeable):
         forwarder = self._forwarders.get(target)
         if forwarder is not None:
             forwarder.gate.set_paused(paused)
-
-    def _task_failed(self, task: asyncio.Task[Any]) -> None:
-        self.failed.set()
 
     def _nats_check(self) -> CheckResult:
         if self._conn.is_connected:
@@ -287,7 +298,7 @@ class Broadcaster(Closeable):
         return CheckResult(Health.OK, "forwarding to " + ", ".join(self._forwarders))
 
     def _lifecycle_check(self) -> CheckResult:
-        if self._stopping:
+        if self.lifecycle.stopping:
             return CheckResult(Health.DOWN, "shutting down")
         if self.failed.is_set():
             return CheckResult(Health.DOWN, "a component failed; exiting")
@@ -301,33 +312,12 @@ async def serve(
     on_started: Callable[[Broadcaster], None] | None = None,
 ) -> int:
     """Run a broadcaster until `shutdown_trigger()` completes (or NATS closes for good, or a
-    component fails). Returns the exit code: 0 after a requested shutdown, else 1. Start
-    failures raise BroadcasterError."""
-    async with Broadcaster(settings) as broadcaster:
-        if on_started is not None:
-            on_started(broadcaster)
-        reason = await _first_of(
-            shutdown=shutdown_trigger(),
-            nats_closed=broadcaster.nats_closed.wait(),
-            failed=broadcaster.failed.wait(),
-        )
-    if reason == "shutdown":
-        log.info("broadcaster.exit", reason="shutdown requested")
-        return 0
-    log.error("broadcaster.exit", reason=reason)
-    return 1
-
-
-async def _first_of(**waits: Awaitable[object]) -> str:
-    """Wait until one of `waits` completes and return its name; the others are cancelled."""
-    tasks = TaskSet("serve")
-    spawned = {tasks.spawn(_awaited(w), name=name): name for name, w in waits.items()}
-    try:
-        done, _ = await asyncio.wait(spawned, return_when=asyncio.FIRST_COMPLETED)
-        return spawned[next(iter(done))]
-    finally:
-        await tasks.cancel("serve finished")
-
-
-async def _awaited(awaitable: Awaitable[object]) -> object:
-    return await awaitable
+    part fails; `shared.lifecycle.serve`). Returns the exit code: 0 after a requested
+    shutdown, else 1. Start failures raise BroadcasterError."""
+    broadcaster = Broadcaster(settings)
+    return await serve_service(
+        broadcaster,
+        shutdown_trigger=shutdown_trigger,
+        on_started=on_started,
+        reload=broadcaster.reload_trusted_keys,
+    )

@@ -129,7 +129,7 @@ class Applier:
                 raise Poison("bad_signature", f"{exc.reason}: {exc}") from exc
         refused = misplaced(
             event, subject=delivery.subject, region=self._region, now_s=self._clock(),
-            max_age_s=self._max_event_age_s,
+            max_age_s=self._max_event_age_s, max_ahead_s=self._settings.max_event_ahead_s,
         )  # fmt: skip
         if refused is not None:
             raise Poison(*refused)

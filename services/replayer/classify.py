@@ -10,8 +10,9 @@ An HTTP status or a transport error:
 
 Where and when a decoded (and, with signing on, verified) event arrived, `misplaced`: its
 dead-letter reason when the region must not apply it (a validly signed event copied onto
-another replay subject, into a region it was not meant for, or re-published after its key's
-version record may have expired), else None. `canary_refusal` is the same for a canary, whose
+another replay subject, into a region it was not meant for, re-published after its key's
+version record may have expired, or stamped further ahead of the local clock than clocks can
+drift apart), else None. `canary_refusal` is the same for a canary, whose
 time is only trusted once it is shown to be this region's canary from its origin.
 """
 
@@ -21,7 +22,7 @@ import enum
 
 import aiohttp
 
-from shared.dlq import EXPIRED, NOT_A_TARGET, SUBJECT_MISMATCH
+from shared.dlq import EXPIRED, FUTURE_HLC, NOT_A_TARGET, SUBJECT_MISMATCH
 from shared.envelope import CANARY_SERVICE, Event
 from shared.regions import replay_subject
 
@@ -68,7 +69,13 @@ def classify_error(exc: BaseException) -> Verdict:
 
 
 def misplaced(
-    event: Event, *, subject: str, region: str, now_s: float, max_age_s: float | None
+    event: Event,
+    *,
+    subject: str,
+    region: str,
+    now_s: float,
+    max_age_s: float | None,
+    max_ahead_s: float | None = None,
 ) -> tuple[str, str] | None:
     """(reason, error) when `region` must not apply `event`, which arrived on `subject`."""
     expected = replay_subject(region, event.origin, event.service)
@@ -83,6 +90,11 @@ def misplaced(
         return EXPIRED, (
             f"written {age_s:.0f} s ago (Xr-Hlc {event.hlc}), over replayer.max_event_age_s "
             f"{max_age_s:g} s: its key's version record may be gone"
+        )
+    if max_ahead_s is not None and -age_s > max_ahead_s:
+        return FUTURE_HLC, (
+            f"written {-age_s:.0f} s in the future (Xr-Hlc {event.hlc}), over "
+            f"replayer.max_event_ahead_s {max_ahead_s:g} s: it would win its key for good"
         )
     return None
 

@@ -6,10 +6,13 @@ Start: NATS → versions bucket (bind) → burst sender for acks and record writ
 loop and metrics poller → NATS services API registration (`xr-replayer`, region in the
 metadata).
 
-Stop (`aclose`, one ordered, bounded sequence): readiness goes red → deregister → stop
-fetching → in-flight events finish and are acked (`shutdown_timeout_s`), the rest are
-cancelled and nak'ed → metrics poller → admin port → HTTP client → record updates → queued
-acks sent → drain and close NATS.
+Stop (`aclose`, one ordered sequence under one deadline, `shared.lifecycle`): readiness goes
+red → deregister → stop fetching → in-flight events finish and are acked
+(`shutdown_timeout_s`), the rest are cancelled and nak'ed → metrics poller → admin port → HTTP
+client → record updates → queued acks sent → drain and close NATS.
+
+A run ends on SIGTERM/SIGINT (exit 0), when the NATS connection closes for good, or when the
+fetch loop or the metrics poller fails (exit 1, one `replayer.failed` line naming it).
 
 Errors::
 
@@ -22,7 +25,6 @@ Errors::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Self
@@ -41,15 +43,16 @@ from services.replayer.versions import VersionStore
 from shared.admin import AdminServer, CheckResult, Health
 from shared.coalesce import Coalescer
 from shared.kvcas import KvCas
-from shared.lifecycle import Closeable, ServiceError
+from shared.lifecycle import Closeable, Lifecycle, ServiceError
+from shared.lifecycle import serve as serve_service
 from shared.logs import get_logger
 from shared.metrics import BUILD_INFO, XREGION_VERSION
 from shared.natsconn import NatsConnectError, NatsConnection
 from shared.provision import versions_bucket
 from shared.regions import dlq_stream, replay_consumer, replay_stream
 from shared.settings import Settings
-from shared.sighup import on_sighup
 from shared.signing import KeyFileError, Verifier, load_signer, load_verifier, reload_verifier
+from shared.tasks import TaskSet
 
 __all__ = [
     "SERVICE_NAME",
@@ -87,26 +90,30 @@ class ReplayerStartError(ReplayerError):
 
 
 class Replayer(Closeable):
-    """A running replayer; an async context manager. See the module docstring.
+    """A running replayer; an async context manager. See the module docstring."""
 
-    `retry_waits=False` removes the in-process retry waits (tests).
-    """
-
-    def __init__(self, settings: Settings, *, retry_waits: bool = True) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._retry_waits = retry_waits
         self.instance_id = uuid.uuid4().hex[:12]
+        self.lifecycle = Lifecycle(
+            "replayer",
+            stop_timeout_s=settings.replayer.shutdown_timeout_s + settings.nats.drain_timeout_s,
+        )
         self._conn = NatsConnection(settings.nats, service="replayer", name=SERVICE_NAME)
-        self._stack = contextlib.AsyncExitStack()
+        self.lifecycle.stop_when(self._conn.closed, "the NATS connection closed for good")
         self._consumer: ReplayConsumer | None = None
         self._applier: Applier | None = None
         self._versions: VersionStore | None = None
         self._verifier: Verifier | None = None
+        self._running: TaskSet | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
-        self._stopping = False
-        self.failed = asyncio.Event()
         self.admin_url = ""
+
+    @property
+    def failed(self) -> asyncio.Event:
+        """Set once a part failed (the process exits 1)."""
+        return self.lifecycle.failed
 
     @property
     def nats_closed(self) -> asyncio.Event:
@@ -132,8 +139,7 @@ class Replayer(Closeable):
 
     async def aclose(self) -> None:
         """The shutdown sequence (module docstring); idempotent."""
-        self._stopping = True
-        await self._stack.aclose()
+        await self.lifecycle.aclose()
 
     def reload_trusted_keys(self) -> bool:
         """Re-read the trusted-keys file (SIGHUP); a bad file keeps the keys in use."""
@@ -156,7 +162,7 @@ class Replayer(Closeable):
         except KeyFileError as exc:
             raise ReplayerConfigError(str(exc)) from None
         try:
-            await self._stack.enter_async_context(self._conn)
+            await self.lifecycle.enter(self._conn)
         except NatsConnectError as exc:
             raise ReplayerStartError(str(exc)) from None
         self._verifier = verifier
@@ -164,10 +170,10 @@ class Replayer(Closeable):
         kv = await self._bucket()
         out = None
         if s.replayer.coalesce_s > 0:
-            out = await self._stack.enter_async_context(
+            out = await self.lifecycle.enter(
                 Coalescer(self._conn.nc, delay_s=s.replayer.coalesce_s)
             )
-        cas = await self._stack.enter_async_context(
+        cas = await self.lifecycle.enter(
             KvCas(
                 self._conn.nc, versions_bucket(s.region), timeout_s=s.nats.request_timeout_s,
                 coalescer=out,
@@ -177,9 +183,7 @@ class Replayer(Closeable):
             kv, owner=self.instance_id, claim_s=s.replayer.ack_wait_s,
             remember=s.replayer.version_cache_keys, cas=cas,
         )  # fmt: skip
-        upstream = await self._stack.enter_async_context(
-            Upstream(s.replayer, wait=self._retry_waits)
-        )
+        upstream = await self.lifecycle.enter(Upstream(s.replayer))
         self._applier = Applier(
             s.replayer, s.services, region=s.region, versions=versions, upstream=upstream,
             verifier=verifier, signer=signer, max_event_age_s=max_event_age_s(s),
@@ -191,7 +195,8 @@ class Replayer(Closeable):
         )  # fmt: skip
         await self._bind()
         await self._start_admin()
-        self._stack.push_async_callback(self._stop_consuming)
+        self._running = self.lifecycle.tasks("consuming")
+        self.lifecycle.on_stop(self._stop_consuming)
         BUILD_INFO.info({"version": XREGION_VERSION, "service": SERVICE_NAME})
         metrics.preset(s.peer_regions(), s.services)
         await self._register()
@@ -201,9 +206,9 @@ class Replayer(Closeable):
     def start_consuming(self) -> None:
         """Start the fetch loop and the metrics poller (serve() does; tests may instead drive
         `run_until_idle`)."""
-        loop = asyncio.get_running_loop()
-        self._loop_task = loop.create_task(self._run_loop(), name="replayer-fetch")
-        self._poller = loop.create_task(self._poll_metrics(), name="replayer-metrics")
+        assert self._running is not None, "Replayer used outside `async with`"
+        self._loop_task = self._running.spawn(self.consumer.run(), name="replayer-fetch")
+        self._poller = self._running.spawn(self._poll_metrics(), name="replayer-metrics")
 
     async def _bucket(self) -> KeyValue:
         bucket = versions_bucket(self._settings.region)
@@ -230,7 +235,7 @@ class Replayer(Closeable):
             # No meta leader, perhaps: bind anyway, the data path does not need it.
             log.warning("replayer.consumer_unchecked", error=repr(exc))
         await self._consumer.bind()
-        self._stack.push_async_callback(self._consumer.aclose)
+        self.lifecycle.on_stop(self._consumer.aclose)
 
     async def _start_admin(self) -> None:
         token = self._settings.replayer.admin_token
@@ -243,7 +248,7 @@ class Replayer(Closeable):
         admin.add_check("consumer", self._consumer_check)
         admin.add_check("lifecycle", self._lifecycle_check)
         try:
-            await self._stack.enter_async_context(admin)
+            await self.lifecycle.enter(admin)
         except OSError as exc:
             raise ReplayerStartError(
                 f"cannot listen on replayer.admin_listen {admin.url}: {exc.strerror or exc}"
@@ -262,17 +267,9 @@ class Replayer(Closeable):
                 "admin_url": self.admin_url,
             },
         )
-        self._stack.push_async_callback(service.stop)
+        self.lifecycle.on_stop(service.stop, name="services-api")
 
     # ------------------------------------------------------------------ run and stop
-
-    async def _run_loop(self) -> None:
-        try:
-            await self.consumer.run()
-        except Exception as exc:  # the service's one boundary: log, flag, exit non-zero
-            log.error("replayer.fetch_loop_failed", error=repr(exc))
-            self.failed.set()
-            raise
 
     async def _stop_consuming(self) -> None:
         consumer = self.consumer
@@ -308,10 +305,10 @@ class Replayer(Closeable):
         return CheckResult(Health.DOWN, "consumer not bound")
 
     def _lifecycle_check(self) -> CheckResult:
-        if self._stopping:
+        if self.lifecycle.stopping:
             return CheckResult(Health.DOWN, "shutting down")
         if self.failed.is_set():
-            return CheckResult(Health.DOWN, "the fetch loop failed; exiting")
+            return CheckResult(Health.DOWN, "a component failed; exiting")
         return CheckResult(Health.OK, "running")
 
 
@@ -320,35 +317,18 @@ async def serve(
     *,
     shutdown_trigger: Callable[[], Awaitable[object]],
     on_started: Callable[[Replayer], None] | None = None,
-    retry_waits: bool = True,
 ) -> int:
     """Run a replayer until `shutdown_trigger()` completes (or NATS closes for good, or the
-    fetch loop fails). Returns 0 after a requested shutdown, else 1. Start failures raise
-    ReplayerError."""
-    async with Replayer(settings, retry_waits=retry_waits) as replayer:
+    fetch loop fails; `shared.lifecycle.serve`). Returns 0 after a requested shutdown, else 1.
+    Start failures raise ReplayerError."""
+
+    def started(replayer: Replayer) -> None:
         replayer.start_consuming()
         if on_started is not None:
             on_started(replayer)
-        with on_sighup(replayer.reload_trusted_keys):
-            reason = await _first_of(
-                shutdown=shutdown_trigger(),
-                nats_closed=replayer.nats_closed.wait(),
-                failed=replayer.failed.wait(),
-            )
-    if reason == "shutdown":
-        log.info("replayer.exit", reason="shutdown requested")
-        return 0
-    log.error("replayer.exit", reason=reason)
-    return 1
 
-
-async def _first_of(**waits: Awaitable[object]) -> str:
-    """Wait until one of `waits` completes and return its name; the others are cancelled."""
-    tasks = {asyncio.ensure_future(w): name for name, w in waits.items()}
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        return tasks[next(iter(done))]
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.wait(tasks)
+    replayer = Replayer(settings)
+    return await serve_service(
+        replayer, shutdown_trigger=shutdown_trigger, on_started=started,
+        reload=replayer.reload_trusted_keys,
+    )  # fmt: skip

@@ -15,8 +15,9 @@ carries their one-line excerpt (services/replayer/excerpt.py): what the service 
 dead letter and the logs.
 
 Retries are bounded twice (attempts and total time), use jittered exponential backoff, and
-log and count each scheduled retry. Retryable statuses (429, 5xx…) are retried the same way;
-`wait=False` removes the waits (tests).
+log and count each scheduled retry (`shared/retry.py`, component `replayer.upstream`, plus
+`xr_replayer_upstream_retries_total{service}`). Retryable statuses (429, 5xx…) are retried
+the same way; `shared.retry.set_waits(False)` removes the waits (tests).
 
 The common case is one attempt that answers: it runs without building any retry machinery.
 Only a retryable first outcome enters the tenacity loop, which takes that outcome as its
@@ -47,16 +48,7 @@ from typing import Self
 import aiohttp
 from aiohttp import hdrs
 from prometheus_client import Histogram
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    retry_if_result,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
-    wait_none,
-)
+from tenacity import RetryCallState, retry_if_exception_type, retry_if_result
 from yarl import URL
 
 from services.replayer.classify import TRANSPORT_ERRORS, Verdict, classify_status
@@ -65,6 +57,7 @@ from services.replayer.metrics import UPSTREAM_DURATION, UPSTREAM_RETRIES
 from services.replayer.request import ReplayRequest
 from shared.lifecycle import Closeable
 from shared.logs import get_logger
+from shared.retry import RetryPolicy
 from shared.settings import ReplayerSettings
 
 __all__ = ["Answer", "Upstream", "UpstreamError"]
@@ -100,9 +93,16 @@ class _AttemptError(Exception):
 class Upstream(Closeable):
     """The pooled HTTP client for local services; an async context manager."""
 
-    def __init__(self, settings: ReplayerSettings, *, wait: bool = True) -> None:
+    def __init__(self, settings: ReplayerSettings) -> None:
         self._settings = settings
-        self._wait = wait
+        self._retry_policy = RetryPolicy.jittered(
+            "replayer.upstream",
+            base_s=settings.retry_base_s,
+            max_s=settings.retry_max_s,
+            jitter_s=settings.retry_base_s,
+            attempts=settings.retry_attempts,
+            timeout_s=settings.retry_total_s,
+        )
         self._session: aiohttp.ClientSession | None = None
         self._durations: dict[str, Histogram] = {}
 
@@ -141,7 +141,6 @@ class Upstream(Closeable):
     async def _retry(
         self, request: ReplayRequest, service: str, first: Answer | _AttemptError, spent_s: float
     ) -> Answer:
-        s = self._settings
         handed_over = False
 
         async def attempt() -> Answer:
@@ -153,29 +152,18 @@ class Upstream(Closeable):
                 return first
             return await self._once(request, service)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(s.retry_attempts)
-            | stop_after_delay(max(0.0, s.retry_total_s - spent_s)),
-            wait=self._waits(),
+        retrying = self._retry_policy.retrying(
             retry=retry_if_exception_type(_AttemptError)
             | retry_if_result(lambda answer: classify_status(answer.status) is Verdict.RETRY),
-            before_sleep=lambda state: _scheduled(state, service),
+            describe=lambda state: _scheduled(state, service),
             retry_error_callback=_last_outcome,
-            reraise=False,
+            spent_s=spent_s,
         )
         try:
             answer: Answer = await retrying(attempt)
         except _AttemptError as exc:
             raise UpstreamError(str(exc)) from exc.__cause__
         return answer
-
-    def _waits(self) -> wait_exponential_jitter | wait_none:
-        if not self._wait:
-            return wait_none()
-        s = self._settings
-        return wait_exponential_jitter(
-            multiplier=s.retry_base_s, max=s.retry_max_s, jitter=s.retry_base_s
-        )
 
     async def _once(self, request: ReplayRequest, service: str) -> Answer:
         session = self._session
@@ -261,26 +249,17 @@ async def _drain(response: aiohttp.ClientResponse, kept: _Kept | None = None) ->
     return False
 
 
-def _scheduled(state: RetryCallState, service: str) -> None:
+def _scheduled(state: RetryCallState, service: str) -> tuple[str, dict[str, object]]:
+    """The reason and log context of a scheduled retry; counts it for the service too."""
     UPSTREAM_RETRIES.labels(service).inc()
-    log.info(
-        "replayer.upstream_retry",
-        service=service,
-        attempt=state.attempt_number,
-        wait_s=round(state.upcoming_sleep, 3),
-        **_cause(state),
-    )
-
-
-def _cause(state: RetryCallState) -> dict[str, str]:
-    """What the retried attempt got: a transport error, or a status and what the service said."""
     outcome = state.outcome
     if outcome is None:
-        return {"cause": ""}
+        return "transport", {"service": service, "cause": ""}
     if outcome.failed:
-        return {"cause": repr(outcome.exception())}
+        return "transport", {"service": service, "cause": repr(outcome.exception())}
     answer: Answer = outcome.result()
-    return {"cause": f"status {answer.status}", "service_answer": answer.excerpt}
+    cause = {"cause": f"status {answer.status}", "service_answer": answer.excerpt}
+    return "status", {"service": service, **cause}
 
 
 def _last_outcome(state: RetryCallState) -> Answer:

@@ -16,8 +16,6 @@ from typing import Any
 
 import aiohttp
 import httpx
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from multidict import CIMultiDictProxy
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
@@ -44,7 +42,6 @@ __all__ = [
     "StoredEvent",
     "TcpLink",
     "http_client",
-    "make_keys",
     "provision_region",
     "raw_url",
     "region_file",
@@ -58,30 +55,6 @@ __all__ = [
 REGION = "us-east"
 REGIONS = ("us-east", "eu-west", "ap-south")
 XREGION = Path(sys.executable).parent / "xregion"
-
-
-def make_keys(directory: Path, key_id: str = "us-east-1") -> dict[str, Any]:
-    """A fresh Ed25519 key pair on disk; returns the `[signing]` table that uses it."""
-    key = Ed25519PrivateKey.generate()
-    private = directory / f"{key_id}.pem"
-    private.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    trusted = directory / "trusted.toml"
-    trusted.write_text(f'[keys]\n"{key_id}" = """{public.decode()}"""\n')
-    return {
-        "mode": "ed25519",
-        "key_id": key_id,
-        "private_key_file": str(private),
-        "trusted_keys_file": str(trusted),
-    }
 
 
 def region_file(

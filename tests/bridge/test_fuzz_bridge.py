@@ -22,7 +22,8 @@ from structlog.testing import capture_logs
 
 from services.bridge.service import Bridge
 from services.xregion.local.supercluster import SuperCluster
-from tests.bridge.helpers import REGION, make_keys, running_bridge, write_region_file
+from tests.bridge.helpers import REGION, running_bridge, write_region_file
+from tests.harness.keys import make_keys
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -28,8 +28,8 @@ from tests.bridge.helpers import (
     stored_events,
 )
 from tests.bridge.upstream_app import TestUpstream
+from tests.harness.keys import private_pem, trusted_entry
 from tests.harness.wait import wait_until
-from tests.replayer.test_key_reload import private_pem, trusted_entry
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

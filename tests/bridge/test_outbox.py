@@ -19,7 +19,7 @@ from shared.dlq import HDR_DLQ_BODY, PUBLISH_REFUSED
 from shared.envelope import HDR_DLQ_REASON, Event, EventTooLargeError, new_traceparent
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
-from shared.natsconn import Backoff
+from shared.retry import RetryPolicy
 from shared.tasks import TaskSet
 from tests.harness.wait import wait_until
 
@@ -95,7 +95,7 @@ def drainer_for(outbox: Outbox, publisher: ScriptedPublisher, *, batch: int) -> 
         dead_letters=dead_letters(publisher),
         batch=batch,
         timeout_s=1.0,
-        backoff=Backoff(0.01, 0.05),
+        retry=RetryPolicy.backoff("bridge.outbox", base_s=0.01, max_s=0.05),
     )
 
 

@@ -17,13 +17,13 @@ from tests.bridge.helpers import (
     BridgeProcess,
     TcpLink,
     http_client,
-    make_keys,
     raw_url,
     region_file,
     send,
     stored_events,
 )
 from tests.bridge.upstream_app import TestUpstream
+from tests.harness.keys import make_keys
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -47,8 +47,9 @@ from shared.envelope import (
 )
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
-from shared.natsconn import Backoff, NatsConnection
+from shared.natsconn import NatsConnection
 from shared.regions import dlq_stream, dlq_subject, events_stream, events_subject
+from shared.retry import RetryPolicy
 from tests.bridge.helpers import (
     REGION,
     http_client,
@@ -150,7 +151,7 @@ def drainer_for(outbox: Outbox, publisher: Publisher, reader: NatsConnection) ->
     )
     return Drainer(
         outbox, publisher, dead_letters=letters, batch=10, timeout_s=5,
-        backoff=Backoff(0.01, 0.05),
+        retry=RetryPolicy.backoff("bridge.outbox", base_s=0.01, max_s=0.05),
     )  # fmt: skip
 
 

@@ -28,7 +28,6 @@ from tests.bridge.helpers import (
     REGION,
     TcpLink,
     http_client,
-    make_keys,
     running_bridge,
     send,
     settings_for,
@@ -36,6 +35,7 @@ from tests.bridge.helpers import (
     write_region_file,
 )
 from tests.bridge.upstream_app import TestUpstream
+from tests.harness.keys import make_keys
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]

@@ -39,7 +39,6 @@ from tests.bridge.helpers import (
     REGIONS,
     XREGION,
     http_client,
-    make_keys,
     running_bridge,
     send,
     settings_for,
@@ -47,6 +46,7 @@ from tests.bridge.helpers import (
     write_region_file,
 )
 from tests.bridge.upstream_app import Call, TestUpstream
+from tests.harness.keys import make_keys
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -174,6 +174,7 @@ async def test_a_signed_marker_forwards_exactly_what_it_signs_until_it_expires(
     assert await stored_events(js, service) == []
 
 
+@pytest.mark.usefixtures("no_retry_waits")
 async def test_a_replayer_through_a_signing_bridge_lands_with_the_events_version(
     bridge_cluster: SuperCluster, upstream: TestUpstream, js: JetStreamContext, tmp_path: Path
 ) -> None:
@@ -219,7 +220,7 @@ async def test_a_replayer_through_a_signing_bridge_lands_with_the_events_version
             signing=SigningSettings(**signing),
             services={service: ServiceSettings(upstream=bridge.url, routes=[f"/{service}"])},
         )
-        async with Replayer(replayer_settings, retry_waits=False) as replayer:
+        async with Replayer(replayer_settings) as replayer:
             await replayer.run_until_idle()
     [call] = calls_to(upstream, service)
     assert call.body == b'{"v": 1}'

@@ -24,7 +24,7 @@ from shared.signing import (
     sign_replay_marker,
     verify_replay_marker,
 )
-from tests.bridge.helpers import make_keys
+from tests.harness.keys import make_keys
 
 
 def event(body: bytes = b'{"price": 3}') -> Event:

@@ -27,6 +27,7 @@ from shared.hlc import HlcStamp
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.regions import events_subject
+from shared.retry import RetryPolicy
 from shared.tasks import TaskSet
 from shared.versions import Record, cas_write, read_record, record_key
 from tests.bridge.helpers import (
@@ -288,8 +289,9 @@ async def test_a_failed_record_is_tried_again_and_lands_once_the_claim_is_releas
     kv_key = record_key(service, key)
     applied, _, claim_rev = await _claimed(kv, kv_key)
     versions = LocalVersions(
-        reader, region=REGION, owner="test", timeout_s=0.3, max_inflight=8, retry_delays_s=(0.5,)
-    )
+        reader, region=REGION, owner="test", timeout_s=0.3, max_inflight=8,
+        retry=RetryPolicy.fixed("bridge.version", (0.5,)),
+    )  # fmt: skip
     async with versions:
         first = await versions.record(service, key, str(HlcStamp(20, 0)), "e20", trace_id="t")
         assert first == "failed"

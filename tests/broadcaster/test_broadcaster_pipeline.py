@@ -27,7 +27,7 @@ TARGET = "eu-west"
 # More than one pull request's worth (fetch_batch 256), so several are in flight together.
 EVENTS = 600
 # The publishes of one key seen in flight at once: a per-key lane would allow only 1.
-MANY = 100
+MANY = 20
 
 
 @pytest_asyncio.fixture(loop_scope="package")

@@ -5,7 +5,6 @@ command's paths."""
 from __future__ import annotations
 
 import asyncio
-import random
 import subprocess
 from pathlib import Path
 
@@ -32,7 +31,7 @@ from shared.envelope import (
 )
 from shared.hlc import Hlc
 from shared.ids import is_uuid7, uuid7_str, uuid7_time_ms
-from shared.natsconn import Backoff
+from shared.retry import RetryPolicy
 from shared.settings import BroadcasterSettings
 from tests.broadcaster.helpers import XREGION
 
@@ -151,7 +150,7 @@ class Clock:
 
 
 def gate(clock: Clock) -> Gate:
-    return Gate(Backoff(1.0, 8.0, rng=random.Random(1)), clock=clock)
+    return Gate(RetryPolicy.backoff("broadcaster.gate", base_s=1.0, max_s=8.0), clock=clock)
 
 
 def test_breaker_opens_on_failure_and_probes_once_after_the_delay() -> None:
@@ -197,15 +196,17 @@ async def test_acquire_waits_for_resume_and_returns_false_on_stop() -> None:
     g = gate(Clock())
     g.set_paused(True)
     waiter = asyncio.ensure_future(g.acquire())
-    await asyncio.sleep(0)
-    assert not waiter.done()
+    # A negative check needs a window: still waiting after a while of being paused.
+    done, _ = await asyncio.wait({waiter}, timeout=0.2)
+    assert not done
     g.set_paused(False)
-    assert await asyncio.wait_for(waiter, 1) is True
+    assert await asyncio.wait_for(waiter, 10) is True
     g.set_paused(True)
     waiter = asyncio.ensure_future(g.acquire())
-    await asyncio.sleep(0)
+    done, _ = await asyncio.wait({waiter}, timeout=0.2)
+    assert not done
     g.stop()
-    assert await asyncio.wait_for(waiter, 1) is False
+    assert await asyncio.wait_for(waiter, 10) is False
 
 
 # ---------------------------------------------------------------- failure classification

@@ -538,7 +538,7 @@ def test_every_file_the_region_file_names_is_mounted(
             settings.signing.trusted_keys_file,
         ],
         "replayer": [settings.signing.private_key_file, settings.signing.trusted_keys_file],
-        "broadcaster": [],
+        "broadcaster": [settings.signing.private_key_file, settings.signing.trusted_keys_file],
     }
     for service, workload in workloads.items():
         env = {e["name"]: e for e in _container(workload)["env"]}

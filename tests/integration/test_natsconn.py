@@ -9,7 +9,7 @@ import socket
 import pytest
 from prometheus_client import REGISTRY
 
-from shared.natsconn import Backoff, NatsConnectError, NatsConnection
+from shared.natsconn import NatsConnectError, NatsConnection
 from shared.settings import NatsSettings
 from tests.harness.fixtures import MakeSuperCluster, NatsConnect
 from tests.harness.wait import wait_until
@@ -88,12 +88,3 @@ async def test_close_drains_pending_messages(
     await conn.aclose()  # drain flushes everything buffered before closing
     await conn.aclose()  # idempotent
     await wait_until(lambda: received.qsize() == 100, 10, message="all 100 messages arrived")
-
-
-def test_backoff_grows_to_the_cap_and_resets() -> None:
-    backoff = Backoff(base_s=0.1, cap_s=2.0)
-    delays = [backoff.next_delay() for _ in range(10)]
-    assert 0.05 <= delays[0] <= 0.1
-    assert all(1.0 <= d <= 2.0 for d in delays[6:])
-    backoff.reset()
-    assert backoff.next_delay() <= 0.1

@@ -1,6 +1,7 @@
 """Fixtures of the replayer tests: one session-wide single-region NATS cluster (`eu-west`),
 re-provisioned per test with an empty replay stream, DLQ and a fresh replayer consumer, so
-tests cannot see each other's events. Tests run in the session's event loop."""
+tests cannot see each other's events. Tests run in the session's event loop, without retry
+waits (`no_retry_waits`)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.wait import wait_until
 from tests.replayer.helpers import REGION, make_settings
 from tests.replayer.recorder import Recorder
+
+
+@pytest.fixture(autouse=True)
+def _no_retry_waits(no_retry_waits: None) -> None:
+    """The replayer's retries run without their waits in these tests (shared/retry.py)."""
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -1,23 +1,40 @@
-"""Helpers of the replayer tests: region settings, events, publishing."""
+"""Helpers of the replayer tests: region settings and files, events, publishing, what the
+replayer recorded (outcome counters, dead letters), a socket that must never be dialled."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from prometheus_client import REGISTRY
 
 from services.bridge.versions import LocalVersions
 from shared.envelope import Event, encode, new_traceparent, req_headers_from
 from shared.hlc import HlcStamp
 from shared.ids import uuid7_str
 from shared.natsconn import NatsConnection
-from shared.regions import replay_subject
+from shared.regions import dlq_stream, replay_subject
 from shared.settings import ServiceSettings, Settings
 
-__all__ = ["ORIGIN", "REGION", "SERVICE", "make_event", "make_settings", "publish"]
+__all__ = [
+    "ORIGIN",
+    "REGION",
+    "SERVICE",
+    "Trap",
+    "count",
+    "dead_letters",
+    "make_event",
+    "make_settings",
+    "publish",
+    "publish_raw",
+    "record_local_write",
+    "region_toml",
+]
 
 REGION = "eu-west"
 ORIGIN = "us-east"
@@ -112,3 +129,65 @@ async def record_local_write(settings: Settings, event: Event) -> str:
             return await versions.record(
                 event.service, event.key, str(event.hlc), event.event_id, trace_id="test"
             )
+
+
+def region_toml(settings: Settings, path: Path) -> Path:
+    """`settings` as the region file an `xregion replayer` process reads, written to `path`."""
+    r = settings.replayer
+    servers = ", ".join(f'"{url}"' for url in settings.nats.servers)
+    upstream = settings.services[SERVICE].upstream
+    path.write_text(
+        f'region = "{REGION}"\nregions = ["{REGION}", "us-east"]\ndata_dir = "{path.parent}"\n'
+        f"[nats]\nservers = [{servers}]\n"
+        f'[signing]\nmode = "off"\n'
+        f'[replayer]\nadmin_listen = "127.0.0.1:0"\nconcurrency = 8\nfetch_timeout_s = 0.3\n'
+        f"ack_wait_s = {r.ack_wait_s}\nupstream_timeout_s = {r.upstream_timeout_s}\n"
+        f"retry_total_s = {r.retry_total_s}\nshutdown_timeout_s = 5.0\n"
+        f'[services.{SERVICE}]\nupstream = "{upstream}"\nroutes = ["/catalog"]\n'
+    )
+    return path
+
+
+def count(outcome: str) -> float:
+    """xr_replayer_events_total for ORIGIN/SERVICE and `outcome`, in this process."""
+    value = REGISTRY.get_sample_value(
+        "xr_replayer_events_total", {"origin": ORIGIN, "service": SERVICE, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+async def dead_letters(js: JetStreamContext) -> list[dict[str, str]]:
+    """The headers of every dead letter of REGION, plus its subject as `_subject`."""
+    found: list[dict[str, str]] = []
+    seq = 1
+    while True:
+        try:
+            msg = await js.get_msg(dlq_stream(REGION), seq=seq, subject=f"xr.dlq.{REGION}.>",
+                                   next=True)  # fmt: skip
+        except NotFoundError:
+            return found
+        found.append({**(msg.headers or {}), "_subject": msg.subject or ""})
+        seq = int(msg.seq or seq) + 1
+
+
+class Trap:
+    """A listening socket that must never be connected to."""
+
+    def __init__(self) -> None:
+        self.hits = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> Trap:
+        self._server = await asyncio.start_server(self._hit, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _hit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.hits += 1
+        writer.close()

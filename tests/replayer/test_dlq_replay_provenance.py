@@ -23,10 +23,9 @@ from shared.envelope import HDR_DLQ_TARGET, Event, encode
 from shared.natsconn import NatsConnection
 from shared.settings import Settings, SigningSettings
 from shared.signing import load_signer
-from tests.bridge.helpers import make_keys
+from tests.harness.keys import make_keys
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import ORIGIN, REGION, SERVICE, make_event
-from tests.replayer.test_replayer_apply import dead_letters
+from tests.replayer.helpers import ORIGIN, REGION, SERVICE, dead_letters, make_event
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

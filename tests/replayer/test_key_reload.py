@@ -4,7 +4,6 @@ keys in use and logs one error; the process keeps replaying throughout."""
 
 from __future__ import annotations
 
-import base64
 import json
 import signal
 from pathlib import Path
@@ -12,7 +11,6 @@ from typing import Any
 
 import httpx
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from nats.js import JetStreamContext
 
@@ -20,34 +18,13 @@ from services.replayer.service import Replayer
 from services.xregion.local.supercluster import free_ports
 from shared.settings import Settings, SigningSettings
 from shared.signing import Signer
+from tests.harness.keys import private_pem, trusted_entry
 from tests.harness.wait import wait_until
 from tests.harness.xregion_procs import ServiceProcess
-from tests.replayer.helpers import ORIGIN, REGION, SERVICE, make_event, publish
+from tests.replayer.helpers import ORIGIN, REGION, SERVICE, dead_letters, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def private_pem(path: Path, key: Ed25519PrivateKey) -> Path:
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return path
-
-
-def trusted_entry(key_id: str, key: Ed25519PrivateKey, region: str, role: str) -> str:
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return (
-        f'[keys."{key_id}"]\nregion = "{region}"\nroles = ["{role}"]\n'
-        f'public_key = "{base64.b64encode(der).decode()}"\n'
-    )
 
 
 def region_toml(settings: Settings, tmp_path: Path, admin: str, signing: dict[str, str]) -> Path:
@@ -166,8 +143,7 @@ async def test_an_event_signed_by_a_replayer_key_is_dead_lettered(
     genuine = Signer("us-east-1", bridge_key).sign(make_event("/catalog/genuine"))
     await publish(js, forged)
     await publish(js, genuine)
-    async with Replayer(settings.model_copy(update={"signing": signing}),
-                        retry_waits=False) as replayer:  # fmt: skip
+    async with Replayer(settings.model_copy(update={"signing": signing})) as replayer:  # fmt: skip
         await replayer.run_until_idle()
     assert [call.event_id for call in recorder.calls] == [genuine.event_id]
     [letter] = await dead_letters(js)

@@ -20,9 +20,8 @@ from services.xregion.ops.dlq import Selection, run_dlq
 from shared.dlq import _ERROR_MAX
 from shared.settings import ServiceSettings, Settings
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import REGION, make_event, publish
+from tests.replayer.helpers import REGION, dead_letters, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -32,7 +31,7 @@ _JSON = {"Content-Type": "application/json"}
 async def replay_all(settings: Settings) -> list[MutableMapping[str, Any]]:
     """Run a replayer until idle; the log lines about dead letters it wrote."""
     with capture_logs(processors=[merge_contextvars]) as logs:
-        async with Replayer(settings, retry_waits=False) as replayer:
+        async with Replayer(settings) as replayer:
             await replayer.run_until_idle()
     return [line for line in logs if line["event"] == "replayer.dead_lettered"]
 
@@ -105,7 +104,7 @@ async def test_5xx_until_retries_are_exhausted_files_the_last_answer(
     event = make_event("/catalog/down")
     await publish(js, event)
     with capture_logs(processors=[merge_contextvars]) as logs:
-        async with Replayer(short, retry_waits=False) as replayer:
+        async with Replayer(short) as replayer:
 
             async def filed() -> list[dict[str, str]]:
                 await replayer.run_until_idle()  # returns while a nak'ed event waits its delay
@@ -154,7 +153,7 @@ async def test_a_2xx_body_is_not_kept_and_an_error_body_is(settings: Settings) -
     }
     async with Recorder(script={"/catalog/no": [404]}, bodies=bodies) as service:
         services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
-        async with Upstream(settings.replayer, wait=False) as up:
+        async with Upstream(settings.replayer) as up:
             ok = [await up.call(build_request(make_event("/catalog/ok"), services), "catalog")
                   for _ in range(2)]  # fmt: skip
             refused = await up.call(build_request(make_event("/catalog/no"), services), "catalog")

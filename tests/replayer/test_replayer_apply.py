@@ -11,7 +11,7 @@ import httpx
 import pytest
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NoStreamResponseError, NotFoundError
+from nats.js.errors import NoStreamResponseError
 from prometheus_client import REGISTRY
 from structlog.contextvars import merge_contextvars
 from structlog.testing import capture_logs
@@ -22,13 +22,14 @@ from shared.envelope import HDR_CANARY
 from shared.kvcas import KvCas
 from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
-from shared.regions import dlq_stream
 from shared.settings import Settings
 from tests.harness.wait import wait_until
 from tests.replayer.helpers import (
     ORIGIN,
     REGION,
     SERVICE,
+    count,
+    dead_letters,
     make_event,
     publish,
     record_local_write,
@@ -40,29 +41,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")
 
 @contextlib.asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Replayer]:
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         replayer.start_consuming()
         yield replayer
-
-
-def count(outcome: str) -> float:
-    value = REGISTRY.get_sample_value(
-        "xr_replayer_events_total", {"origin": ORIGIN, "service": SERVICE, "outcome": outcome}
-    )
-    return value or 0.0
-
-
-async def dead_letters(js: JetStreamContext) -> list[dict[str, str]]:
-    found: list[dict[str, str]] = []
-    seq = 1
-    while True:
-        try:
-            msg = await js.get_msg(dlq_stream(REGION), seq=seq, subject=f"xr.dlq.{REGION}.>",
-                                   next=True)  # fmt: skip
-        except NotFoundError:
-            return found
-        found.append({**(msg.headers or {}), "_subject": msg.subject or ""})
-        seq = int(msg.seq or seq) + 1
 
 
 async def test_applied_once_with_the_right_request(
@@ -70,7 +51,7 @@ async def test_applied_once_with_the_right_request(
 ) -> None:
     event = make_event("/catalog/items/1?x=1", body=b'{"name":"a"}', hlc_ms=5)
     await publish(js, event)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     [call] = recorder.calls
     assert call.method == "PUT"
@@ -95,7 +76,7 @@ async def test_duplicate_and_stale_are_not_called(
     await publish(js, newer)
     await publish(js, older)
     await publish(js, newer, msg_id=False)  # the same event again, past the stream's dedup
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert [c.event_id for c in recorder.calls] == [newer.event_id]
     assert recorder.values["/catalog/k"][1] == b"new"
@@ -128,7 +109,7 @@ async def test_4xx_is_dead_lettered_with_headers_and_not_called_again(
     recorder.script["/catalog/bad"] = [422]
     event = make_event("/catalog/bad", body=b"payload")
     await publish(js, event)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert [c.status for c in recorder.calls] == [422]
     [letter] = await dead_letters(js)
@@ -138,7 +119,7 @@ async def test_4xx_is_dead_lettered_with_headers_and_not_called_again(
     assert letter["Xr-Dlq-Attempts"] == "1"
     assert letter["Xr-Dlq-At"].endswith("+00:00")
     assert letter["Xr-Event-Id"] == event.event_id
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert len(recorder.calls) == 1
 
@@ -148,7 +129,7 @@ async def test_canary_is_recorded_and_never_called(
 ) -> None:
     canary = make_event(f"/xr-canary/{REGION}", service="xr-canary", method="POST")
     await publish(js, canary, extra={HDR_CANARY: REGION})
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert recorder.calls == []
     assert await dead_letters(js) == []
@@ -164,7 +145,7 @@ async def test_a_newer_local_write_makes_an_older_replay_stale(
 ) -> None:
     older = make_event("/catalog/local", hlc_ms=1)
     local = make_event("/catalog/local", hlc_ms=2)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         store = replayer.versions
         assert await record_local_write(settings, local) == "recorded"
         await publish(js, older)
@@ -182,7 +163,7 @@ async def test_a_local_write_after_a_remembered_replay_still_makes_older_replays
     write v3. v2 must not be called (the remembered v1 only ever proves "older than v1"),
     and v4 is applied on top of the local write."""
     v1, v2, local, v4 = (make_event("/catalog/mixed", hlc_ms=i) for i in (1, 2, 3, 4))
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await publish(js, v1)
         await replayer.run_until_idle()
         assert await record_local_write(settings, local) == "recorded"
@@ -205,7 +186,7 @@ async def test_every_line_about_an_event_carries_its_context(
     event = make_event("/catalog/ctx")
     await publish(js, event)
     with capture_logs(processors=[merge_contextvars]) as logs:
-        async with Replayer(settings, retry_waits=False) as replayer:
+        async with Replayer(settings) as replayer:
             await replayer.run_until_idle()
     about = [e for e in logs if e["event"] in ("replayer.upstream_retry", "replayer.applied")]
     assert [e["event"] for e in about] == ["replayer.upstream_retry", "replayer.applied"]
@@ -264,7 +245,7 @@ async def test_events_queued_behind_a_slow_key_are_kept_alive(
     for event in events:
         await publish(js, event)
     duplicates = count("duplicate")
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert [c.event_id for c in recorder.calls] == [e.event_id for e in events]
     assert count("duplicate") == duplicates
@@ -274,7 +255,7 @@ async def test_registered_ready_and_serving_metrics(
     settings: Settings, js: JetStreamContext
 ) -> None:
     async with (
-        Replayer(settings, retry_waits=False) as replayer,
+        Replayer(settings) as replayer,
         NatsConnection(settings.nats, service="test-ping") as conn,
         httpx.AsyncClient() as client,
     ):
@@ -326,7 +307,7 @@ async def test_an_untranslated_error_is_retried_then_dead_lettered_not_lost(
     event = make_event("/catalog/bug")
     await publish(js, event)
     broken = _Broken()
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         replayer.consumer._applier = broken  # type: ignore[assignment]  # our own seam
 
         async def dead_lettered() -> list[dict[str, str]]:

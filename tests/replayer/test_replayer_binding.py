@@ -19,10 +19,9 @@ from shared.hlc import HlcStamp
 from shared.regions import replay_subject
 from shared.settings import Settings, SigningSettings
 from shared.signing import load_signer
-from tests.bridge.helpers import make_keys
-from tests.replayer.helpers import ORIGIN, REGION, SERVICE, make_event, publish
+from tests.harness.keys import make_keys
+from tests.replayer.helpers import ORIGIN, REGION, SERVICE, dead_letters, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -57,7 +56,7 @@ async def test_an_event_is_refused_off_its_subject_targets_or_age(
         await js.publish(subject, payload, headers=headers)
     await publish(js, elsewhere)
     await publish(js, expired)
-    async with Replayer(signed_settings, retry_waits=False) as replayer:
+    async with Replayer(signed_settings) as replayer:
         await replayer.run_until_idle()
 
     assert [call.event_id for call in recorder.calls] == [good.event_id]
@@ -78,7 +77,7 @@ async def test_an_event_of_the_region_itself_is_never_replayed_there(
 ) -> None:
     own = make_event("/catalog/own", origin=REGION)
     await publish(js, own)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert recorder.calls == []
     assert Counter(letter["Xr-Dlq-Reason"] for letter in await dead_letters(js)) == {
@@ -97,7 +96,7 @@ async def test_the_age_limit_is_a_setting_tied_to_the_version_records_ttl(
     assert max_event_age_s(strict) == 30.0
     minute_old = make_event("/catalog/minute-old", hlc_ms=-1000)  # over a minute ago
     await publish(js, minute_old)
-    async with Replayer(strict, retry_waits=False) as replayer:
+    async with Replayer(strict) as replayer:
         await replayer.run_until_idle()
     assert recorder.calls == []
     [letter] = await dead_letters(js)

@@ -12,9 +12,8 @@ from services.replayer.service import Replayer
 from services.replayer.upstream import Upstream
 from shared.settings import ServiceSettings, Settings
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import make_event, publish
+from tests.replayer.helpers import count, dead_letters, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import count, dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -30,7 +29,7 @@ async def test_a_large_body_is_not_read_and_the_write_is_applied(
     event = make_event("/catalog/big")
     applied = count("applied")
     await publish(js, event)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     await wait_until(lambda: "/catalog/big" in recorder.streamed, 10,
                      message="the service's handler finished")  # fmt: skip
@@ -49,7 +48,7 @@ async def test_an_endless_body_does_not_hold_the_event(
     event = make_event("/catalog/endless")
     applied = count("applied")
     await publish(js, event)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
         await wait_until(lambda: "/catalog/endless" in recorder.streamed, 10,
                          message="the endless answer cut off by the replayer")  # fmt: skip
@@ -66,7 +65,7 @@ async def test_an_endless_error_body_keeps_its_status(
     recorder.script["/catalog/endless-422"] = [422]
     recorder.streams["/catalog/endless-422"] = None
     await publish(js, make_event("/catalog/endless-422"))
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert [c.status for c in recorder.calls] == [422]
     [letter] = await dead_letters(js)
@@ -82,7 +81,7 @@ async def test_a_body_that_stalls_after_the_status_does_not_undo_it(
     event = make_event("/catalog/stall")
     applied = count("applied")
     await publish(js, event)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert [(c.event_id, c.status) for c in recorder.calls] == [(event.event_id, 200)]
     assert count("applied") - applied == 1
@@ -91,7 +90,7 @@ async def test_a_body_that_stalls_after_the_status_does_not_undo_it(
 async def test_a_small_body_is_drained_and_the_connection_reused(settings: Settings) -> None:
     async with Recorder(streams={"/catalog/small": 4096}) as service:
         services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
-        async with Upstream(settings.replayer, wait=False) as up:
+        async with Upstream(settings.replayer) as up:
             for _ in range(3):
                 request = build_request(make_event("/catalog/small"), services)
                 assert (await up.call(request, "catalog")).status == 200

@@ -19,11 +19,10 @@ from shared.hlc import HlcStamp
 from shared.regions import replay_subject
 from shared.settings import Settings, SigningSettings
 from shared.signing import Signer, load_signer
-from tests.bridge.helpers import make_keys
+from tests.harness.keys import make_keys
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import ORIGIN, REGION, make_event
+from tests.replayer.helpers import ORIGIN, REGION, dead_letters, make_event
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -93,7 +92,7 @@ async def test_a_forged_canary_does_not_refresh_the_path(
         await send(js, signer.sign(canary(hlc_ms=fresh)), origin="ap-south")
     else:  # a canary for another region, delivered here
         await send(js, signer.sign(canary(target="ap-south", hlc_ms=fresh)), target="ap-south")
-    async with Replayer(signed, retry_waits=False) as replayer:
+    async with Replayer(signed) as replayer:
         await replayer.run_until_idle()
 
     assert recorder.calls == []
@@ -110,7 +109,7 @@ async def test_a_canary_time_is_capped_at_now(
 ) -> None:
     signed, signer = signed_settings(settings, tmp_path)
     await send(js, signer.sign(canary(hlc_ms=now_ms() + DAY_MS)))
-    async with Replayer(signed, retry_waits=False) as replayer:
+    async with Replayer(signed) as replayer:
         await replayer.run_until_idle()
 
         def aged() -> bool:

@@ -17,35 +17,18 @@ from services.xregion.errors import UsageError
 from services.xregion.ops.dlq import Selection, run_dlq
 from shared.envelope import encode
 from shared.settings import Settings
-from tests.replayer.helpers import REGION, make_event, publish, publish_raw
+from tests.replayer.helpers import (
+    REGION,
+    Trap,
+    dead_letters,
+    make_event,
+    publish,
+    publish_raw,
+    region_toml,
+)
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import dead_letters
-from tests.replayer.test_replayer_process import region_toml
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-class Trap:
-    """A listening socket that must never be connected to."""
-
-    def __init__(self) -> None:
-        self.hits = 0
-        self.port = 0
-        self._server: asyncio.Server | None = None
-
-    async def __aenter__(self) -> Trap:
-        self._server = await asyncio.start_server(self._hit, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        await self._server.wait_closed()
-
-    async def _hit(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.hits += 1
-        writer.close()
 
 
 def ssrf_paths(port: int) -> list[str]:
@@ -71,7 +54,7 @@ async def test_ssrf_corpus_is_dead_lettered_without_any_call(
             headers, payload = encode(make_event("/catalog/ok"))
             headers["Xr-Path"] = path  # bypass Event's own checks: a hostile producer
             await publish_raw(js, headers, payload)
-        async with Replayer(settings, retry_waits=False) as replayer:
+        async with Replayer(settings) as replayer:
             await replayer.run_until_idle()
         assert trap.hits == 0
     assert recorder.calls == []
@@ -87,7 +70,7 @@ async def test_malformed_unknown_service_and_method_are_dead_lettered(
     await publish_raw(js, {"Xr-Schema": "1", "Xr-Origin": "us-east"}, b"junk")
     await publish(js, make_event("/billing/1", service="billing"))
     await publish(js, make_event("/catalog/1", method="GET"))
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert recorder.calls == []
     reasons = sorted(letter["Xr-Dlq-Reason"] for letter in await dead_letters(js))
@@ -100,7 +83,7 @@ async def test_dlq_replay_after_the_service_is_fixed_applies_once(
     recorder.script["/catalog/fixme"] = [400]
     event = make_event("/catalog/fixme", body=b"v1")
     await publish(js, event)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert event.event_id not in recorder.succeeded
 
@@ -112,7 +95,7 @@ async def test_dlq_replay_after_the_service_is_fixed_applies_once(
     assert await run_dlq(settings, "replay", selection, yes=False) == 0
     assert await dead_letters(js) == []
 
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert recorder.succeeded[event.event_id].body == b"v1"
     assert [c.status for c in recorder.calls] == [400, 200]
@@ -123,7 +106,7 @@ async def test_dlq_show_and_purge_which_needs_yes(
     js: JetStreamContext, settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     await publish(js, dataclasses.replace(make_event("/billing/2"), service="billing"))
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert len(await dead_letters(js)) == 1
     with pytest.raises(UsageError):
@@ -145,7 +128,7 @@ async def test_dlq_list_command_line(
     js: JetStreamContext, settings: Settings, tmp_path: Path
 ) -> None:
     await publish(js, make_event("/billing/3", service="billing"))
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     exe = shutil.which("xregion", path=str(Path(sys.executable).parent))
     assert exe is not None

@@ -16,9 +16,8 @@ from nats.js import JetStreamContext
 from services.replayer.service import Replayer
 from shared.envelope import Event
 from shared.settings import Settings
-from tests.replayer.helpers import make_event, publish
+from tests.replayer.helpers import count, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.asyncio(loop_scope="session")]
 
@@ -41,7 +40,7 @@ async def test_a_big_drain_applies_every_event_once_in_key_order(
     )
     applied0, duplicate0, stale0 = count("applied"), count("duplicate"), count("stale")
     started = time.monotonic()
-    async with Replayer(fast, retry_waits=False) as replayer:
+    async with Replayer(fast) as replayer:
         await replayer.run_until_idle()
         elapsed = time.monotonic() - started
         assert len(recorder.succeeded) == EVENTS

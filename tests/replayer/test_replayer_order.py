@@ -12,9 +12,8 @@ from services.replayer.service import Replayer
 from shared.regions import replay_consumer, replay_stream
 from shared.settings import Settings
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import REGION, make_event, publish
+from tests.replayer.helpers import REGION, count, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import count
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 

@@ -16,9 +16,8 @@ from services.replayer.pathsafe import UnsafePathError, check_path, percent_enco
 from services.replayer.request import UnsafeRequestPathError, build_request
 from services.replayer.service import Replayer
 from shared.settings import ServiceSettings, Settings
-from tests.replayer.helpers import make_event, publish
+from tests.replayer.helpers import dead_letters, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import dead_letters
 
 SERVICES = {"catalog": ServiceSettings(upstream="http://10.0.0.1:7001", routes=["/catalog"])}
 
@@ -43,7 +42,7 @@ async def test_the_service_receives_the_origin_path_bytes(
     events = [make_event(path, key=f"/catalog/k{i}") for i, (path, _) in enumerate(SENT)]
     for event in events:
         await publish(js, event)
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     got = {c.event_id: c.raw_path for c in recorder.calls}
     assert [got.get(e.event_id) for e in events] == [wire for _, wire in SENT]
@@ -57,7 +56,7 @@ async def test_unsafe_non_ascii_paths_are_dead_lettered_without_a_call(
 ) -> None:
     for i, path in enumerate(UNSAFE):
         await publish(js, make_event(path, key=f"/catalog/u{i}"))
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert recorder.calls == []
     letters = await dead_letters(js)

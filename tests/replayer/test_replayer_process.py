@@ -14,28 +14,12 @@ from nats.js import JetStreamContext
 from services.replayer.service import Replayer
 from shared.settings import Settings
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import REGION, SERVICE, make_event, publish
+from tests.replayer.helpers import make_event, publish, region_toml
 from tests.replayer.recorder import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
 EVENTS = 300
-
-
-def region_toml(settings: Settings, path: Path) -> Path:
-    r = settings.replayer
-    servers = ", ".join(f'"{url}"' for url in settings.nats.servers)
-    upstream = settings.services[SERVICE].upstream
-    path.write_text(
-        f'region = "{REGION}"\nregions = ["{REGION}", "us-east"]\ndata_dir = "{path.parent}"\n'
-        f"[nats]\nservers = [{servers}]\n"
-        f'[signing]\nmode = "off"\n'
-        f'[replayer]\nadmin_listen = "127.0.0.1:0"\nconcurrency = 8\nfetch_timeout_s = 0.3\n'
-        f"ack_wait_s = {r.ack_wait_s}\nupstream_timeout_s = {r.upstream_timeout_s}\n"
-        f"retry_total_s = {r.retry_total_s}\nshutdown_timeout_s = 5.0\n"
-        f'[services.{SERVICE}]\nupstream = "{upstream}"\nroutes = ["/catalog"]\n'
-    )
-    return path
 
 
 async def test_sigterm_under_load_loses_and_duplicates_nothing(
@@ -64,7 +48,7 @@ async def test_sigterm_under_load_loses_and_duplicates_nothing(
             await proc.wait()
     assert len(recorder.succeeded) < EVENTS  # it really stopped mid-stream
 
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         await replayer.run_until_idle()
     assert recorder.repeats == []
     assert sorted(recorder.succeeded) == sorted(e.event_id for e in events)
@@ -95,7 +79,7 @@ async def test_sigkill_during_a_call_then_restart_applies_once(
             proc.kill()
         await proc.wait()
 
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         replayer.start_consuming()
         await wait_until(lambda: len(recorder.calls) >= 2, 20, message="the event redelivered")
     assert {c.event_id for c in recorder.calls} == {event.event_id}

@@ -26,9 +26,8 @@ from shared.dlq import NotReplayableError, dead_letter, fit, path_of, replay_mes
 from shared.envelope import Event, encode, req_headers_from
 from shared.settings import ReplayerSettings, ServiceSettings
 from tests.harness.wait import wait_until
-from tests.replayer.helpers import make_event
+from tests.replayer.helpers import Trap, make_event
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_dead_letters import Trap
 
 SERVICES = {"catalog": ServiceSettings(upstream="http://10.0.0.1:7001", routes=["/catalog"])}
 
@@ -204,7 +203,7 @@ async def test_upstream_retries_5xx_then_returns_the_last_status() -> None:
     async with Recorder(script={"/catalog/1": [503, 502]}) as service:
         services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
         request = build_request(make_event("/catalog/1"), services)
-        async with Upstream(_settings(), wait=False) as up:
+        async with Upstream(_settings()) as up:
             assert (await up.call(request, "catalog")).status == 200
     assert [c.status for c in service.calls] == [503, 502, 200]
 
@@ -213,7 +212,7 @@ async def test_upstream_returns_the_last_retryable_status_when_attempts_run_out(
     async with Recorder(script={"/catalog/1": [503] * 5}) as service:
         services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
         request = build_request(make_event("/catalog/1"), services)
-        async with Upstream(_settings(), wait=False) as up:
+        async with Upstream(_settings()) as up:
             assert (await up.call(request, "catalog")).status == 503
     assert len(service.calls) == 3
 
@@ -224,7 +223,7 @@ async def test_upstream_gives_up_after_the_attempts() -> None:
             "catalog": ServiceSettings(upstream=f"http://127.0.0.1:{trap.port}", routes=["/c"])
         }
         request = build_request(make_event("/catalog/1"), services)
-        async with Upstream(_settings(), wait=False) as up:
+        async with Upstream(_settings()) as up:
             with pytest.raises(UpstreamError):
                 await up.call(request, "catalog")
     # 3 attempts; aiohttp itself re-sends an idempotent method once on a dropped connection
@@ -237,7 +236,7 @@ async def test_upstream_sends_the_checked_path_verbatim_and_no_invented_headers(
         event = dataclasses.replace(
             make_event("/catalog/a%41b/%7Ex?y=%2F&z=a+b", body=b"raw"), req_headers=()
         )
-        async with Upstream(_settings(), wait=False) as up:
+        async with Upstream(_settings()) as up:
             assert (await up.call(build_request(event, services), "catalog")).status == 200
     [call] = service.calls
     assert call.raw_path == "/catalog/a%41b/%7Ex?y=%2F&z=a+b"
@@ -291,7 +290,7 @@ async def test_an_applied_event_is_acked_even_if_its_record_cannot_be_written() 
     )  # fmt: skip
     async with Recorder() as service:
         services = {"catalog": ServiceSettings(upstream=service.url, routes=["/catalog"])}
-        async with Upstream(_settings(), wait=False) as up:
+        async with Upstream(_settings()) as up:
             applier = Applier(
                 _settings(), services, region="eu-west", versions=_AlwaysClaimed(), upstream=up
             )

@@ -37,7 +37,7 @@ async def test_events_held_during_the_drain_are_kept_alive(
         await publish(js, event)
     other = await js.pull_subscribe_bind(durable=replay_consumer(), stream=replay_stream(REGION))
     redelivered: list[Msg] = []
-    replayer = Replayer(settings, retry_waits=False)
+    replayer = Replayer(settings)
     await replayer.__aenter__()
     try:
         replayer.start_consuming()
@@ -66,7 +66,7 @@ async def test_events_cut_off_by_the_deadline_are_nakd_even_if_queued_behind_the
     recorder.delays[path] = 2.0
     for i in range(3):
         await publish(js, make_event(path, hlc_ms=i))
-    async with Replayer(settings, retry_waits=False) as replayer:
+    async with Replayer(settings) as replayer:
         replayer.start_consuming()
         await wait_until(lambda: path in recorder.in_flight_keys, 10, message="first call")
     assert replayer.consumer.inflight == 0

@@ -13,10 +13,9 @@ from nats.js import JetStreamContext
 from services.replayer.service import Replayer
 from shared.settings import Settings, SigningSettings
 from shared.signing import ReplayMarker, load_signer, load_verifier, verify_replay_marker
-from tests.bridge.helpers import make_keys
-from tests.replayer.helpers import make_event, publish
+from tests.harness.keys import make_keys
+from tests.replayer.helpers import dead_letters, make_event, publish
 from tests.replayer.recorder import Recorder
-from tests.replayer.test_replayer_apply import dead_letters
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
 
@@ -33,7 +32,7 @@ async def test_signatures_are_verified_before_any_call(
     await publish(js, good)
     await publish(js, make_event("/catalog/unsigned"))
     await publish(js, tampered)
-    async with Replayer(signed_settings, retry_waits=False) as replayer:
+    async with Replayer(signed_settings) as replayer:
         await replayer.run_until_idle()
 
     [call] = recorder.calls
@@ -64,8 +63,7 @@ async def test_the_replay_marker_covers_the_request_target_as_sent(
     assert verifier is not None
     event = signer.sign(make_event("/catalog/café?x=ü", body=b"ok"))
     await publish(js, event)
-    async with Replayer(settings.model_copy(update={"signing": signing}),
-                        retry_waits=False) as replayer:  # fmt: skip
+    async with Replayer(settings.model_copy(update={"signing": signing})) as replayer:  # fmt: skip
         await replayer.run_until_idle()
     [call] = recorder.calls
     assert call.raw_path == "/catalog/caf%C3%A9?x=%C3%BC"
