@@ -9,6 +9,10 @@
   every disconnect and reconnect;
 * if the client closes for good anyway (nats-py closes on any protocol `-ERR`), `closed` is
   set so the owner can shut down instead of running without a connection;
+* a publish the user's permissions refuse gets no answer at all: the server only writes
+  `-ERR 'Permissions Violation for Publish to "<subject>"'`, which nats-py hands to the error
+  callback alone; `on_permission_error(callback)` passes the subject on to whoever waits for
+  an answer on it (`denied_publish_subject`);
 * `aclose()` drains (bounded by `drain_timeout_s`), then closes; it is idempotent;
 * replies come back on the user's own inboxes, `inbox_prefix(user)` (`_INBOX.<user>`, or
   nats-py's `_INBOX` without a user): the rendered permissions let each user subscribe to its
@@ -23,9 +27,11 @@ Errors raised here:
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 import ssl
+from collections.abc import Callable
 from typing import Any, Self
 
 import nats
@@ -41,6 +47,8 @@ from shared.settings import NatsSettings
 __all__ = [
     "NatsConnectError",
     "NatsConnection",
+    "PermissionCallback",
+    "denied_publish_subject",
     "inbox_prefix",
     "login_user",
     "redact_url",
@@ -53,6 +61,13 @@ DEFAULT_INBOX_PREFIX = "_INBOX"
 _NOT_IN_TOKEN_RE = re.compile(r"[\s.*>%]")
 # Up to the last `@` of the URL: a password may hold `/` or `@` unencoded.
 _USERINFO_RE = re.compile(r"(?<=//)[^\s'\",]*@")
+# The server writes the subject Go-quoted (`%q`); bare and single-quoted forms are taken too.
+_PUBLISH_DENIED_RE = re.compile(
+    r"permissions violation for publish to\s+(\"(?:[^\"\\]|\\.)*\"|'[^']*'|[^\s'\"]+)",
+    re.IGNORECASE,
+)
+
+PermissionCallback = Callable[[str], None]
 
 
 def inbox_prefix(user: str | None) -> str:
@@ -67,6 +82,31 @@ def inbox_prefix(user: str | None) -> str:
 def redact_url(text: str) -> str:
     """`text` with the userinfo of every URL in it (`nats://user:pass@host`) replaced by `***@`."""
     return _USERINFO_RE.sub("***@", text)
+
+
+def denied_publish_subject(error_text: str) -> str | None:
+    """The subject of a publish permission violation named in `error_text` (the server's
+    `Permissions Violation for Publish to "<subject>"`, as nats-py reports it: lowercased,
+    with its outer quotes stripped), else None. A violation of a reply subject or of a
+    subscription is not a publish to that subject, so it gives None."""
+    found = _PUBLISH_DENIED_RE.search(error_text)
+    if found is None:
+        return None
+    quoted = found[1]
+    if quoted[0] == "'":
+        return quoted[1:-1] or None
+    if quoted[0] == '"':
+        return _unquote(quoted) or None
+    return quoted
+
+
+def _unquote(quoted: str) -> str:
+    """A Go `%q` string without its quotes (JSON's escapes; a `\\x..` one is kept as written)."""
+    try:
+        text = json.loads(quoted)
+    except ValueError:
+        return quoted[1:-1]
+    return text if isinstance(text, str) else quoted[1:-1]
 
 
 def login_user(settings: NatsSettings) -> str | None:
@@ -96,6 +136,7 @@ class NatsConnection(Closeable):
             "nats.reconnect", base_s=settings.reconnect_wait_s, max_s=settings.reconnect_wait_max_s
         ).retries()
         self._nc: Client | None = None
+        self._permission_callbacks: list[PermissionCallback] = []
         self.closed = asyncio.Event()
 
     @property
@@ -111,6 +152,17 @@ class NatsConnection(Closeable):
     @property
     def max_payload(self) -> int:
         return int(self.nc.max_payload)
+
+    def on_permission_error(self, callback: PermissionCallback) -> Callable[[], None]:
+        """Call `callback(subject)` for every publish the permissions refuse (the subject as
+        the error names it: nats-py lowercases it); returns the function that removes it."""
+        self._permission_callbacks.append(callback)
+
+        def remove() -> None:
+            if callback in self._permission_callbacks:
+                self._permission_callbacks.remove(callback)
+
+        return remove
 
     def jetstream(self, timeout_s: float | None = None) -> JetStreamContext:
         timeout = self._settings.request_timeout_s if timeout_s is None else timeout_s
@@ -208,6 +260,10 @@ class NatsConnection(Closeable):
             log.debug("nats.error", error=redact_url(repr(exc)))
             return
         log.warning("nats.error", error=redact_url(repr(exc)))
+        subject = denied_publish_subject(str(exc))
+        if subject is not None:
+            for callback in list(self._permission_callbacks):
+                callback(subject)
 
     async def _on_disconnected(self) -> None:
         if self._nc is None:  # our own close, or the failed first connect

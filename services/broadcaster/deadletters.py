@@ -29,7 +29,7 @@ from nats.aio.client import Client
 from services.broadcaster.metrics import PathCounters
 from services.broadcaster.pending import HeldEvent
 from services.broadcaster.policy import about
-from services.broadcaster.publisher import Failure, Publisher
+from services.broadcaster.publisher import Failure, PermissionErrors, Publisher
 from shared.dlq import FORWARD_REFUSED, DeadLetter, dead_letter, fit, slim
 from shared.envelope import HDR_DLQ_TARGET, HDR_MSG_ID
 from shared.logs import get_logger
@@ -53,6 +53,7 @@ class DeadLetters:
         retry: RetryPolicy,
         counters: PathCounters,
         on_settled: Callable[[HeldEvent], Awaitable[None]],
+        permission_errors: PermissionErrors | None = None,
     ) -> None:
         self._nc = nc
         self._region = region
@@ -61,7 +62,11 @@ class DeadLetters:
         self._counters = counters
         self._on_settled = on_settled
         self._publisher: Publisher[HeldEvent] = Publisher(
-            nc, timeout_s=timeout_s, on_acked=self._stored, on_failed=self._failed
+            nc,
+            timeout_s=timeout_s,
+            on_acked=self._stored,
+            on_failed=self._failed,
+            permission_errors=permission_errors,
         )
         self._queue: list[HeldEvent] = []
         self._queued = asyncio.Event()

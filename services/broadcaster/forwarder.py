@@ -124,12 +124,12 @@ class Forwarder:
         self._sender = Sender(
             conn.nc, target=target, window=self._window, gate=self.gate,
             timeout_s=s.publish_timeout_s, counters=self._counters,
-            on_acked=self._guarded_acked, on_refused=self._refused,
+            on_acked=self._guarded_acked, on_refused=self._refused, permission_errors=conn,
         )  # fmt: skip
         self._dead_letters = DeadLetters(
             conn.nc, region=region, target=target, timeout_s=s.publish_timeout_s,
             retry=self._retry("broadcaster.dead_letter"), counters=self._counters,
-            on_settled=self._settled,
+            on_settled=self._settled, permission_errors=conn,
         )  # fmt: skip
         self._on_failure = on_failure
         task_failed = None if on_failure is None else _task_failed(on_failure)

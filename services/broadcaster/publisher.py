@@ -19,7 +19,12 @@ decided here where the answer arrives, so the caller need not parse reasons:
 * the frame exceeds `max_payload` (refused before sending);
 * the stream answered with an error that describes the message, not the moment
   (`PERMANENT_ERR_CODES` of `shared/pubacks.py`: message or header too large for the stream,
-  a per-message TTL the stream cannot take).
+  a per-message TTL the stream cannot take);
+* the user's permissions refuse the subject: the server drops the message and only reports
+  it on the connection (`NatsConnection.on_permission_error`), so every publish in flight on
+  that subject fails at once, `permission denied: publish to <subject>` (not `answered`: the
+  target was never asked). The error names the subject lowercased (nats-py), so it is matched
+  without case.
 
 Everything else is transient: no answer in time, 503 no responders, an unreadable PubAck, a
 failed send, and every other JetStream error (storage or resource limits, leadership changes,
@@ -36,7 +41,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -44,11 +49,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from shared.frames import wire_size
+from shared.natsconn import PermissionCallback
 from shared.pubacks import PERMANENT_ERR_CODES, describe, is_permanent
 
 __all__ = [
     "PERMANENT_ERR_CODES",
     "Failure",
+    "PermissionErrors",
     "Publisher",
     "frame_size",
     "is_permanent",
@@ -60,6 +67,12 @@ T = TypeVar("T")
 _NO_RESPONDERS = "503"
 _SEQ_RE = re.compile(rb'^\{"stream":"[^"]*",(?:"domain":"[^"]*",)?"seq":(\d+)[,}]')
 _DUPLICATE_RE = re.compile(rb'"duplicate":\s*true')
+
+
+class PermissionErrors(Protocol):
+    """Where the publisher hears of publishes the permissions refuse (a `NatsConnection`)."""
+
+    def on_permission_error(self, callback: PermissionCallback) -> Callable[[], None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,7 @@ def read_puback(data: bytes) -> tuple[int, bool] | None:
 @dataclass(slots=True)
 class _InFlight(Generic[T]):
     item: T
+    subject: str
     deadline: float  # time.monotonic()
 
 
@@ -110,8 +124,11 @@ class Publisher(Generic[T]):
         timeout_s: float,
         on_acked: Callable[[T, int, bool], Awaitable[None]],
         on_failed: Callable[[T, Failure], None],
+        permission_errors: PermissionErrors | None = None,
     ) -> None:
         self._nc = nc
+        self._permission_errors = permission_errors
+        self._stop_hearing: Callable[[], None] | None = None
         self._timeout_s = timeout_s
         self._on_acked = on_acked
         self._on_failed = on_failed
@@ -128,8 +145,13 @@ class Publisher(Generic[T]):
     async def start(self) -> None:
         self._prefix = self._nc.new_inbox() + "."
         self._sub = await self._nc.subscribe(self._prefix + "*", cb=self._answer)
+        if self._permission_errors is not None:
+            self._stop_hearing = self._permission_errors.on_permission_error(self.deny)
 
     async def aclose(self) -> None:
+        stop_hearing, self._stop_hearing = self._stop_hearing, None
+        if stop_hearing is not None:
+            stop_hearing()
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(nats.errors.Error):
@@ -153,7 +175,7 @@ class Publisher(Generic[T]):
             return
         self._counter += 1
         token = str(self._counter)
-        self._in_flight[token] = _InFlight(item, time.monotonic() + self._timeout_s)
+        self._in_flight[token] = _InFlight(item, subject, time.monotonic() + self._timeout_s)
         self._idle.clear()
         try:
             await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
@@ -179,6 +201,20 @@ class Publisher(Generic[T]):
         if expired:
             self._settled()
         return len(expired)
+
+    def deny(self, subject: str) -> None:
+        """Fail for good every publish in flight on `subject` (matched without case): the
+        permissions refused it."""
+        wanted = subject.lower()
+        denied = [t for t, entry in self._in_flight.items() if entry.subject.lower() == wanted]
+        for token in denied:
+            # on_failed may have abandoned the rest already.
+            entry = self._in_flight.pop(token, None)
+            if entry is not None:
+                reason = f"permission denied: publish to {entry.subject}"
+                self._on_failed(entry.item, Failure(reason, permanent=True))
+        if denied:
+            self._settled()
 
     def abandon(self) -> list[T]:
         """Forget every publish in flight, oldest first: answers that still come are ignored,

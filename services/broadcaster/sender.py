@@ -15,10 +15,11 @@ stream order among themselves. An event stored before an earlier one failed stay
 in the target stream; the target's replayer settles that (docs/DESIGN.md "Broadcaster data
 path").
 
-A permanent failure (`publisher.py`: the frame exceeds `max_payload`, or the target refuses
-the message itself) goes to `on_refused` (a dead letter) and does not open the breaker: a
-refusal the target answered ends a probe like a success, so a half-open breaker cannot stall;
-an oversized frame, refused before the target is asked, ends it without an outcome.
+A permanent failure (`publisher.py`: the frame exceeds `max_payload`, the permissions refuse
+the subject, or the target refuses the message itself) goes to `on_refused` (a dead letter)
+and does not open the breaker: a refusal the target answered ends a probe like a success, so
+a half-open breaker cannot stall; an oversized frame or a denied subject, refused before the
+target is asked, ends it without an outcome.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from services.broadcaster.gate import Gate, State
 from services.broadcaster.metrics import UNREACHABLE, PathCounters
 from services.broadcaster.pending import HeldEvent, Pending
 from services.broadcaster.policy import about
-from services.broadcaster.publisher import Failure, Publisher
+from services.broadcaster.publisher import Failure, PermissionErrors, Publisher
 from services.broadcaster.window import Window
 from shared.logs import get_logger
 
@@ -55,6 +56,7 @@ class Sender:
         counters: PathCounters,
         on_acked: Callable[[HeldEvent, int, bool], Awaitable[None]],
         on_refused: Callable[[HeldEvent, Failure], None],
+        permission_errors: PermissionErrors | None = None,
     ) -> None:
         self._target = target
         self._window = window
@@ -63,7 +65,11 @@ class Sender:
         self._on_acked = on_acked
         self._on_refused = on_refused
         self._publisher: Publisher[HeldEvent] = Publisher(
-            nc, timeout_s=timeout_s, on_acked=self._acked, on_failed=self._failed
+            nc,
+            timeout_s=timeout_s,
+            on_acked=self._acked,
+            on_failed=self._failed,
+            permission_errors=permission_errors,
         )
         self._queued = asyncio.Event()
         self._flushing = False

@@ -44,7 +44,11 @@ async def test_a_malformed_message_at_max_payload_is_forwarded_unchanged(
         assert not broadcaster.nats_closed.is_set()
 
     for target in TARGETS:
-        (copy,) = await read_replay(js, target, "frames-big")
-        assert copy.data == payload
-        assert copy.headers.get("X-Pad") == "x"
+        # With no room for a Nats-Msg-Id, a re-send (a slow ack on a busy machine) is stored
+        # again: such a message is forwarded at least once, each copy unchanged.
+        copies = await read_replay(js, target, "frames-big")
+        assert copies, f"forwarded to {target}"
+        for copy in copies:
+            assert copy.data == payload
+            assert copy.headers.get("X-Pad") == "x"
     assert stored.seq > 0
