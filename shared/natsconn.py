@@ -287,14 +287,14 @@ class NatsConnection(Closeable):
 
 async def _close(nc: Client) -> None:
     """Close `nc`. nats-py, closed while its link is down with publishes still buffered,
-        writes them to the dead transport and raises RuntimeError after it has marked itself
-        closed. Those publishes were never acked, so whoever sent them still holds them (an outbox,
-    an unacked source message)."""
+    writes them to the dead transport and raises (RuntimeError, or ConnectionResetError when
+    the peer is gone) after it has marked itself closed. Those publishes were never acked, so
+    whoever sent them still holds them (an outbox, an unacked source message)."""
     if nc.is_closed:
         return
     try:
         await nc.close()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         log.warning("nats.close_unclean", error=redact_url(repr(exc)))
 
 

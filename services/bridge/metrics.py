@@ -10,6 +10,7 @@ __all__ = [
     "INFLIGHT_REQUESTS",
     "OUTBOX_DEPTH",
     "OUTBOX_DRAINED",
+    "OUTBOX_UNREADABLE",
     "PUBLISH_DURATION",
     "REFUSED",
     "REPLAY_MARKERS_REFUSED",
@@ -44,6 +45,10 @@ PUBLISH_DURATION = Histogram(
     buckets=_BUCKETS,
 )
 OUTBOX_DEPTH = Gauge("xr_bridge_outbox_depth", "Events waiting in the local outbox")
+OUTBOX_UNREADABLE = Counter(
+    "xr_bridge_outbox_unreadable",
+    "Outbox entries that no longer read back, moved to the outbox_unreadable table",
+)
 OUTBOX_DRAINED = Counter(
     "xr_bridge_outbox_drained_total", "Outbox events republished and acked by JetStream"
 )

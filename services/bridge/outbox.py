@@ -9,7 +9,10 @@ the same `Nats-Msg-Id` and JetStream drops it if the first attempt did land afte
 All SQLite work runs on one dedicated thread, off the event loop. `depth` and `size_bytes` are
 kept in memory, so metrics and readiness probes never touch the disk. One process owns an
 outbox file at a time (an exclusive lock next to it), so two bridges can never drain the same
-entries.
+entries. A row that no longer reads back (its stored headers are not the JSON object it was
+written as: disk or hand-made corruption) is moved to the table `outbox_unreadable` of the
+same file, with one error line and `xr_bridge_outbox_unreadable_total`, and the drain goes on:
+the event is kept for an operator, not dropped, and not republished with headers it never had.
 
 Errors::
 
@@ -35,12 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self, TypeVar
 
-from services.bridge.metrics import OUTBOX_DEPTH
+from services.bridge.metrics import OUTBOX_DEPTH, OUTBOX_UNREADABLE
 from shared.lifecycle import Closeable
+from shared.logs import get_logger
 
 __all__ = ["Outbox", "OutboxEntry", "OutboxError", "OutboxFullError", "OutboxLockedError"]
 
 T = TypeVar("T")
+# seq, event id, key, size, why
+_Unreadable = tuple[int, str, str, int, str]
+
+log = get_logger("xr.bridge")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -54,6 +62,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     spooled_at REAL    NOT NULL
 )
 """
+# Rows whose headers no longer decode: kept for an operator, out of the drain's way.
+_QUARANTINE = _SCHEMA.replace("IF NOT EXISTS outbox", "IF NOT EXISTS outbox_unreadable")
 
 
 class OutboxError(Exception):
@@ -155,8 +165,21 @@ class Outbox(Closeable):
         return seq
 
     async def oldest(self, limit: int) -> list[OutboxEntry]:
-        """Up to `limit` entries, oldest first."""
-        return await self._run(lambda: self._select_sync(limit))
+        """Up to `limit` entries, oldest first (unreadable ones are moved aside: see the
+        module docstring)."""
+        entries, unreadable = await self._run(lambda: self._select_sync(limit))
+        for seq, event_id, key, size, error in unreadable:
+            self._forget(key, size)
+            OUTBOX_UNREADABLE.inc()
+            log.error(
+                "bridge.outbox_unreadable",
+                seq=seq,
+                event_id=event_id,
+                error=error,
+                kept_in="outbox_unreadable",
+                path=str(self.path),
+            )
+        return entries
 
     async def remove(self, seqs: Iterable[int]) -> None:
         """Delete entries by seq (after their ack); unknown seqs are ignored."""
@@ -169,6 +192,14 @@ class Outbox(Closeable):
         self._keys.subtract(keys)
         self._keys = +self._keys  # drop keys with nothing left
         self._refused = self._refused and not keys
+        OUTBOX_DEPTH.set(self._depth)
+
+    def _forget(self, key: str, size: int) -> None:
+        """One entry left the outbox other than by `remove` (moved aside)."""
+        self._depth -= 1
+        self._bytes -= size
+        self._keys[key] -= 1
+        self._keys = +self._keys
         OUTBOX_DEPTH.set(self._depth)
 
     async def _run(self, fn: Callable[[], T]) -> T:
@@ -191,6 +222,7 @@ class Outbox(Closeable):
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute(_SCHEMA)
+        db.execute(_QUARANTINE)
         count, size = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox").fetchone()
         keys = [key for (key,) in db.execute("SELECT key FROM outbox")]
         return int(count), int(size), keys
@@ -217,16 +249,37 @@ class Outbox(Closeable):
         )
         return int(cursor.lastrowid or 0)
 
-    def _select_sync(self, limit: int) -> list[OutboxEntry]:
-        rows = self._conn().execute(
-            "SELECT seq, event_id, key, subject, headers, payload, spooled_at "
-            "FROM outbox ORDER BY seq LIMIT ?",
-            (limit,),
+    def _select_sync(self, limit: int) -> tuple[list[OutboxEntry], list[_Unreadable]]:
+        rows = (
+            self._conn()
+            .execute(
+                "SELECT seq, event_id, key, subject, headers, payload, spooled_at, size "
+                "FROM outbox ORDER BY seq LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
         )
-        return [
-            OutboxEntry(int(seq), event_id, key, subject, json.loads(headers), bytes(data), at)
-            for seq, event_id, key, subject, headers, data, at in rows
-        ]
+        entries: list[OutboxEntry] = []
+        unreadable: list[_Unreadable] = []
+        for seq, event_id, key, subject, headers, data, at, size in rows:
+            decoded, error = _headers(headers)
+            if decoded is None:
+                self._quarantine_sync(int(seq))
+                unreadable.append((int(seq), str(event_id), str(key), int(size), error))
+                continue
+            entries.append(OutboxEntry(int(seq), event_id, key, subject, decoded, bytes(data), at))
+        return entries, unreadable
+
+    def _quarantine_sync(self, seq: int) -> None:
+        db = self._conn()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO outbox_unreadable SELECT * FROM outbox WHERE seq = ?", (seq,))
+            db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _delete_sync(self, seqs: list[int]) -> tuple[list[str], int]:
         """Delete; returns the keys of the deleted entries and their total size."""
@@ -242,6 +295,19 @@ class Outbox(Closeable):
             raise
         db.execute("COMMIT")
         return [key for key, _ in found], sum(int(size) for _, size in found)
+
+
+def _headers(text: object) -> tuple[dict[str, str] | None, str]:
+    """The stored headers, or None and why they cannot be used."""
+    try:
+        value = json.loads(text) if isinstance(text, str | bytes) else None
+    except ValueError as exc:
+        return None, f"headers are not JSON: {exc}"
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return None, "headers are not an object of strings"
+    return value, ""
 
 
 def _lock(path: Path) -> int:

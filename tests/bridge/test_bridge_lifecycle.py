@@ -1,9 +1,7 @@
-"""A real `xregion bridge` process whose outbox drainer fails stops with one clear line naming
-the drainer and its error, and exit code 1 (shared/lifecycle.py): it must not go on answering
-writes it would spool into an outbox that no longer drains.
-
-The fault is real: a spooled entry is corrupted on disk (its headers no longer parse), which
-the drainer does not know how to handle."""
+"""A bridge whose outbox drainer fails stops with one clear line naming the drainer and its
+error, and exit code 1 (shared/lifecycle.py): it must not go on answering writes it would spool
+into an outbox that no longer drains. A spooled entry corrupted on disk (its headers no longer
+parse) is not such a failure: it is moved aside, kept for an operator, and the drain goes on."""
 
 from __future__ import annotations
 
@@ -14,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from services.bridge.service import outbox_path
+from services.bridge.outbox import OutboxEntry
+from services.bridge.service import Bridge, outbox_path, serve
 from services.xregion.local.supercluster import SuperCluster, free_ports
 from tests.bridge.helpers import (
     REGION,
@@ -24,6 +24,7 @@ from tests.bridge.helpers import (
     http_client,
     region_file,
     send,
+    write_region_file,
 )
 from tests.bridge.upstream_app import TestUpstream
 from tests.harness.wait import wait_until
@@ -48,10 +49,10 @@ def log_lines(bridge: BridgeProcess) -> list[dict[str, Any]]:
     return lines
 
 
-async def test_a_failed_outbox_drainer_stops_the_bridge_with_one_line_and_exit_1(
+async def test_a_corrupted_outbox_entry_is_moved_aside_and_the_bridge_goes_on(
     bridge_cluster: SuperCluster, upstream: TestUpstream, tmp_path: Path
 ) -> None:
-    service = "drainer-fails"
+    service = "drainer-corrupt"
     port, admin = free_ports(2)
     listen = f"127.0.0.1:{port}"
     async with TcpLink(bridge_cluster.client_urls(REGION)[0]) as link:
@@ -72,22 +73,80 @@ async def test_a_failed_outbox_drainer_stops_the_bridge_with_one_line_and_exit_1
             link.cut()  # NATS is gone for the bridge: the write is spooled
             async with http_client() as http:
                 reply = await send(http, "PUT", bridge.url, f"/{service}/k", data=b"v")
-            assert reply.status == 200
-            spooled = outbox_path(tmp_path / "data", listen)
-            assert await asyncio.to_thread(corrupt_outbox, spooled) == 1
+                assert reply.status == 200
+                spooled = outbox_path(tmp_path / "data", listen)
+                assert await asyncio.to_thread(corrupt_outbox, spooled) == 1
+                line = await wait_until(
+                    lambda: _line(bridge, "bridge.outbox_unreadable"), 30, message="moved aside"
+                )
+                assert line is not None
+                assert line["event_id"] == reply.headers["Xr-Event-Id"]
+                assert "not JSON" in line["error"]
+                assert await asyncio.to_thread(_rows, spooled) == (0, 1)
+                link.restore()
+                later = await send(http, "PUT", bridge.url, f"/{service}/k2", data=b"w")
+                assert later.status == 200
+                metrics = (await send(http, "GET", bridge.admin_url, "/metrics")).body.decode()
+            assert "xr_bridge_outbox_unreadable_total 1.0" in metrics
             assert bridge.proc is not None
-            proc = bridge.proc
-            await wait_until(
-                lambda: proc.returncode is not None, 30, message="the bridge exited by itself"
-            )
-            assert proc.returncode == 1
+            assert bridge.proc.returncode is None
         finally:
             await bridge.stop()
-    lines = log_lines(bridge)
-    (failed,) = [line for line in lines if line["event"] == "bridge.failed"]
-    assert failed["level"] == "error"
+    assert not _line(bridge, "bridge.failed")
+
+
+async def test_a_failed_outbox_drainer_stops_the_bridge_with_one_line_and_exit_1(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, tmp_path: Path
+) -> None:
+    # The fault is injected where the drainer reads the outbox: an error it has no rule for.
+    service = "drainer-fails"
+    async with TcpLink(bridge_cluster.client_urls(REGION)[0]) as link:
+        settings = write_region_file(
+            tmp_path / "region.toml",
+            nats_urls=[link.url],
+            data_dir=tmp_path / "data",
+            services={service: {"upstream": upstream.url, "routes": [f"/{service}"]}},
+            bridge=FAST_SPOOL,
+        )
+        started: list[Bridge] = []
+
+        async def unreadable(limit: int) -> list[OutboxEntry]:
+            raise RuntimeError("disk controller gone")
+
+        def on_started(bridge: Bridge) -> None:
+            started.append(bridge)
+            bridge.outbox.oldest = unreadable  # type: ignore[method-assign]
+
+        async def write_while_cut() -> None:
+            await wait_until(lambda: started, 30, message="bridge started")
+            link.cut()
+            async with http_client() as http:
+                reply = await send(http, "PUT", started[0].url, f"/{service}/k", data=b"v")
+            assert reply.status == 200
+
+        with capture_logs() as logs:
+            writer = asyncio.ensure_future(write_while_cut())
+            code = await asyncio.wait_for(
+                serve(settings, shutdown_trigger=asyncio.Event().wait, on_started=on_started), 60
+            )
+            await writer
+    assert code == 1
+    (failed,) = [e for e in logs if e["event"] == "bridge.failed"]
+    assert failed["log_level"] == "error"
     assert failed["failed"] == "task outbox-drainer"
-    assert "JSONDecodeError" in failed["error"]
-    (exit_line,) = [line for line in lines if line["event"] == "bridge.exit"]
+    assert failed["error"] == "RuntimeError('disk controller gone')"
+    (exit_line,) = [e for e in logs if e["event"] == "bridge.exit"]
     assert exit_line["exit_code"] == 1
     assert "outbox-drainer" in exit_line["reason"]
+
+
+def _line(bridge: BridgeProcess, event: str) -> dict[str, Any] | None:
+    return next((line for line in log_lines(bridge) if line["event"] == event), None)
+
+
+def _rows(path: Path) -> tuple[int, int]:
+    """Entries in the outbox, and moved aside."""
+    with sqlite3.connect(path) as db:
+        waiting = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+        aside = db.execute("SELECT COUNT(*) FROM outbox_unreadable").fetchone()[0]
+    return int(waiting), int(aside)
