@@ -1,60 +1,44 @@
-"""Benchmark: the same upstream called directly and through the bridge, side by side.
+"""Benchmark: replicated writes through the bridge against direct and a bare floor, with wrk.
 
-    .venv/bin/python bench/bench_bridge.py [--seconds 5] [--concurrency 32] [--rounds 1]
-                                           [--json out.json]
+    .venv/bin/xregion bench bridge [--seconds 5] [--connections 32] [--rounds 2]
+                                   [--rate 1000] [--profile DIR] [--json PATH]
 
-One run boots a local 3-region NATS super-cluster (us-east provisioned), one aiohttp upstream
-and two `xregion bridge` processes in front of it (the default configuration, and the same
-with `record_local_versions = false`, to price the version records), then drives them from
-this process with keep-alive clients:
+Needs wrk (Debian: `apt-get install wrk`), the load generator of the throughput phases: a C
+program, so the load costs little CPU (its share of a core is reported). One run boots a
+local 3-region NATS super-cluster (us-east provisioned), a fast aiohttp echo upstream (it
+reads the body and answers a small JSON), the demo service (`xregion demo-service`: a JSON
+PUT stored in SQLite, WAL, synchronous=FULL, versioned by `Xr-Hlc`), two `xregion bridge`
+processes in front of both (the default configuration, and the same with
+`record_local_versions = false`, to price the version records) and the *floor*:
 
-* reads  (GET, small JSON answer) — direct vs through the bridge;
-* writes (PUT of 256 bytes to 1,000 keys, replicated: each one waits for its JetStream ack,
-  and raises its key's version record) — direct vs through the bridge (vs the bridge without
-  version records);
-* store writes: the same, but the upstream is the demo service (`xregion demo-service`: a
-  JSON PUT stored in SQLite, WAL, synchronous=FULL, versioned by `Xr-Hlc`), a service that
-  does the work a real write does; the direct writes carry their own `Xr-Hlc`/`Xr-Event-Id`
-  (each one a new version, as through the bridge), every path writes its own 1,000 keys.
+* floor — the least any bridge built on aiohttp and nats-py must do for a replicated write,
+  and nothing else (`--serve-floor`, started by this script): an aiohttp server that reads
+  the request, forwards it with its headers (minus Host and the framing ones) through one
+  pooled aiohttp client, reads the answer, and on a 2xx publishes the body to the same events
+  stream with a `Nats-Msg-Id` (one awaited JetStream publish: no envelope, no signing, no
+  validation, no outbox, no version record, no metrics, no log line) before answering.
 
-The echo upstream costs about 35 µs of CPU per request: against it the ratio prices the
-bridge against nothing, the worst case for any proxy (one HTTP exchange becomes two, plus a
-JetStream publish and a version record). The demo service prices it against a service.
+Per round, for each kind of write:
 
-Writes are also sent through a *floor* forwarder (`--serve-floor`, started by this script): the
-least any bridge built on aiohttp and nats-py must do for a replicated write, and nothing
-else. It reads the request, forwards it with its headers (minus Host and the framing ones)
-through one pooled aiohttp client, reads the answer, and on a 2xx publishes the body to the
-same events stream with a `Nats-Msg-Id` (a plain nats-py request: no event envelope, no
-signing, no validation, no outbox, no version record, no metrics, no log line, no
-`X-Forwarded-*`, no streaming) and awaits its ack before answering. Its row is what this
-machine allows such a process: the bridge's figures are read against it as well as against
-direct. "Half load" is half of the *bridge's* maximum; the floor is also driven at half of its
-own maximum (mode `own`, with direct at the same rate), which is the target read for the floor
-itself. The report also gives the share of one core the bridge's and the floor's process use
-at the bridge's half load: a Python process spends much more CPU per request when it idles
-between requests (cold caches, wake-ups) than when saturated, so half of the maximum rate is
-far more than half of a core, and p50 grows with it.
+* writes (512-byte PUTs to 1,000 keys of the echo upstream): `direct` (to the upstream),
+  `floor`, `bridge`, `bridge-nov` — each driven by `wrk -t1 -c<connections>` for
+  `--seconds` after 1 s of warm-up (closed loop: its maximum), then `direct`, `floor` and
+  `bridge` at a fixed `--rate` writes/s. wrk cannot pace (Debian's wrk has no `-R`, that is
+  wrk2), so the fixed-rate phases use this script's open-loop aiohttp generator: requests on
+  a fixed schedule, at most `--connections` open; its CPU is reported too. "Added p50" is a
+  path's p50 minus direct's at that rate.
+* store (512-byte JSON PUTs of the demo service, 1,000 keys per path): `direct` (each write
+  carries its own `Xr-Hlc`/`Xr-Event-Id`, a new version as through the bridge), `floor`,
+  `bridge`, by wrk.
 
-Each target is warmed up (1 s, not counted), then driven closed-loop at `--concurrency`
-(its maximum throughput), then open-loop (requests sent on a fixed schedule, whatever the
-answers do) at half of the bridge's measured maximum for that kind, the same rate for every
-target: "added p50 at half load" is the bridge's p50 minus the direct p50 at that rate
-(`--rate R` drives those phases at R req/s instead, to compare two builds at the same load:
-a build that raises the bridge's maximum also raises its half load). For
-every phase: requests/s, p50/p99 latency, and CPU seconds per 1,000 requests of the bridge,
-the upstream, nats-server and the load generator (all on the same machine, competing for the
-same cores). Everything is repeated `--rounds` times; the verdict uses the median round.
+For every phase: writes/s, p50/p99 latency (wrk's own for wrk phases), errors (non-2xx), and
+CPU ms per 1,000 writes of the bridge (or floor) process, the upstream, nats-server and the
+load generator (all on the same cores), and the load generator's share of one core.
+`--profile DIR` ends the run with py-spy (`py-spy record --pid`, raw format) on the bridge
+and on the floor, each under wrk for 10 s: DIR/bridge.txt, DIR/floor.txt.
 
-Last, the machine itself: a JetStream publish round trip back to back, and after 1 ms of
-idling each time. On this VM the second is about twice the first: waking an idle process costs
-tens of µs, and at half load every process idles between requests. A write through the bridge
-crosses 4 more process hand-offs than a direct one, so part of "added p50 at half load" is
-that, not the bridge's own work (the canonical log line's `upstream_ms`/`publish_ms` tell the
-rest).
-
-Targets: replicated-write throughput >= 0.5x direct; added p50 <= 1 ms at half of
-the maximum load.
+Targets (issue 14): bridge >= 0.9x direct against the demo service; >= 0.8x the floor
+against the echo upstream; added p50 at 1,000 writes/s within 0.2 ms of the floor's.
 """
 
 from __future__ import annotations
@@ -62,9 +46,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import itertools
 import json
+import os
+import re
+import resource
+import shutil
 import signal
 import statistics
 import sys
@@ -83,16 +70,12 @@ from yarl import URL
 
 REGION = "us-east"
 REGIONS = ("us-east", "eu-west", "ap-south")
-BODY = bytes(range(256))
-STORE_BODY = json.dumps({"value": "v" * 240}).encode()
-STORE_KINDS = ("store",)
+BODY_BYTES = 512
+BODY = b"x" * BODY_BYTES
+STORE_BODY = b'{"value":"' + b"v" * (BODY_BYTES - 12) + b'"}'
+RESULTS = Path(__file__).resolve().parent / "results" / "bridge.json"
 _Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
-_LABELS = {
-    "reads": "reads (echo upstream)",
-    "writes": "writes (echo upstream)",
-    "store": "writes (demo service)",
-}
-
+_PROFILE_S = 10
 
 # --------------------------------------------------------------------------- upstream
 
@@ -208,88 +191,147 @@ async def _provision(config: Path) -> None:
 
 # --------------------------------------------------------------------------- load
 
+# Each request a PUT to PREFIX<n % 1000>; "stamp" adds a new Xr-Hlc/Xr-Event-Id per request
+# (one wrk thread: the counter is unique).
+_WRK_SCRIPT = """
+local counter, prefix, body, stamp, base_ms = 0, "", "", false, 0
+local content_type = "application/octet-stream"
+function init(args)
+  prefix = args[1]
+  if args[2] == "json" then
+    body = '{"value":"' .. string.rep("v", tonumber(args[3]) - 12) .. '"}'
+    content_type = "application/json"
+  else
+    body = string.rep("x", tonumber(args[3]))
+  end
+  stamp = args[4] == "stamp"
+  base_ms = tonumber(args[5])
+end
+function request()
+  counter = counter + 1
+  local headers = {["Content-Type"] = content_type}
+  if stamp then
+    headers["Xr-Hlc"] = string.format("%015d-%06d", base_ms + math.floor(counter / 100000),
+                                      counter % 100000)
+    headers["Xr-Event-Id"] = string.format("direct-%012d", counter)
+  end
+  return wrk.format("PUT", prefix .. (counter % 1000), headers, body)
+end
+"""
+
 
 @dataclass
 class Phase:
     round: int
-    kind: str  # reads | writes
-    path: str  # direct | bridge | bridge-nov (no version records) | floor
-    mode: str  # max | half | own (the floor at half of its own maximum, and direct alike)
+    kind: str  # writes (echo upstream) | store (demo service)
+    path: str  # direct | floor | bridge | bridge-nov
+    mode: str  # max (wrk, closed loop) | rate (fixed writes/s, open loop)
+    loadgen: str  # wrk | python
     requests: int
     errors: int
     seconds: float
     rps: float
     p50_ms: float
     p99_ms: float
-    cpu_per_1k: dict[str, float]
+    cpu_per_1k: dict[str, float]  # CPU seconds per 1,000 writes (ms per write), by process
+    loadgen_share: float  # of one core
 
 
-Request = Callable[[aiohttp.ClientSession, int], Awaitable[int]]
-Pids = dict[str, list[int]]
+@dataclass(frozen=True)
+class Target:
+    """Where a path's writes go, and the processes whose CPU its phases read."""
+
+    base: str
+    prefix: str
+    stamp: bool
+    pids: dict[str, list[int]]
 
 
-def _request(base: str, kind: str, path: str) -> Request:
-    async def read(http: aiohttp.ClientSession, i: int) -> int:
-        async with http.get(f"{base}/bench/items/{i % 1000}") as reply:
-            await reply.read()
-            return reply.status
+class WrkMissingError(RuntimeError):
+    pass
 
-    async def write(http: aiohttp.ClientSession, i: int) -> int:
-        async with http.put(f"{base}/bench/items/{i % 1000}", data=BODY) as reply:
-            await reply.read()
-            return reply.status
 
-    # Through the bridge, the bridge stamps the version; direct and through the floor, the
-    # client does.
-    stamped = path in ("direct", "floor")
+def _wrk() -> str:
+    found = shutil.which("wrk")
+    if found is None:
+        raise WrkMissingError(
+            "bench bridge needs wrk, the C load generator: apt-get install wrk (Debian)"
+        )
+    return found
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _wrk_figures(out: str) -> tuple[int, int, float, float, float]:
+    """requests, errors, seconds, p50 ms, p99 ms from wrk --latency output."""
+    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", out)
+    if done is None:
+        raise RuntimeError(f"wrk printed no totals: {out}")
+    seconds = float(done[2]) * {"ms": 0.001, "s": 1.0, "m": 60.0}[done[3]]
+    errors = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", out))
+    errors += sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    pct = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+(?:us|ms|s))$", out, re.M))
+    if "50" not in pct:
+        raise RuntimeError(f"wrk printed no latency distribution: {out}")
+
+    def ms(text: str) -> float:
+        number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+        return float(number) * _UNITS[unit]
+
+    return int(done[1]), errors, seconds, ms(pct["50"]), ms(pct["99"])
+
+
+async def _run_wrk(
+    target: Target, kind: str, seconds: float, connections: int, script: Path
+) -> tuple[int, int, float, float, float, float]:
+    """One wrk run; its figures and its own CPU seconds (from the reaped child's rusage)."""
+    body_kind = "json" if kind == "store" else "raw"
+    argv = [
+        _wrk(), "-t1", f"-c{connections}", f"-d{seconds:g}s", "--latency", "-s", str(script),
+        target.base, "--", target.prefix, body_kind, str(BODY_BYTES),
+        "stamp" if target.stamp else "-", str(time.time_ns() // 1_000_000),
+    ]  # fmt: skip
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await proc.communicate()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk exited with {proc.returncode}: {out.decode()}")
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return (*_wrk_figures(out.decode()), cpu)
+
+
+def _paced_request(
+    target: Target, kind: str
+) -> Callable[[aiohttp.ClientSession, int], Awaitable[int]]:
     wall_ms = time.time_ns() // 1_000_000
+    body = STORE_BODY if kind == "store" else BODY
+    content_type = "application/json" if kind == "store" else "application/octet-stream"
 
-    async def store(http: aiohttp.ClientSession, i: int) -> int:
-        headers = {"Content-Type": "application/json"}
-        if stamped:
+    async def send(http: aiohttp.ClientSession, i: int) -> int:
+        headers = {"Content-Type": content_type}
+        if target.stamp and kind == "store":
             headers["Xr-Hlc"] = f"{wall_ms + i // 100_000:015d}-{i % 100_000:06d}"
-            headers["Xr-Event-Id"] = f"direct-{i:012d}"
-        url = f"{base}/configs/{path}/k{i % 1000}"
-        async with http.put(url, data=STORE_BODY, headers=headers) as reply:
+            headers["Xr-Event-Id"] = f"paced-{i:012d}"
+        url = f"{target.base}{target.prefix}{i % 1000}"
+        async with http.put(url, data=body, headers=headers) as reply:
             await reply.read()
             return reply.status
 
-    return {"reads": read, "writes": write, "store": store}[kind]
-
-
-async def _closed_loop(
-    send: Request, concurrency: int, seconds: float
-) -> tuple[list[float], int, float]:
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        stop_at = time.perf_counter() + seconds
-        counter = iter(range(10**9))
-
-        async def client() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                status = await send(http, next(counter))
-                latencies.append(time.perf_counter() - started)
-                errors += status >= 300
-
-        began = time.perf_counter()
-        async with asyncio.TaskGroup() as tasks:
-            for _ in range(concurrency):
-                tasks.create_task(client())
-        return latencies, errors, time.perf_counter() - began
+    return send
 
 
 async def _open_loop(
-    send: Request, rate: float, seconds: float, connections: int
+    send: Callable[[aiohttp.ClientSession, int], Awaitable[int]],
+    rate: float,
+    seconds: float,
+    connections: int,
 ) -> tuple[list[float], int, float]:
-    """Requests on a fixed schedule, whatever the answers do. At most `connections` are open
-    (as many as the closed loop used): a request that finds them all busy waits for one, and
-    that wait counts in its latency. Unbounded, a hiccup on this shared machine makes the
-    client open hundreds of new connections (and the bridge as many upstream), and the
-    measurement becomes one of connection set-up."""
+    """Requests on a fixed schedule, whatever the answers do. At most `connections` are open:
+    a request that finds them all busy waits for one, and that wait counts in its latency."""
     latencies: list[float] = []
     errors = 0
     total = int(rate * seconds)
@@ -301,66 +343,90 @@ async def _open_loop(
             started = time.perf_counter()
             status = await send(http, i)
             latencies.append(time.perf_counter() - started)
-            errors += status >= 300
+            errors += not 200 <= status < 300
 
         began = time.perf_counter()
         async with asyncio.TaskGroup() as tasks:
             for i in range(total):
-                due = began + i / rate
-                delay = due - time.perf_counter()
+                delay = began + i / rate - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tasks.create_task(one(i))
         return latencies, errors, time.perf_counter() - began
 
 
-async def _phase(
-    rnd: int,
-    kind: str,
-    path: str,
-    mode: str,
-    base: str,
-    pids: dict[str, list[int]],
-    run: Callable[[Request], Awaitable[tuple[list[float], int, float]]],
+def _cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    return {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
+
+
+async def _max_phase(
+    rnd: int, kind: str, path: str, target: Target, drive: Drive, script: Path
 ) -> Phase:
-    before = {name: sum(cpu_seconds(p) for p in ps) for name, ps in pids.items()}
-    self_before = time.process_time()
-    latencies, errors, seconds = await run(_request(base, kind, path))
-    cpu = {name: sum(cpu_seconds(p) for p in ps) - before[name] for name, ps in pids.items()}
-    cpu["loadgen"] = time.process_time() - self_before
-    count = len(latencies)
+    await _run_wrk(target, kind, 1.0, drive.connections, script)  # warm-up, not counted
+    before = _cpu(target.pids)
+    count, errors, seconds, p50, p99, wrk_cpu = await _run_wrk(
+        target, kind, drive.seconds, drive.connections, script
+    )
+    used = {n: c - before[n] for n, c in _cpu(target.pids).items()}
+    used["loadgen"] = wrk_cpu
+    return _phase(rnd, kind, path, "max", "wrk", count, errors, seconds, p50, p99, used)
+
+
+async def _rate_phase(rnd: int, kind: str, path: str, target: Target, drive: Drive) -> Phase:
+    before = _cpu(target.pids)
+    own = time.process_time()
+    latencies, errors, seconds = await _open_loop(
+        _paced_request(target, kind), drive.rate, drive.seconds, drive.connections
+    )
+    used = {n: c - before[n] for n, c in _cpu(target.pids).items()}
+    used["loadgen"] = time.process_time() - own
     ordered = sorted(latencies)
-    return Phase(
+    p50 = statistics.median(ordered) * 1000
+    p99 = ordered[int(0.99 * (len(ordered) - 1))] * 1000
+    return _phase(rnd, kind, path, "rate", "python", len(ordered), errors, seconds, p50, p99, used)
+
+
+def _phase(
+    rnd: int, kind: str, path: str, mode: str, loadgen: str, count: int, errors: int,
+    seconds: float, p50: float, p99: float, used: dict[str, float],
+) -> Phase:  # fmt: skip
+    phase = Phase(
         round=rnd,
         kind=kind,
         path=path,
         mode=mode,
+        loadgen=loadgen,
         requests=count,
         errors=errors,
         seconds=round(seconds, 2),
         rps=round(count / seconds, 1),
-        p50_ms=round(statistics.median(ordered) * 1000, 3),
-        p99_ms=round(ordered[int(0.99 * (count - 1))] * 1000, 3),
-        cpu_per_1k={k: round(v * 1000 / max(count, 1), 3) for k, v in cpu.items()},
+        p50_ms=round(p50, 3),
+        p99_ms=round(p99, 3),
+        cpu_per_1k={k: round(v * 1000 / max(count, 1), 3) for k, v in used.items()},
+        loadgen_share=round(used["loadgen"] / seconds, 2),
     )
+    print(f"  {phase}", file=sys.stderr, flush=True)
+    return phase
 
 
 @dataclass(frozen=True)
 class Drive:
-    """How each target is driven: phase length, connections, and the open-loop rate (None:
-    half of the bridge's maximum for that kind)."""
+    """How each target is driven: phase length, connections, and the fixed rate."""
 
     seconds: float
-    concurrency: int
-    rate: float | None = None
+    connections: int
+    rate: float
 
 
 async def _bench(
-    drive: Drive, rounds: int, workdir: Path, log_level: str = "info"
+    drive: Drive, rounds: int, workdir: Path, profile: Path | None
 ) -> tuple[list[Phase], Wakeup]:
     from services.xregion.local.supercluster import SuperCluster, free_ports, with_free_ports
     from services.xregion.natsconf import build_topology
 
+    _wrk()  # before booting anything
+    script = workdir / "put.lua"
+    script.write_text(_WRK_SCRIPT)
     up_port, store_port, floor_port, *ports = free_ports(7)
     upstream = f"http://127.0.0.1:{up_port}"
     store = f"http://127.0.0.1:{store_port}"
@@ -385,64 +451,94 @@ async def _bench(
 
         def bridge(name: str) -> contextlib.AbstractAsyncContextManager[int]:
             return _process_pid(
-                xregion,
-                "--log-level",
-                log_level,
-                "--log-format",
-                "json",
-                "bridge",
-                "--config",
-                str(configs[name][0]),
+                xregion, "--log-format", "json", "bridge", "--config", str(configs[name][0]),
                 log=workdir / f"{name}.log",
-            )
+            )  # fmt: skip
 
         async with (
             _process_pid(
-                sys.executable,
-                __file__,
-                "--serve-upstream",
-                str(up_port),
+                sys.executable, __file__, "--serve-upstream", str(up_port),
                 log=workdir / "upstream.log",
             ) as up_pid,
             _process_pid(
-                xregion,
-                "demo-service",
-                "--listen",
-                f"127.0.0.1:{store_port}",
-                "--db",
-                str(workdir / "store.db"),
-                log=workdir / "store.log",
+                xregion, "demo-service", "--listen", f"127.0.0.1:{store_port}",
+                "--db", str(workdir / "store.db"), log=workdir / "store.log",
             ) as store_pid,
             bridge("bridge") as bridge_pid,
             bridge("bridge-nov") as nov_pid,
             _process_pid(
-                sys.executable,
-                __file__,
-                "--serve-floor",
-                str(floor_port),
-                nats.client_urls(REGION)[0],
-                upstream,
-                store,
-                log=workdir / "floor.log",
+                sys.executable, __file__, "--serve-floor", str(floor_port),
+                nats.client_urls(REGION)[0], upstream, store, log=workdir / "floor.log",
             ) as floor_pid,
-        ):
+        ):  # fmt: skip
             await wait_http(upstream + "/")
             await wait_http(store + "/healthz")
             await wait_http(f"http://127.0.0.1:{floor_port}/bench/")
             for _, _, admin in configs.values():
                 await wait_http(f"http://127.0.0.1:{admin}/readyz")
             nats_pids = pids_using(str(workdir / "nats"))
-            targets = {
-                "direct": (upstream, up_pid),
+            front = {
+                "floor": (f"http://127.0.0.1:{floor_port}", floor_pid),
                 "bridge": (f"http://127.0.0.1:{configs['bridge'][1]}", bridge_pid),
                 "bridge-nov": (f"http://127.0.0.1:{configs['bridge-nov'][1]}", nov_pid),
-                "floor": (f"http://127.0.0.1:{floor_port}", floor_pid),
             }
+
+            def target(kind: str, path: str) -> Target:
+                on_store = kind == "store"
+                upstream_pid = store_pid if on_store else up_pid
+                prefix = f"/configs/{path}/k" if on_store else "/bench/items/"
+                base, pid = (
+                    (store if on_store else upstream, None) if path == "direct" else front[path]
+                )
+                pids = {"bridge": [] if pid is None else [pid], "upstream": [upstream_pid]}
+                return Target(
+                    base, prefix, on_store and path == "direct", {**pids, "nats": nats_pids}
+                )
+
             phases: list[Phase] = []
             for rnd in range(1, rounds + 1):
-                phases += await _round(rnd, drive, targets, (up_pid, store, store_pid), nats_pids)
+                phases += await _round(rnd, drive, target, script)
+            if profile is not None:
+                await _profile(profile, drive, target, script)
             wakeup = await _publish_round_trips(nats.client_urls(REGION)[0])
             return phases, wakeup
+
+
+async def _round(
+    rnd: int, drive: Drive, target: Callable[[str, str], Target], script: Path
+) -> list[Phase]:
+    """Echo writes at the maximum (wrk) and at the fixed rate, then demo-service writes."""
+    phases = [
+        await _max_phase(rnd, "writes", path, target("writes", path), drive, script)
+        for path in ("direct", "floor", "bridge", "bridge-nov")
+    ]
+    phases += [
+        await _rate_phase(rnd, "writes", path, target("writes", path), drive)
+        for path in ("direct", "floor", "bridge")
+    ]
+    phases += [
+        await _max_phase(rnd, "store", path, target("store", path), drive, script)
+        for path in ("direct", "floor", "bridge")
+    ]
+    return phases
+
+
+async def _profile(
+    directory: Path, drive: Drive, target: Callable[[str, str], Target], script: Path
+) -> None:
+    """py-spy on the bridge and on the floor, each under wrk at its maximum."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    for path in ("bridge", "floor"):
+        chosen = target("writes", path)
+        out = directory / f"{path}.txt"
+        spy = await asyncio.create_subprocess_exec(
+            py_spy, "record", "--pid", str(chosen.pids["bridge"][0]), "--format", "raw",
+            "--rate", "250", "--duration", str(_PROFILE_S), "--nonblocking", "-o", str(out),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        await _run_wrk(chosen, "writes", _PROFILE_S + 1, drive.connections, script)
+        await spy.wait()
+        print(f"profile of the {path} under wrk: {out}", flush=True)
 
 
 @dataclass
@@ -485,160 +581,88 @@ async def _publish_round_trips(nats_url: str, count: int = 1500) -> Wakeup:
         await nc.close()
 
 
-async def _round(
-    rnd: int,
-    drive: Drive,
-    targets: dict[str, tuple[str, int]],
-    upstreams: tuple[int, str, int],
-    nats_pids: list[int],
-) -> list[Phase]:
-    """Reads and writes against the echo upstream, then writes against the demo service."""
-    up_pid, store, store_pid = upstreams
-    seconds, concurrency = drive.seconds, drive.concurrency
-    phases: list[Phase] = []
-    closed = functools.partial(_closed_loop, concurrency=concurrency, seconds=seconds)
-    warm = functools.partial(_closed_loop, concurrency=concurrency, seconds=1.0)
-    kinds = (("reads", ("direct", "bridge")), ("writes", tuple(targets)))
-    for kind, paths in (*kinds, ("store", ("direct", "bridge", "floor"))):
-        on_store = kind in STORE_KINDS
-
-        def base(path: str, on_store: bool = on_store) -> str:
-            return store if on_store and path == "direct" else targets[path][0]
-
-        def pids(path: str, upstream_pid: int = store_pid if on_store else up_pid) -> Pids:
-            return {
-                "bridge": [] if path == "direct" else [targets[path][1]],
-                "upstream": [upstream_pid],
-                "nats": nats_pids,
-            }
-
-        for path in paths:
-            await warm(_request(base(path), kind, path))
-        maximum = {
-            path: await _phase(rnd, kind, path, "max", base(path), pids(path), closed)
-            for path in paths
-        }
-        phases += maximum.values()
-        # Half of the bridge's maximum, the same for every path (or the rate asked for).
-        half_rate = drive.rate or maximum["bridge"].rps / 2
-        opened = functools.partial(
-            _open_loop, rate=half_rate, seconds=seconds, connections=concurrency
-        )
-        phases += [
-            await _phase(rnd, kind, path, "half", base(path), pids(path), opened) for path in paths
-        ]
-        if "floor" in paths:  # "half load" read for the floor itself: half of *its* maximum
-            own = functools.partial(
-                _open_loop,
-                rate=maximum["floor"].rps / 2,
-                seconds=seconds,
-                connections=concurrency,
-            )
-            phases += [
-                await _phase(rnd, kind, path, "own", base(path), pids(path), own)
-                for path in ("direct", "floor")
-            ]
-    return phases
-
-
-def _report(phases: list[Phase]) -> str:
+def _report(phases: list[Phase]) -> tuple[str, dict[str, float]]:
+    """The table of phases and the verdict lines; the verdict's medians over rounds."""
     lines = [
-        f"{'rnd':3} {'kind':6} {'path':10} {'load':4} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>8} "
-        f"{'err':>3}  CPU s/1k req: bridge upstream nats loadgen",
+        f"{'rnd':3} {'kind':6} {'path':10} {'mode':4} {'load':6} {'req/s':>8} {'p50 ms':>7} "
+        f"{'p99 ms':>8} {'err':>3}  CPU s/1k: bridge upstream nats load | load share"
     ]
     for p in phases:
         c = p.cpu_per_1k
         lines.append(
-            f"{p.round:3d} {p.kind:6} {p.path:10} {p.mode:4} {p.rps:8.1f} {p.p50_ms:7.3f} "
-            f"{p.p99_ms:8.3f} {p.errors:3d}  {c['bridge']:6.3f} {c['upstream']:8.3f} "
-            f"{c['nats']:5.3f} {c['loadgen']:7.3f}"
+            f"{p.round:3d} {p.kind:6} {p.path:10} {p.mode:4} {p.loadgen:6} {p.rps:8.1f} "
+            f"{p.p50_ms:7.3f} {p.p99_ms:8.3f} {p.errors:3d}  {c['bridge']:6.3f} "
+            f"{c['upstream']:8.3f} {c['nats']:5.3f} {c['loadgen']:5.3f} | {p.loadgen_share:.2f}"
         )
-    lines.append("")
     rounds = sorted({p.round for p in phases})
-    for kind in ("reads", "writes", "store"):
-        ratios, added = [], []
-        for rnd in rounds:
-            by = {(p.path, p.mode): p for p in phases if p.kind == kind and p.round == rnd}
-            ratios.append(by[("bridge", "max")].rps / by[("direct", "max")].rps)
-            added.append(by[("bridge", "half")].p50_ms - by[("direct", "half")].p50_ms)
-            if kind == "writes":
-                lines.append(_versions_cost(rnd, by))
-        lines.append(
-            f"{_LABELS[kind]}: bridge/direct throughput {statistics.median(ratios):.2f}x "
-            f"(rounds: {_listed(ratios, 2)}); added p50 at half load "
-            f"{statistics.median(added):.3f} ms (rounds: {_listed(added, 3)})"
+    by = [{(p.kind, p.path, p.mode): p for p in phases if p.round == r} for r in rounds]
+
+    def ratio(kind: str, path: str, base: str) -> float:
+        return round(
+            statistics.median(r[kind, path, "max"].rps / r[kind, base, "max"].rps for r in by), 3
         )
-        floor = _floor_line(kind, [p for p in phases if p.kind == kind], rounds)
-        if floor:
-            lines.append(floor)
-    return "\n".join(lines)
 
+    def added(path: str) -> float:
+        return round(
+            statistics.median(
+                r["writes", path, "rate"].p50_ms - r["writes", "direct", "rate"].p50_ms for r in by
+            ),
+            3,
+        )
 
-def _floor_line(kind: str, phases: list[Phase], rounds: list[int]) -> str | None:
-    """The floor forwarder against direct, and the bridge against the floor (medians)."""
-    if not any(p.path == "floor" for p in phases):
-        return None
-    floor_ratio, floor_added, own_added, bridge_vs_floor = [], [], [], []
-    busy: dict[str, list[float]] = {"bridge": [], "floor": []}
-    for rnd in rounds:
-        by = {(p.path, p.mode): p for p in phases if p.round == rnd}
-        floor_max, direct_half = by[("floor", "max")], by[("direct", "half")]
-        floor_ratio.append(floor_max.rps / by[("direct", "max")].rps)
-        floor_added.append(by[("floor", "half")].p50_ms - direct_half.p50_ms)
-        own_added.append(by[("floor", "own")].p50_ms - by[("direct", "own")].p50_ms)
-        bridge_vs_floor.append(by[("bridge", "max")].rps / floor_max.rps)
-        for path in busy:  # share of one core its process used at the bridge's half load
-            half = by[(path, "half")]
-            busy[path].append(half.rps * half.cpu_per_1k["bridge"] / 1000)
-    return (
-        f"  floor for {_LABELS[kind]} (bare aiohttp + nats-py forwarder): throughput "
-        f"{statistics.median(floor_ratio):.2f}x direct (rounds: {_listed(floor_ratio, 2)}); "
-        f"added p50 at the bridge's half load {statistics.median(floor_added):.3f} ms "
-        f"(rounds: {_listed(floor_added, 3)}), at half of its own maximum "
-        f"{statistics.median(own_added):.3f} ms (rounds: {_listed(own_added, 3)}); "
-        f"bridge/floor throughput {statistics.median(bridge_vs_floor):.2f}x\n"
-        f"  process busy at the bridge's half load (share of one core): bridge "
-        f"{statistics.median(busy['bridge']):.0%}, floor {statistics.median(busy['floor']):.0%}"
+    verdict = {
+        "bridge_x_floor": ratio("writes", "bridge", "floor"),
+        "floor_x_direct": ratio("writes", "floor", "direct"),
+        "bridge_x_direct": ratio("writes", "bridge", "direct"),
+        "versions_x": ratio("writes", "bridge", "bridge-nov"),
+        "added_p50_bridge_ms": added("bridge"),
+        "added_p50_floor_ms": added("floor"),
+        "store_bridge_x_direct": ratio("store", "bridge", "direct"),
+        "store_floor_x_direct": ratio("store", "floor", "direct"),
+        "wrk_share_max": max(p.loadgen_share for p in phases if p.loadgen == "wrk"),
+    }
+    verdict["added_p50_beyond_floor_ms"] = round(
+        verdict["added_p50_bridge_ms"] - verdict["added_p50_floor_ms"], 3
     )
+    lines += [
+        "",
+        f"echo writes: bridge/floor {verdict['bridge_x_floor']:.2f}x (target >= 0.8), "
+        f"floor/direct {verdict['floor_x_direct']:.2f}x, bridge/direct "
+        f"{verdict['bridge_x_direct']:.2f}x; version records: bridge/bridge-nov "
+        f"{verdict['versions_x']:.2f}x",
+        f"added p50 at the fixed rate: bridge {verdict['added_p50_bridge_ms']:.3f} ms, floor "
+        f"{verdict['added_p50_floor_ms']:.3f} ms: bridge beyond floor "
+        f"{verdict['added_p50_beyond_floor_ms']:.3f} ms (target <= 0.2)",
+        f"demo service writes: bridge/direct {verdict['store_bridge_x_direct']:.2f}x (target "
+        f">= 0.9), floor/direct {verdict['store_floor_x_direct']:.2f}x",
+        f"wrk used at most {verdict['wrk_share_max']:.0%} of one core (medians over "
+        f"{len(rounds)} round(s))",
+    ]
+    return "\n".join(lines), verdict
 
 
-def _listed(values: list[float], digits: int) -> str:
-    return ", ".join(f"{v:.{digits}f}" for v in values)
-
-
-def _versions_cost(rnd: int, by: dict[tuple[str, str], Phase]) -> str:
-    """What the version records cost: the two bridges of one round, side by side."""
-    on, off = by[("bridge", "max")], by[("bridge-nov", "max")]
-    cpu = (on.cpu_per_1k["bridge"] + on.cpu_per_1k["nats"]) - (
-        off.cpu_per_1k["bridge"] + off.cpu_per_1k["nats"]
-    )
-    added = by[("bridge", "half")].p50_ms - by[("bridge-nov", "half")].p50_ms
-    return (
-        f"round {rnd} version records: throughput {on.rps:.0f} vs {off.rps:.0f} req/s without "
-        f"({on.rps / off.rps:.2f}x); +{cpu:.3f} ms CPU per write (bridge + nats); "
-        f"p50 at half load {added:+.3f} ms"
-    )
+def _machine() -> dict[str, object]:
+    model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cores": os.cpu_count(), "model": model, "loadavg_at_start": os.getloadavg()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per phase")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat everything N times")
+    parser.add_argument("--connections", type=int, default=32, help="wrk -c, and the paced cap")
+    parser.add_argument("--rounds", type=int, default=2, help="repeat everything N times")
     parser.add_argument(
-        "--rate",
-        type=float,
-        default=None,
-        help="drive the 'half' phases at this many req/s instead of half of the bridge's "
-        "maximum: compares two builds at the same load (a faster bridge raises its own half load)",
+        "--rate", type=float, default=1000.0, help="writes/s of the fixed-rate phases"
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
-        "--bridge-log-level",
-        default="info",
-        choices=["info", "warning"],
-        help="info (default) includes the canonical line per request",
+        "--profile", type=Path, default=None, help="py-spy profiles into this directory"
     )
+    parser.add_argument("--json", type=Path, default=RESULTS, help="write the figures here")
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep logs and data here (default: a temp dir)"
     )
@@ -653,25 +677,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_upstream is not None:
         uvloop.run(_serve_upstream(args.serve_upstream))
         return 0
-    with contextlib.ExitStack() as stack:
-        workdir = args.workdir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="xr-bench-"))
-        )
-        workdir.mkdir(parents=True, exist_ok=True)
-        phases, wakeup = uvloop.run(
-            _bench(
-                Drive(args.seconds, args.concurrency, args.rate),
-                args.rounds,
-                workdir,
-                args.bridge_log_level,
+    machine = _machine()
+    try:
+        with contextlib.ExitStack() as stack:
+            workdir = args.workdir or Path(
+                stack.enter_context(tempfile.TemporaryDirectory(prefix="xr-bench-"))
             )
-        )
-    if args.rate is not None:
-        print(f"'half' phases driven at {args.rate:g} req/s (--rate), not at half of a maximum")
-    print(_report(phases))
+            workdir.mkdir(parents=True, exist_ok=True)
+            drive = Drive(args.seconds, args.connections, args.rate)
+            if args.profile is not None:
+                args.profile.mkdir(parents=True, exist_ok=True)
+            phases, wakeup = uvloop.run(_bench(drive, args.rounds, workdir, args.profile))
+    except WrkMissingError as exc:
+        print(f"bench_bridge.py: {exc}", file=sys.stderr)
+        return 2
+    report, verdict = _report(phases)
+    print(report)
     print(wakeup.report())
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(p) for p in phases], indent=2))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "command": " ".join(["xregion bench bridge", *(sys.argv[1:] if argv is None else argv)]),
+        "machine": machine,
+        "rows": [asdict(p) for p in phases],
+        "verdict": verdict,
+        "wakeup": asdict(wakeup),
+        "report": report.splitlines(),
+    }
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"figures written to {args.json}")
     return 0
 
 

@@ -52,6 +52,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 from procs import cpu_seconds, pids_using, process, wait_http
+from results import machine, write_result
 
 REGION = "eu-west"
 ORIGIN = "us-east"
@@ -465,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
         choices=["info", "warning"],
         help="replayers' log level (info: one canonical line per event)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument(
+        "--json", type=Path, default=None, help="default bench/results/replayer.json"
+    )
     parser.add_argument("--keep", type=Path, default=None, help="work directory to keep (logs)")
     parser.add_argument(
         "--profile", type=Path, default=None, help="run the replayers under cProfile, into DIR"
@@ -475,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve is not None:
         uvloop.run(_serve(args.serve))
         return 0
+    info = machine()
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
         results = uvloop.run(_main(args, args.keep))
@@ -482,8 +486,7 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="xr-bench-rp-") as tmp:
             results = uvloop.run(_main(args, Path(tmp)))
     _report(results)
-    if args.json is not None:
-        args.json.write_text(json.dumps([asdict(r) for r in results], indent=2))
+    write_result("replayer", argv, info, {"rows": [asdict(r) for r in results]}, args.json)
     failed = any(r.problems for r in results)
     return 1 if failed else 0
 

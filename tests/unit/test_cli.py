@@ -88,7 +88,7 @@ def test_bench_without_a_checkout_says_where_the_scripts_live(tmp_path: Path) ->
     (tmp_path / "bench").mkdir()
     (tmp_path / "bench" / "bench_bridge.py").write_text("")
     assert bench_scripts(tmp_path, "bridge") == [tmp_path / "bench" / "bench_bridge.py"]
-    with pytest.raises(CommandError, match=r"bench_broadcaster.py, bench_replayer.py not found"):
+    with pytest.raises(CommandError, match=r"bench_broadcaster.py, .*bench_replayer.py not found"):
         bench_scripts(tmp_path, "all")
     with pytest.raises(CommandError, match="ship with the source, not the package"):
         bench_scripts(tmp_path / "elsewhere", "replayer")
