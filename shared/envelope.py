@@ -492,7 +492,20 @@ def _collect(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]
     """Split headers into known fields and forwarded request headers, keyed in lower case."""
     fields: dict[str, str] = {}
     req: dict[str, str] = {}
+    size = sum(len(name) + len(value) for name, value in headers.items())
+    if size > HEADER_BUDGET_BYTES:
+        # No bridge writes more: its body limit keeps only this much of max_payload for them.
+        largest = max(headers, key=lambda name: len(headers[name]))
+        raise MalformedEventError(
+            "bad_header",
+            largest,
+            f"headers total {size} bytes, over {HEADER_BUDGET_BYTES} ({largest}: "
+            f"{len(headers[largest])})",
+        )
     for name, value in headers.items():
+        if "\ufffd" in value:
+            # The NATS client's stand-in for bytes that are not UTF-8 on the wire.
+            raise MalformedEventError("bad_header", name, f"{name}: not valid UTF-8")
         low = name.lower()
         if low in _FIELD_HEADERS:
             _put(fields, low, name, value)

@@ -407,6 +407,15 @@ class SuperCluster:
         """Stop one server (SIGTERM, then SIGKILL after a deadline), e.g. a region going down."""
         await self._server(name).terminate()
 
+    async def kill_server(self, name: str) -> None:
+        """SIGKILL one server (a crash) and reap it; `start_server` brings it back."""
+        server = self._server(name)
+        proc, server.proc = server.proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+
     async def start_server(self, name: str, timeout_s: float = 30) -> None:
         """Start a stopped server again and wait until it answers `/healthz?js-server-only`."""
         server = self._server(name)
