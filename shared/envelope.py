@@ -75,6 +75,7 @@ __all__ = [
     "Rule",
     "canary_target",
     "check_fits",
+    "check_wire_headers",
     "decode",
     "default_rule",
     "encode",
@@ -129,6 +130,7 @@ HTTP_TRACEPARENT = "traceparent"
 SCHEMA_VERSION = 1
 # Room kept for headers when the bridge turns the server's max_payload into a body limit.
 HEADER_BUDGET_BYTES = 16 * 1024
+_SURROGATES = re.compile("[\ud800-\udfff]")
 # `Xr-` headers other parts of xregion add to stored messages; decode() ignores them.
 PASSTHROUGH_PREFIXES = ("Xr-Dlq-", "Xr-Replayed-", "Xr-Canary")
 
@@ -488,24 +490,34 @@ def decode(headers: Mapping[str, str] | None, payload: bytes) -> Event:
     return event
 
 
-def _collect(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Split headers into known fields and forwarded request headers, keyed in lower case."""
-    fields: dict[str, str] = {}
-    req: dict[str, str] = {}
-    size = sum(len(name) + len(value) for name, value in headers.items())
+def check_wire_headers(headers: Mapping[str, str]) -> None:
+    """Raise MalformedEventError unless `headers` can travel as an event's: within the header
+    budget in all, and valid UTF-8. The bridge checks before it forwards a write, so that it
+    answers 400 instead of publishing an event every replayer would dead-letter."""
+    # str(): nats-py's stream-message reads hand non-ASCII values over as email Header objects.
+    texts = {str(name): str(value) for name, value in headers.items()}
+    size = sum(len(name) + len(value) for name, value in texts.items())
     if size > HEADER_BUDGET_BYTES:
-        # No bridge writes more: its body limit keeps only this much of max_payload for them.
-        largest = max(headers, key=lambda name: len(headers[name]))
+        largest = max(texts, key=lambda name: len(texts[name]))
         raise MalformedEventError(
             "bad_header",
             largest,
             f"headers total {size} bytes, over {HEADER_BUDGET_BYTES} ({largest}: "
-            f"{len(headers[largest])})",
+            f"{len(texts[largest])})",
         )
-    for name, value in headers.items():
-        if "\ufffd" in value:
-            # The NATS client's stand-in for bytes that are not UTF-8 on the wire.
+    for name, value in texts.items():
+        # U+FFFD is the NATS client's stand-in for bytes that are not UTF-8 on the wire;
+        # surrogates are aiohttp's for such bytes in an HTTP header.
+        if "\ufffd" in value or _SURROGATES.search(value):
             raise MalformedEventError("bad_header", name, f"{name}: not valid UTF-8")
+
+
+def _collect(headers: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split headers into known fields and forwarded request headers, keyed in lower case."""
+    fields: dict[str, str] = {}
+    req: dict[str, str] = {}
+    check_wire_headers(headers)
+    for name, value in headers.items():
         low = name.lower()
         if low in _FIELD_HEADERS:
             _put(fields, low, name, value)

@@ -62,6 +62,7 @@ from shared.envelope import (
     Event,
     EventTooLargeError,
     MalformedEventError,
+    check_wire_headers,
     encode,
     max_body_for,
 )
@@ -388,6 +389,10 @@ class Proxy:
         if self._signer is not None:
             event = self._signer.sign(event)
         headers, payload = encode(event)
+        try:
+            check_wire_headers(headers)
+        except MalformedEventError as exc:
+            raise _Refused(400, "not_replicable", str(exc)) from exc
         # The block is built here, where the size must be known anyway, and sent as it is
         # after the upstream's 2xx: encoding the headers then would delay the response.
         block = header_block(headers)

@@ -8,6 +8,7 @@ with a signed marker is proxied but not published (more in test_security.py).
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
@@ -364,3 +365,51 @@ async def test_with_signing_on_events_are_signed_and_only_signed_markers_count(
     assert [e.event.event_id for e in events] == [write.headers["Xr-Event-Id"]]
     for stored in events:
         assert verifier.verify(stored.event) == "us-east-1"
+
+
+async def test_headers_no_event_can_carry_are_refused_before_the_upstream_sees_them(
+    bridge_cluster: SuperCluster, upstream: TestUpstream, js: JetStreamContext, tmp_path: Path
+) -> None:
+    # Over the header budget in all, or bytes that are not UTF-8: every replayer would
+    # dead-letter such an event as malformed, after this region's service had applied it.
+    service = "unreplicable"
+    forwarded = ["X-A", "X-B", "X-C"]
+    settings = settings_for(
+        tmp_path, bridge_cluster, upstream, service, bridge={"forward_headers": forwarded}
+    )
+    calls = len(upstream.calls)
+    async with running_bridge(settings) as bridge, http_client() as http:
+        # Each header is under the HTTP parser's 8 KiB limit; together they are over 16 KiB.
+        many = {name: "v" * 6000 for name in forwarded}
+        huge = await send(http, "PUT", bridge.url, f"/{service}/a", headers=many, data=b"v")
+        raw = await _raw_put(bridge.url, f"/{service}/b", b"X-A: caf\xe9")
+        # U+FFFD is what a replayer's NATS client makes of bytes that are not UTF-8.
+        stand_in = await send(http, "PUT", bridge.url, f"/{service}/d", headers={"X-A": "\ufffd"})
+        fine = await send(http, "PUT", bridge.url, f"/{service}/c", headers={"X-A": "cafe"})
+    assert huge.status == 400
+    assert huge.json()["error"] == "not_replicable"
+    assert "over 16384" in huge.json()["detail"]
+    assert raw.startswith(b"HTTP/1.1 400"), raw[:200]
+    assert b'"not_replicable"' in raw
+    assert stand_in.status == 400
+    assert stand_in.json()["detail"] == "Xr-Req-X-A: not valid UTF-8"
+    assert fine.status == 200
+    assert len(upstream.calls) == calls + 1, "only the replicable write reached the upstream"
+    [stored] = await stored_events(js, service)
+    assert stored.event.key == f"/{service}/c"
+
+
+async def _raw_put(base: str, path: str, header: bytes) -> bytes:
+    """A PUT with one header line sent byte for byte (an HTTP client would encode it); the
+    whole answer."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"PUT " + path.encode() + b" HTTP/1.1\r\nHost: x\r\n" + header
+            + b"\r\nContent-Length: 1\r\nConnection: close\r\n\r\nv"
+        )  # fmt: skip
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
