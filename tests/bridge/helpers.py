@@ -24,13 +24,12 @@ from yarl import URL
 
 from services.bridge.service import Bridge
 from services.xregion.local.supercluster import SuperCluster
-from shared import provision
 from shared.envelope import Event, decode
-from shared.natsconn import NatsConnection
 from shared.regions import events_stream, events_subject
 from shared.settings import Settings, load_settings
 from tests.bridge.upstream_app import TestUpstream
-from tests.harness.toml import toml_value as _toml_value
+from tests.harness import provisioning
+from tests.harness.toml import region_toml
 from tests.harness.wait import wait_until
 
 __all__ = [
@@ -66,25 +65,22 @@ def region_file(
     signing: Mapping[str, Any] | None = None,
 ) -> str:
     """A region TOML for us-east with the given services (signing off unless given)."""
-    lines = [
-        f"region = {_toml_value(REGION)}",
-        f"regions = {_toml_value(list(REGIONS))}",
-        f"data_dir = {_toml_value(str(data_dir))}",
-        "[nats]",
-        f"servers = {_toml_value(list(nats_urls))}",
-        "first_connect_timeout_s = 10.0",
-        "reconnect_wait_s = 0.1",
-        "reconnect_wait_max_s = 0.5",
-        "[signing]",
-        *(f"{k} = {_toml_value(v)}" for k, v in (signing or {"mode": "off"}).items()),
-        "[bridge]",
-    ]
-    options = {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", **(bridge or {})}
-    lines += [f"{key} = {_toml_value(value)}" for key, value in options.items()]
-    for name, service in services.items():
-        lines.append(f"[services.{name}]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in service.items()]
-    return "\n".join(lines) + "\n"
+    return region_toml(
+        {
+            "region": REGION,
+            "regions": list(REGIONS),
+            "data_dir": str(data_dir),
+            "nats": {
+                "servers": list(nats_urls),
+                "first_connect_timeout_s": 10.0,
+                "reconnect_wait_s": 0.1,
+                "reconnect_wait_max_s": 0.5,
+            },
+            "signing": signing or {"mode": "off"},
+            "bridge": {"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0", **(bridge or {})},
+            "services": services,
+        }
+    )
 
 
 def write_region_file(path: Path, **kwargs: Any) -> Settings:
@@ -106,14 +102,7 @@ def service_settings(
 
 async def provision_region(settings: Settings) -> None:
     """Create the region's streams and consumers (as `xregion provision` does)."""
-    async with NatsConnection(settings.nats, service="test-provision") as conn:
-        await wait_until(
-            lambda: provision.apply(conn.jetstream(), provision.plan(settings, 1)),
-            30,
-            interval=0.2,
-            ignore=(Exception,),
-            message="region provisioned",
-        )
+    await provisioning.provision_region(settings, timeout_s=30)
 
 
 @contextlib.asynccontextmanager

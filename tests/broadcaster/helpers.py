@@ -21,11 +21,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NoStreamResponseError, ServiceUnavailableError
 
 from services.xregion.local.supercluster import SuperCluster
-from shared import provision
 from shared.envelope import Event, encode, new_traceparent
 from shared.hlc import Hlc
 from shared.ids import uuid7_str
-from shared.natsconn import NatsConnection
 from shared.regions import events_subject, replay_stream, replay_subject
 from shared.settings import (
     BroadcasterSettings,
@@ -34,7 +32,8 @@ from shared.settings import (
     Settings,
     SigningSettings,
 )
-from tests.harness.toml import toml_value as _toml
+from tests.harness.provisioning import provision_region
+from tests.harness.toml import write_region_toml
 from tests.harness.wait import wait_until
 
 __all__ = [
@@ -102,33 +101,15 @@ def bc_settings(
 
 
 def write_region_file(path: Path, settings: Settings) -> Path:
-    """`settings` as a region TOML file (the keys the broadcaster tests use)."""
+    """`settings` as a region TOML file (the tables the broadcaster tests use)."""
     data = settings.model_dump(mode="json")
-    lines = [f"{key} = {_toml(data[key])}" for key in ("region", "regions", "data_dir")]
-    for section in ("nats", "signing", "broadcaster"):
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in data[section].items() if v is not None]
-    for name, service in data["services"].items():
-        lines.append(f"[services.{name}]")
-        lines += [f"{k} = {_toml(v)}" for k, v in service.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_region_toml(path, data, tables=("nats", "signing", "broadcaster"))
 
 
 async def provision_all(cluster: SuperCluster) -> None:
     """Provision every region with the test settings (ack_wait as TEST_BROADCASTER)."""
     for region in REGIONS:
-        settings = bc_settings(cluster, region)
-        async with NatsConnection(settings.nats, service="test-provision") as conn:
-            await wait_until(
-                lambda conn=conn, settings=settings: provision.apply(  # type: ignore[misc]
-                    conn.jetstream(), provision.plan(settings, 1)
-                ),
-                60,
-                interval=0.2,
-                ignore=(Exception,),
-                message=f"region {region} provisioned",
-            )
+        await provision_region(bc_settings(cluster, region))
 
 
 @dataclass(frozen=True)

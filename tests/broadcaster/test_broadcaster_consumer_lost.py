@@ -14,10 +14,10 @@ from nats.js import JetStreamContext
 
 from services.broadcaster.service import Broadcaster
 from services.xregion.local.supercluster import SuperCluster
-from shared import provision
 from shared.regions import broadcast_consumer, events_stream
 from shared.settings import Settings
 from tests.broadcaster.helpers import JS_TRANSIENT, ORIGIN, Producer, bc_settings, count_replay
+from tests.harness.provisioning import provision_region
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="package")]
@@ -38,12 +38,8 @@ async def reprovisioned(cluster: SuperCluster, js: JetStreamContext) -> AsyncIte
 
 
 async def _provision(js: JetStreamContext, settings: Settings) -> None:
-    await wait_until(
-        lambda: provision.apply(js, provision.plan(settings, 1)),
-        20,
-        interval=0.2,
-        ignore=JS_TRANSIENT,
-        message="consumers provisioned",
+    await provision_region(
+        settings, js=js, timeout_s=20, ignore=JS_TRANSIENT, message="consumers provisioned"
     )
 
 

@@ -27,7 +27,6 @@ from services.broadcaster.service import Broadcaster
 from services.xregion.local.supercluster import SuperCluster
 from services.xregion.natsconf import Topology
 from services.xregion.natsconf.permissions import role_permissions
-from shared import provision
 from shared.envelope import HDR_DLQ_ERROR, HDR_DLQ_REASON, HDR_DLQ_TARGET, HDR_EVENT_ID
 from shared.natsconn import NatsConnection, denied_publish_subject
 from shared.regions import (
@@ -41,6 +40,7 @@ from shared.settings import Settings
 from tests.broadcaster.helpers import JS_TRANSIENT, ORIGIN, Producer, bc_settings, count_replay
 from tests.harness.auth import authed_topology, password_var
 from tests.harness.fixtures import MakeSuperCluster
+from tests.harness.provisioning import provision_region
 from tests.harness.wait import wait_until
 
 pytestmark = [pytest.mark.integration]
@@ -76,17 +76,7 @@ def _as_user(settings: Settings, user: str, env: dict[str, str]) -> Settings:
 
 async def _provision(cluster: SuperCluster, env: dict[str, str]) -> None:
     for region in cluster.regions:
-        settings = _as_user(bc_settings(cluster, region), "provisioner", env)
-        async with NatsConnection(settings.nats, service="test-provision") as conn:
-            await wait_until(
-                lambda conn=conn, settings=settings: provision.apply(  # type: ignore[misc]
-                    conn.jetstream(), provision.plan(settings, 1)
-                ),
-                60,
-                interval=0.2,
-                ignore=(Exception,),
-                message=f"region {region} provisioned",
-            )
+        await provision_region(_as_user(bc_settings(cluster, region), "provisioner", env))
 
 
 async def _dead_letter(js: JetStreamContext, service: str) -> RawStreamMsg | None:

@@ -31,10 +31,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from services.xregion.local.supercluster import SuperCluster, free_ports, with_free_ports
 from services.xregion.natsconf import Topology, parse_topology
 from services.xregion.ops.scrape import parse_metrics
-from shared import provision, regions
+from shared import regions
 from shared.natsconn import NatsConnection
 from shared.settings import Settings
 from tests.harness.collection_stack import metric_total, render_region_file
+from tests.harness.provisioning import provision_region
 from tests.harness.wait import wait_until
 from tests.harness.xregion_procs import FAST_BROADCASTER, ServiceProcess, clean_env, stop
 
@@ -269,17 +270,6 @@ class RegionStack:
         return self.processes["replayer"]
 
 
-async def provision_region(settings: Settings, replicas: int) -> None:
-    async with NatsConnection(settings.nats, service="chaos-provision") as conn:
-        await wait_until(
-            lambda: provision.apply(conn.jetstream(), provision.plan(settings, replicas)),
-            60,
-            interval=0.3,
-            ignore=(Exception,),
-            message=f"region {settings.region} provisioned (R{replicas})",
-        )
-
-
 @dataclass
 class ChaosDeployment:
     cluster: SuperCluster
@@ -323,7 +313,14 @@ class ChaosDeployment:
             settings = render_region_file(
                 config, self._region_data(region, downstream.url, trusted, data_dir)
             )
-            await provision_region(settings, min(SERVERS[region], 3))
+            replicas = min(SERVERS[region], 3)
+            await provision_region(
+                settings,
+                replicas=replicas,
+                interval_s=0.3,
+                service="chaos-provision",
+                message=f"region {region} provisioned (R{replicas})",
+            )
             stack = RegionStack(region, settings, config, downstream)
             env = _skew_env(skew.get(region))
             listens = {

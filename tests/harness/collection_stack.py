@@ -33,15 +33,14 @@ from shared import regions
 from shared.natsconn import NatsConnection
 from shared.settings import ServiceSettings, Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS
-from tests.harness.toml import toml_value as _toml
+from tests.harness.provisioning import provision_region
+from tests.harness.toml import write_region_toml
 from tests.harness.wait import wait_until
 from tests.harness.xregion_procs import (
     FAST_BROADCASTER,
     XREGION,
     ServiceProcess,
     clean_env,
-    provision_region,
-    region_table,
     run_xregion,
     stop,
 )
@@ -146,13 +145,7 @@ def metric_total(text: str, name: str, labels: Mapping[str, str]) -> float:
 
 def render_region_file(path: Path, data: Mapping[str, Any]) -> Settings:
     """Write `data` (the region file's tables as plain values) as TOML; read it back."""
-    lines = [f"{key} = {_toml(data[key])}" for key in ("region", "regions", "data_dir")]
-    for section in ("nats", "signing", "bridge", "broadcaster", "replayer"):
-        lines += region_table(section, data[section])
-    for name, service in data["services"].items():
-        lines += region_table(f"services.{name}", service)
-    path.write_text("\n".join(lines) + "\n")
-    return load_settings(path, env={})
+    return load_settings(write_region_toml(path, data), env={})
 
 
 def _unsupported(services: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:

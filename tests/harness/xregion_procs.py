@@ -1,5 +1,5 @@
-"""The real `xregion` processes tests start: a region service (`xregion <service> --config F`),
-one-shot commands, and the provisioning a region needs first.
+"""The real `xregion` processes tests start: a region service (`xregion <service> --config F`)
+and one-shot commands (a region's provisioning is tests/harness/provisioning.py).
 
 Every process is stopped by its owner, by PID (SIGTERM, then SIGKILL after a deadline).
 """
@@ -9,26 +9,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from services.xregion.local.supercluster import stop_process
-from shared import provision
-from shared.natsconn import NatsConnection
-from shared.settings import Settings
-from tests.harness.toml import toml_value
-from tests.harness.wait import wait_until
 
 __all__ = [
     "FAST_BROADCASTER",
     "XREGION",
     "ServiceProcess",
     "clean_env",
-    "provision_region",
-    "region_table",
     "run_xregion",
     "stop",
 ]
@@ -53,22 +45,6 @@ FAST_BROADCASTER: dict[str, Any] = {
 def clean_env() -> dict[str, str]:
     """The test's environment minus XR_* (so only the region file configures a process)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("XR_")}
-
-
-def region_table(name: str, values: Mapping[str, Any]) -> list[str]:
-    """One `[name]` table of a region file (None values left out)."""
-    return [f"[{name}]", *(f"{k} = {toml_value(v)}" for k, v in values.items() if v is not None)]
-
-
-async def provision_region(settings: Settings) -> None:
-    async with NatsConnection(settings.nats, service="test-provision") as conn:
-        await wait_until(
-            lambda: provision.apply(conn.jetstream(), provision.plan(settings, 1)),
-            60,
-            interval=0.2,
-            ignore=(Exception,),
-            message=f"region {settings.region} provisioned",
-        )
 
 
 class ServiceProcess:

@@ -38,14 +38,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from services.xregion.local.supercluster import SuperCluster, free_ports
 from services.xregion.natsconf import Topology
-from shared import provision
 from shared.natsconn import NatsConnection
 from shared.regions import events_stream, replay_stream
 from shared.settings import Settings, load_settings
 from tests.harness.auth import authed_topology, password_var
 from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
 from tests.harness.http import LoopbackApp
+from tests.harness.provisioning import provision_region
+from tests.harness.toml import write_region_toml
 from tests.harness.wait import wait_until
+from tests.harness.xregion_procs import FAST_BROADCASTER
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -80,48 +82,34 @@ class Upstream(LoopbackApp):
 def region_toml(cluster: SuperCluster, region: str, upstream: str, workdir: Path) -> Path:
     """The region file (no credentials: each process gets its user from the environment)."""
     bridge, bridge_admin, broadcaster_admin, replayer_admin = free_ports(4)
-    servers = json.dumps(cluster.client_urls(region))
-    text = f"""\
-region = "{region}"
-regions = {json.dumps(list(REGIONS))}
-data_dir = "{workdir / region}"
-[nats]
-servers = {servers}
-first_connect_timeout_s = 10.0
-reconnect_wait_s = 0.1
-reconnect_wait_max_s = 0.5
-request_timeout_s = 2.0
-[signing]
-mode = "off"
-[bridge]
-listen = "127.0.0.1:{bridge}"
-admin_listen = "127.0.0.1:{bridge_admin}"
-[broadcaster]
-admin_listen = "127.0.0.1:{broadcaster_admin}"
-fetch_timeout_s = 0.25
-publish_timeout_s = 1.0
-ack_wait_s = 3.0
-retry_base_s = 0.05
-retry_max_s = 0.5
-canary_interval_s = 0.5
-control_poll_s = 0.1
-metrics_poll_s = 0.25
-shutdown_timeout_s = 5.0
-[replayer]
-admin_listen = "127.0.0.1:{replayer_admin}"
-fetch_timeout_s = 0.3
-ack_wait_s = 4.0
-upstream_timeout_s = 1.0
-retry_total_s = 0.5
-metrics_poll_s = 0.25
-shutdown_timeout_s = 5.0
-[services.{SERVICE}]
-upstream = "{upstream}"
-routes = ["/{SERVICE}"]
-"""
-    path = workdir / f"{region}.toml"
-    path.write_text(text)
-    return path
+    nats = {
+        "servers": cluster.client_urls(region),
+        "first_connect_timeout_s": 10.0,
+        "reconnect_wait_s": 0.1,
+        "reconnect_wait_max_s": 0.5,
+        "request_timeout_s": 2.0,
+    }
+    replayer = {
+        "admin_listen": f"127.0.0.1:{replayer_admin}",
+        "fetch_timeout_s": 0.3,
+        "ack_wait_s": 4.0,
+        "upstream_timeout_s": 1.0,
+        "retry_total_s": 0.5,
+        "metrics_poll_s": 0.25,
+        "shutdown_timeout_s": 5.0,
+    }
+    data = {
+        "region": region,
+        "regions": list(REGIONS),
+        "data_dir": str(workdir / region),
+        "nats": nats,
+        "signing": {"mode": "off"},
+        "bridge": {"listen": f"127.0.0.1:{bridge}", "admin_listen": f"127.0.0.1:{bridge_admin}"},
+        "broadcaster": {"admin_listen": f"127.0.0.1:{broadcaster_admin}", **FAST_BROADCASTER},
+        "replayer": replayer,
+        "services": {SERVICE: {"upstream": upstream, "routes": [f"/{SERVICE}"]}},
+    }
+    return write_region_toml(workdir / f"{region}.toml", data)
 
 
 def as_user(user: str, env: Mapping[str, str]) -> dict[str, str]:
@@ -208,16 +196,6 @@ def provisioner_settings(config: Path, env: Mapping[str, str]) -> Settings:
     data = tomllib.loads(config.read_text())
     data["nats"] |= {"user": "provisioner", "password": env[password_var("provisioner")]}
     return Settings(**data)
-
-
-async def provision_region(settings: Settings) -> None:
-    """`xregion provision`'s work (as whichever user `settings` logs in with)."""
-    async with NatsConnection(settings.nats, service="test-provision") as conn:
-        await wait_until(
-            lambda: provision.apply(conn.jetstream(), provision.plan(settings, 1)),
-            60, interval=0.2, ignore=(nats.errors.Error, TimeoutError),
-            message=f"region {settings.region} provisioned by the provisioner user",
-        )  # fmt: skip
 
 
 async def limit_message_size(settings: Settings, stream: str, max_bytes: int) -> None:
@@ -313,7 +291,11 @@ async def test_every_service_and_operator_command_works_with_prod_permissions(
                 for svc in SERVICES
             }
             stacks[region] = stack
-            await provision_region(provisioner_settings(config, env))
+            await provision_region(
+                provisioner_settings(config, env),
+                ignore=(nats.errors.Error, TimeoutError),
+                message=f"region {region} provisioned by the provisioner user",
+            )
 
         command_output: dict[str, str] = {}
         async with running(stacks, env), httpx.AsyncClient(timeout=10) as http:

@@ -20,6 +20,8 @@ from shared.natsconn import NatsConnection
 from shared.regions import broadcast_consumer, dlq_stream, events_stream, replay_stream
 from shared.settings import NatsSettings, Settings, SigningSettings
 from tests.harness.fixtures import DEV_REGIONS, MakeSuperCluster
+from tests.harness.provisioning import provision_region
+from tests.harness.toml import write_region_toml
 from tests.harness.wait import wait_until
 
 pytestmark = pytest.mark.integration
@@ -37,13 +39,14 @@ def settings_for(cluster: SuperCluster, region: str, tmp_path: Path) -> Settings
 
 
 def region_file(cluster: SuperCluster, region: str, tmp_path: Path) -> Path:
-    path = tmp_path / f"{region}.toml"
-    servers = ", ".join(f'"{url}"' for url in cluster.client_urls(region))
-    path.write_text(
-        f'region = "{region}"\nregions = {list(DEV_REGIONS)!r}\ndata_dir = "{tmp_path}"\n'
-        f'[nats]\nservers = [{servers}]\n[signing]\nmode = "off"\n'.replace("'", '"')
-    )
-    return path
+    data = {
+        "region": region,
+        "regions": list(DEV_REGIONS),
+        "data_dir": str(tmp_path),
+        "nats": {"servers": cluster.client_urls(region)},
+        "signing": {"mode": "off"},
+    }
+    return write_region_toml(tmp_path / f"{region}.toml", data)
 
 
 def run_provision(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -172,11 +175,8 @@ async def test_one_region_down_the_others_still_publish_and_provision(
         async with NatsConnection(settings.nats, service="test") as conn:
             js = conn.jetstream(timeout_s=2)
             # Meta quorum is 2 of 3; a new leader may need a moment if ap-south led.
-            results = await wait_until(
-                lambda js=js, settings=settings: provision.apply(  # type: ignore[misc]
-                    js, provision.plan(settings, 1)
-                ),
-                60, interval=0.5, ignore=JS_TRANSIENT,
+            results = await provision_region(
+                settings, js=js, interval_s=0.5, ignore=JS_TRANSIENT,
                 message=f"provisioning {region} with ap-south down",
             )  # fmt: skip
             assert {r.action for r in results} == {provision.Action.CREATED}

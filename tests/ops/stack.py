@@ -19,15 +19,9 @@ from services.xregion.local.supercluster import SuperCluster, free_ports
 from shared.settings import Settings, load_settings
 from tests.harness.fixtures import DEV_REGIONS
 from tests.harness.http import LoopbackApp
-from tests.harness.toml import toml_value as _toml
-from tests.harness.xregion_procs import (
-    FAST_BROADCASTER,
-    XREGION,
-    ServiceProcess,
-    provision_region,
-    region_table,
-    run_xregion,
-)
+from tests.harness.provisioning import provision_region
+from tests.harness.toml import write_region_toml
+from tests.harness.xregion_procs import FAST_BROADCASTER, XREGION, ServiceProcess, run_xregion
 
 __all__ = [
     "REGIONS",
@@ -104,13 +98,7 @@ def region_settings(cluster: SuperCluster, region: str, upstream: str, workdir: 
 
 def write_region_file(path: Path, settings: Settings) -> Path:
     """`settings` as a region TOML (read back with `load_settings` to prove it is the same)."""
-    data = settings.model_dump(mode="json")
-    lines = [f"{key} = {_toml(data[key])}" for key in ("region", "regions", "data_dir")]
-    for section in ("nats", "signing", "bridge", "broadcaster", "replayer"):
-        lines += region_table(section, data[section])
-    for name, service in data["services"].items():
-        lines += region_table(f"services.{name}", service)
-    path.write_text("\n".join(lines) + "\n")
+    write_region_toml(path, settings.model_dump(mode="json"))
     assert load_settings(path, env={}) == settings
     return path
 

@@ -19,6 +19,7 @@ from shared.hlc import Hlc
 from shared.ids import uuid7_str
 from shared.settings import SigningSettings
 from shared.signing import SignatureError, Verifier, load_signer, load_verifier
+from tests.harness.toml import write_region_toml
 from tests.harness.xregion_procs import run_xregion
 
 pytestmark = pytest.mark.integration
@@ -55,20 +56,23 @@ def _signing(document: dict[str, Any], trusted: Path) -> SigningSettings:
 
 
 def _region_file(path: Path, region: str, signing: SigningSettings) -> Path:
-    lines = [
-        f'region = "{region}"', f"regions = {json.dumps(list(REGIONS))}",
-        f'data_dir = "{path.parent / region}"', "[signing]", 'mode = "ed25519"',
-        f'key_id = "{signing.key_id}"', f'private_key_file = "{signing.private_key_file}"',
-        f'trusted_keys_file = "{signing.trusted_keys_file}"',
-    ]  # fmt: skip
+    table: dict[str, Any] = {
+        "mode": "ed25519",
+        "key_id": signing.key_id,
+        "private_key_file": str(signing.private_key_file),
+        "trusted_keys_file": str(signing.trusted_keys_file),
+    }
     if signing.replayer_key_id is not None:
-        lines += [
-            f'replayer_key_id = "{signing.replayer_key_id}"',
-            f'replayer_private_key_file = "{signing.replayer_private_key_file}"',
-        ]
-    lines += ["[services.catalog]", 'upstream = "http://127.0.0.1:9"', 'routes = ["/catalog"]']
-    path.write_text("\n".join(lines) + "\n")
-    return path
+        table["replayer_key_id"] = signing.replayer_key_id
+        table["replayer_private_key_file"] = str(signing.replayer_private_key_file)
+    data = {
+        "region": region,
+        "regions": list(REGIONS),
+        "data_dir": str(path.parent / region),
+        "signing": table,
+        "services": {"catalog": {"upstream": "http://127.0.0.1:9", "routes": ["/catalog"]}},
+    }
+    return write_region_toml(path, data)
 
 
 async def _generated(tmp_path: Path) -> tuple[dict[str, dict[str, Any]], Path]:

@@ -24,6 +24,7 @@ from services.xregion.ops.deployment import (
 from services.xregion.ops.discovery import join, parse_started
 from services.xregion.ops.status import status_rows
 from shared.settings import load_settings
+from tests.harness.toml import write_region_toml
 
 STATE = {
     "workdir": "/tmp/x",
@@ -46,15 +47,16 @@ STATE = {
 
 
 def region_toml(path: Path, region: str, ports: list[int]) -> Path:
-    path.write_text(
-        f'region = "{region}"\nregions = ["us-east", "eu-west", "ap-south"]\n'
-        f'[nats]\nservers = ["nats://127.0.0.1:{ports[0]}"]\n'
-        f'[signing]\nmode = "off"\n'
-        f'[bridge]\nadmin_listen = "0.0.0.0:{ports[1]}"\n'
-        f'[broadcaster]\nadmin_listen = "127.0.0.1:{ports[2]}"\n'
-        f'[replayer]\nadmin_listen = "[::1]:{ports[3]}"\n'
-    )
-    return path
+    data = {
+        "region": region,
+        "regions": ["us-east", "eu-west", "ap-south"],
+        "nats": {"servers": [f"nats://127.0.0.1:{ports[0]}"]},
+        "signing": {"mode": "off"},
+        "bridge": {"admin_listen": f"0.0.0.0:{ports[1]}"},
+        "broadcaster": {"admin_listen": f"127.0.0.1:{ports[2]}"},
+        "replayer": {"admin_listen": f"[::1]:{ports[3]}"},
+    }
+    return write_region_toml(path, data)
 
 
 def test_state_file_gives_regions_admin_urls_and_nats() -> None:

@@ -20,7 +20,7 @@ from shared.natsconn import NatsConnection
 from shared.regions import dlq_stream, replay_consumer, replay_stream
 from shared.settings import Settings
 from tests.harness.fixtures import DEV_REGIONS
-from tests.harness.wait import wait_until
+from tests.harness.provisioning import provision_region
 from tests.replayer.helpers import REGION, make_settings
 from tests.replayer.recorder import Recorder
 
@@ -62,13 +62,11 @@ async def js(settings: Settings) -> AsyncIterator[JetStreamContext]:
 
 
 async def _fresh(js: JetStreamContext, settings: Settings) -> None:
-    wanted = provision.plan(settings, 1)
-    await wait_until(lambda: provision.apply(js, wanted), 30, interval=0.2,
-                     ignore=(Exception,), message="eu-west provisioned")  # fmt: skip
+    await provision_region(settings, js=js, timeout_s=30)
     try:
         await js.delete_consumer(replay_stream(REGION), replay_consumer())
     except NotFoundError:
         pass
     await js.purge_stream(replay_stream(REGION))
     await js.purge_stream(dlq_stream(REGION))
-    await provision.apply(js, wanted)
+    await provision.apply(js, provision.plan(settings, 1))  # the consumer deleted above

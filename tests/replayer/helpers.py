@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from shared.ids import uuid7_str
 from shared.natsconn import NatsConnection
 from shared.regions import dlq_stream, replay_subject
 from shared.settings import ServiceSettings, Settings
+from tests.harness.toml import write_region_toml
 
 __all__ = [
     "ORIGIN",
@@ -131,21 +132,43 @@ async def record_local_write(settings: Settings, event: Event) -> str:
             )
 
 
-def region_toml(settings: Settings, path: Path) -> Path:
-    """`settings` as the region file an `xregion replayer` process reads, written to `path`."""
-    r = settings.replayer
-    servers = ", ".join(f'"{url}"' for url in settings.nats.servers)
-    upstream = settings.services[SERVICE].upstream
-    path.write_text(
-        f'region = "{REGION}"\nregions = ["{REGION}", "us-east"]\ndata_dir = "{path.parent}"\n'
-        f"[nats]\nservers = [{servers}]\n"
-        f'[signing]\nmode = "off"\n'
-        f'[replayer]\nadmin_listen = "127.0.0.1:0"\nconcurrency = 8\nfetch_timeout_s = 0.3\n'
-        f"ack_wait_s = {r.ack_wait_s}\nupstream_timeout_s = {r.upstream_timeout_s}\n"
-        f"retry_total_s = {r.retry_total_s}\nshutdown_timeout_s = 5.0\n"
-        f'[services.{SERVICE}]\nupstream = "{upstream}"\nroutes = ["/catalog"]\n'
+def region_toml(
+    settings: Settings,
+    path: Path,
+    *,
+    replayer: Mapping[str, Any] | None = None,
+    signing: Mapping[str, Any] | None = None,
+) -> Path:
+    """`settings` as the region file an `xregion replayer` process reads, written to `path`
+    (data_dir: its directory). `replayer` and `signing` replace those tables (default: the
+    process tests' replayer from `settings`, signing off)."""
+    return write_region_toml(
+        path,
+        {
+            "region": REGION,
+            "regions": [REGION, ORIGIN],
+            "data_dir": str(path.parent),
+            "nats": {"servers": list(settings.nats.servers)},
+            "signing": signing or {"mode": "off"},
+            "replayer": replayer or _process_replayer(settings),
+            "services": {
+                SERVICE: {"upstream": settings.services[SERVICE].upstream, "routes": ["/catalog"]}
+            },
+        },
     )
-    return path
+
+
+def _process_replayer(settings: Settings) -> dict[str, Any]:
+    r = settings.replayer
+    return {
+        "admin_listen": "127.0.0.1:0",
+        "concurrency": 8,
+        "fetch_timeout_s": 0.3,
+        "ack_wait_s": r.ack_wait_s,
+        "upstream_timeout_s": r.upstream_timeout_s,
+        "retry_total_s": r.retry_total_s,
+        "shutdown_timeout_s": 5.0,
+    }
 
 
 def count(outcome: str) -> float:

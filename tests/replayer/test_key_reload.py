@@ -21,26 +21,10 @@ from shared.signing import Signer
 from tests.harness.keys import private_pem, trusted_entry
 from tests.harness.wait import wait_until
 from tests.harness.xregion_procs import ServiceProcess
-from tests.replayer.helpers import ORIGIN, REGION, SERVICE, dead_letters, make_event, publish
+from tests.replayer.helpers import ORIGIN, REGION, dead_letters, make_event, publish, region_toml
 from tests.replayer.recorder import Recorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
-
-
-def region_toml(settings: Settings, tmp_path: Path, admin: str, signing: dict[str, str]) -> Path:
-    servers = json.dumps(list(settings.nats.servers))
-    lines = [
-        f'region = "{REGION}"', f'regions = ["{REGION}", "{ORIGIN}"]',
-        f'data_dir = "{tmp_path}"', "[nats]", f"servers = {servers}",
-        "[signing]", *(f'{k} = "{v}"' for k, v in signing.items()),
-        "[replayer]", f'admin_listen = "{admin}"', "fetch_timeout_s = 0.3",
-        "retry_total_s = 0.5",
-        f"[services.{SERVICE}]", f'upstream = "{settings.services[SERVICE].upstream}"',
-        'routes = ["/catalog"]',
-    ]  # fmt: skip
-    path = tmp_path / "eu-west.toml"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def log_lines(proc: ServiceProcess) -> list[dict[str, Any]]:
@@ -80,7 +64,8 @@ async def test_sighup_reloads_trusted_keys_and_a_bad_file_keeps_them(
         "trusted_keys_file": str(trusted),
     }
     admin = f"127.0.0.1:{free_ports(1)[0]}"
-    config = region_toml(settings, tmp_path, admin, signing)
+    replayer = {"admin_listen": admin, "fetch_timeout_s": 0.3, "retry_total_s": 0.5}
+    config = region_toml(settings, tmp_path / "eu-west.toml", replayer=replayer, signing=signing)
     proc = ServiceProcess("replayer", config, f"http://{admin}", tmp_path / "replayer.log")
     await proc.spawn()
     try:

@@ -28,6 +28,7 @@ from shared.settings import (
     SigningSettings,
 )
 from tests.harness.fixtures import DEV_REGIONS
+from tests.harness.provisioning import provision_region
 from tests.harness.wait import wait_until
 from tests.replayer.recorder import Recorder
 
@@ -51,13 +52,11 @@ def region_settings(cluster: SuperCluster, region: str, upstream: str, tmp_path:
 async def fresh_region(settings: Settings) -> None:
     async with NatsConnection(settings.nats, service="test") as conn:
         js = conn.jetstream()
-        wanted = provision.plan(settings, 1)
-        await wait_until(lambda: provision.apply(js, wanted), 30, interval=0.2,
-                         ignore=(Exception,), message=f"{settings.region} provisioned")  # fmt: skip
+        await provision_region(settings, js=js, timeout_s=30)
         with contextlib.suppress(NotFoundError):
             await js.delete_consumer(replay_stream(settings.region), replay_consumer())
         await js.purge_stream(replay_stream(settings.region))
-        await provision.apply(js, wanted)
+        await provision.apply(js, provision.plan(settings, 1))  # the consumer deleted above
 
 
 async def test_a_write_through_the_bridge_is_applied_in_every_other_region(
