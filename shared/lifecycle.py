@@ -85,6 +85,7 @@ async def until_signalled(run: Callable[[Callable[[], Awaitable[object]]], Await
 
 
 _Step = Callable[[], Awaitable[object]]
+_LATE_STEP_S = 1.0
 
 
 class Lifecycle:
@@ -158,12 +159,14 @@ class Lifecycle:
         """Stop every started part in reverse order under one deadline; idempotent. The
         first error a step raised (other than the deadline) is raised once all have run."""
         self.stopping = True
-        deadline = asyncio.get_running_loop().time() + self._stop_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._stop_timeout_s
         error: BaseException | None = None
         while self._steps:
             name, step = self._steps.pop()
             try:
-                async with asyncio.timeout_at(deadline):
+                # After a step that was cut, each later one still gets a moment to close.
+                async with asyncio.timeout_at(max(deadline, loop.time() + _LATE_STEP_S)):
                     await step()
             except TimeoutError:
                 self._log.warning(

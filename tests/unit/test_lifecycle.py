@@ -123,6 +123,12 @@ async def test_a_step_past_the_deadline_is_cut_and_the_steps_after_it_still_run(
     lifecycle = Lifecycle("toy", stop_timeout_s=0.2)
     await lifecycle.enter(Part("nats", journal))
 
+    async def closes() -> None:
+        await asyncio.sleep(0.01)  # a step that needs the loop a moment (a socket's close)
+        journal.append("closed after the cut")
+
+    lifecycle.on_stop(closes, name="closes")
+
     async def stuck() -> None:
         try:
             await hang.wait()
@@ -132,7 +138,7 @@ async def test_a_step_past_the_deadline_is_cut_and_the_steps_after_it_still_run(
     lifecycle.on_stop(stuck, name="stuck")
     with capture_logs() as logs:
         await lifecycle.aclose()
-    assert journal == ["start nats", "stuck step cleaned up", "stop nats"]
+    assert journal == ["start nats", "stuck step cleaned up", "closed after the cut", "stop nats"]
     assert [e["step"] for e in logs if e["event"] == "toy.stop_cut"] == ["stuck"]
     await lifecycle.aclose()  # idempotent: nothing left to stop
     assert journal[-1] == "stop nats"
