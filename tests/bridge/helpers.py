@@ -231,6 +231,12 @@ class BridgeProcess:
         """SIGTERM (graceful shutdown) and wait for the exit code."""
         return await self._signal(signal.SIGTERM, timeout_s)
 
+    async def exited(self, timeout_s: float = 30) -> int:
+        """Wait for the process to end by itself (a signal was sent already); its exit code.
+        A second SIGTERM could land after the handlers are gone, in the last moments of exit."""
+        assert self.proc is not None
+        return await asyncio.wait_for(self.proc.wait(), timeout_s)
+
     async def _signal(self, sig: signal.Signals, timeout_s: float = 10) -> int:
         proc = self.proc
         if proc is None or proc.returncode is not None:
