@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
 import re
 import resource
 import shutil
@@ -66,6 +65,7 @@ import nats
 import uvloop
 from aiohttp import web
 from procs import cpu_seconds, pids_using, process, wait_http
+from results import machine as results_machine
 from yarl import URL
 
 REGION = "us-east"
@@ -641,16 +641,6 @@ def _report(phases: list[Phase]) -> tuple[str, dict[str, float]]:
     return "\n".join(lines), verdict
 
 
-def _machine() -> dict[str, object]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cores": os.cpu_count(), "model": model, "loadavg_at_start": os.getloadavg()}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per phase")
@@ -677,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve_upstream is not None:
         uvloop.run(_serve_upstream(args.serve_upstream))
         return 0
-    machine = _machine()
+    machine = results_machine()
     try:
         with contextlib.ExitStack() as stack:
             workdir = args.workdir or Path(

@@ -47,7 +47,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -71,6 +70,7 @@ from nats.js.api import (
     StreamConfig,
     StreamSource,
 )
+from results import machine as results_machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -589,16 +589,6 @@ def _report(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def _machine() -> dict[str, object]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"cores": os.cpu_count(), "model": model, "loadavg_at_start": os.getloadavg()}
-
-
 async def _main(events: int, hot: int, delays: list[float], rounds: int, workdir: Path) -> Bench:
     topology = with_free_ports(build_topology(REGIONS))
     async with SuperCluster(topology, workdir / "nats", fault_proxy=True) as cluster:
@@ -621,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     delays = [float(d) for d in args.delays.split(",")]
     hot = args.events if args.hot_events is None else args.hot_events
-    machine = _machine()
+    machine = results_machine()
     with tempfile.TemporaryDirectory(prefix="xr-bench-bc-") as tmp:
         bench = uvloop.run(_main(args.events, hot, delays, args.rounds, Path(tmp)))
     rows = bench.rows
