@@ -6,9 +6,11 @@ nats-py writes its pending frames at the next turn of the event loop after a pub
 events finishing one stage at a time, that was about one `write()` system call per event on the
 NATS connection, a large share of the replayer's CPU (a loopback write wakes the server and
 runs the TCP stack in the writer's time slice; docs/PERFORMANCE.md, "Measurements behind the
-code"). `Coalescer.publish` queues the frame and sends the queue `delay_s` later (default 1
-ms), all frames in one loop turn, so nats-py writes them together, and the server reads them
-together. The price is that much latency per NATS round trip.
+code"). `Coalescer.publish` queues the frame; the queue is sent at most once per `delay_s`
+(default 1 ms), all frames in one loop turn, so nats-py writes them together, and the server
+reads them together. A frame queued when no burst went out for `delay_s` leaves at the end of
+the current loop turn: an idle process pays no delay (the replayer's lag), a busy one sends a
+burst per `delay_s` at most, with up to that much latency per NATS round trip.
 
 The queue is sent in order by one owned task; `aclose()` sends what is queued and waits for
 it (shutdown: before the connection is drained). A frame that cannot be sent is logged and
@@ -36,13 +38,15 @@ _SEND_ERRORS = (nats.errors.Error, OSError)
 
 
 class Coalescer(Closeable):
-    """Queues publishes and sends them `delay_s` later, together; an async context manager."""
+    """Queues publishes and sends them together, a burst per `delay_s` at most; an async
+    context manager."""
 
     def __init__(self, nc: Client, *, delay_s: float = 0.001) -> None:
         self._nc = nc
         self._delay_s = delay_s
         self._queue: list[_Frame] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._sent_at = -1e9  # loop time the last burst started
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -62,8 +66,13 @@ class Coalescer(Closeable):
             return  # a burst is due, or being sent: this frame goes with it
         if self._closed:
             self._kick()
-        else:
-            self._timer = asyncio.get_running_loop().call_later(self._delay_s, self._kick)
+            return
+        loop = asyncio.get_running_loop()
+        wait_s = self._sent_at + self._delay_s - loop.time()
+        if wait_s > 0:
+            self._timer = loop.call_later(wait_s, self._kick)
+        else:  # idle: with what else this loop turn queues
+            self._timer = loop.call_soon(self._kick)
 
     async def aclose(self) -> None:
         """Send what is queued and wait for it (idempotent); frames queued later are sent
@@ -85,6 +94,7 @@ class Coalescer(Closeable):
             self._sender.add_done_callback(_failed)
 
     async def _send(self) -> None:
+        self._sent_at = asyncio.get_running_loop().time()
         try:
             while self._queue:
                 frames, self._queue = self._queue, []

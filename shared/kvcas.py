@@ -4,13 +4,17 @@ per replayed event; the bridge's record of each local write).
 `KvCas.update(key, value, last=rev)` does what nats-py's `KeyValue.update` does — publish to
 `$KV.<bucket>.<key>` with `Nats-Expected-Last-Subject-Sequence: <rev>` and wait for the
 stream's answer — and returns the new revision, or None when the key moved on (JetStream
-error 10071/10164, nats-py's `KeyWrongLastSequenceError`).
+error 10071/10164, nats-py's `KeyWrongLastSequenceError`); `last=0` creates a key that has
+no message at all (a deleted key's tombstone is one). `read(key)` is nats-py's `KeyValue.get`
+as a direct get (`$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`, the buckets allow it).
+`create_and_read` sends a create and a read of one key together: a key nobody wrote is
+claimed in one round trip, and when it exists the read is there for the next decision.
 
 Why not `KeyValue.update`: each call goes through `Client.request`, which reads `os.urandom` (a
 system call) for its reply token, arms an `asyncio.wait_for`, validates the key and builds a
 `PubAck` dataclass; here one long-lived reply subscription, a counter for tokens and one timer
 per request take about half the client CPU (docs/PERFORMANCE.md, "Measurements behind the
-code"). Creating a key (`last` unknown) and deletes stay with `KeyValue`.
+code"). Deletes, and creating a key over a tombstone, stay with `KeyValue`.
 
 Errors are nats-py's own, so callers handle one family: `nats.errors.TimeoutError` when no
 answer came in time, `NoStreamResponseError` when no stream listens (503), other JetStream
@@ -31,10 +35,14 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from shared.lifecycle import Closeable
 
-__all__ = ["FramePublisher", "KvCas"]
+__all__ = ["Entry", "FramePublisher", "KvCas"]
 
 _WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+_REMOVED = frozenset({"DEL", "PURGE"})  # KV-Operation of a tombstone
+
+# A key's value and revision as read; (None, None): the key has none (never written, deleted).
+Entry = tuple[bytes | None, int | None]
 
 
 class FramePublisher(Protocol):
@@ -58,6 +66,7 @@ class KvCas(Closeable):
         self._nc = nc
         self._coalescer = coalescer
         self._prefix = f"$KV.{bucket}."
+        self._direct_get = f"$JS.API.DIRECT.GET.KV_{bucket}.$KV.{bucket}."
         self._timeout_s = timeout_s
         self._inbox = ""
         self._sub: Any = None
@@ -79,32 +88,63 @@ class KvCas(Closeable):
 
     async def update(self, key: str, value: bytes, *, last: int) -> int | None:
         """The new revision; None if `key`'s revision is no longer `last`."""
-        reply = await self._request(
-            self._prefix + key, value, {_EXPECTED_LAST_SUBJECT_SEQ: str(last)}
-        )
-        answer = json.loads(reply.data)
-        error = answer.get("error")
-        if error is None:
-            return int(answer["seq"])
-        if error.get("err_code") in _WRONG_LAST_SEQUENCE:
-            return None
-        raise APIError.from_error(error)
+        return _revision(await (await self._send_update(key, value, last)))
 
-    async def _request(self, subject: str, payload: bytes, headers: dict[str, str]) -> Msg:
+    async def read(self, key: str) -> Entry:
+        """`key`'s value and revision, (None, None) if it has none."""
+        return _entry(await (await self._send(self._direct_get + key, b"", None)))
+
+    async def create_and_read(self, key: str, value: bytes) -> tuple[int | None, Entry]:
+        """Create `key` (refused, None, if it has any message) and read it, in one round trip.
+        The read may have seen the created value; it counts only when the create was refused,
+        and so do its errors."""
+        create = await self._send_update(key, value, 0)
+        try:
+            read = await self._send(self._direct_get + key, b"", None)
+        except BaseException:
+            create.cancel()
+            raise
+        try:
+            await asyncio.wait((create, read))
+        except asyncio.CancelledError:
+            create.cancel()
+            read.cancel()
+            raise
+        read_error = read.exception()  # retrieved either way: it may not count
+        created = _revision(create.result())
+        if created is not None:
+            return created, (None, None)
+        if read_error is not None:
+            raise read_error
+        return None, _entry(read.result())
+
+    async def _send_update(self, key: str, value: bytes, last: int) -> asyncio.Future[Msg]:
+        return await self._send(self._prefix + key, value, {_EXPECTED_LAST_SUBJECT_SEQ: str(last)})
+
+    async def _send(
+        self, subject: str, payload: bytes, headers: dict[str, str] | None
+    ) -> asyncio.Future[Msg]:
+        """Send one request; the future of its answer (nats.errors.TimeoutError after
+        `timeout_s`)."""
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
         timer = loop.call_later(self._timeout_s, _expire, future)
+        future.add_done_callback(lambda _: self._forget(token, timer))
         try:
             if self._coalescer is not None:
                 self._coalescer.publish(subject, payload, self._inbox + token, headers)
             else:
                 await self._nc.publish(subject, payload, reply=self._inbox + token, headers=headers)
-            return await future
-        finally:
-            timer.cancel()
-            self._waiting.pop(token, None)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _forget(self, token: str, timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        self._waiting.pop(token, None)
 
     async def _on_reply(self, msg: Msg) -> None:
         future = self._waiting.pop(msg.subject[len(self._inbox) :], None)
@@ -114,6 +154,28 @@ class KvCas(Closeable):
             future.set_exception(NoStreamResponseError())
         else:
             future.set_result(msg)
+
+
+def _revision(reply: Msg) -> int | None:
+    """The new revision a write's answer gives; None for a refused compare-and-set."""
+    answer = json.loads(reply.data)
+    error = answer.get("error")
+    if error is None:
+        return int(answer["seq"])
+    if error.get("err_code") in _WRONG_LAST_SEQUENCE:
+        return None
+    raise APIError.from_error(error)
+
+
+def _entry(reply: Msg) -> Entry:
+    """What a direct get's answer says: the value and revision, or (None, None)."""
+    headers = reply.headers or {}
+    status = headers.get("Status")
+    if status == "404" or headers.get("KV-Operation") in _REMOVED:
+        return None, None
+    if status is not None:
+        raise APIError(code=int(status), description=headers.get("Description", ""))
+    return reply.data, int(headers["Nats-Sequence"])
 
 
 def _expire(future: asyncio.Future[Msg]) -> None:

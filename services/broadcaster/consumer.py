@@ -20,8 +20,8 @@ import nats.errors
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from services.broadcaster.puller import PullFailedError
 from shared.logs import get_logger
+from shared.puller import PullFailedError
 from shared.retry import RetryPolicy
 
 __all__ = ["ConsumerHealth", "ConsumerMissingError"]

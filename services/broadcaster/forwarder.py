@@ -15,7 +15,7 @@ the region shares. For every event it asks the policy whether the target needs i
 Throughput: up to `window_events` events are held and in flight at once, whatever their
 keys, in stream order on one connection (docs/DESIGN.md "Broadcaster data path"). The hot
 path has no task, future or timer per event: messages come in through one callback
-subscription (`puller.py`, pull requests of `fetch_batch`), PubAcks through another
+subscription (`shared/puller.py`, pull requests of `fetch_batch`), PubAcks through another
 (`publisher.py`), and each PubAck acks its source right there. The route of an event is
 computed once for all targets (`RouteCache`).
 
@@ -61,12 +61,12 @@ from services.broadcaster.metrics import HELD, PathCounters
 from services.broadcaster.pending import HeldEvent, Pending
 from services.broadcaster.policy import Route, RouteCache, about
 from services.broadcaster.publisher import Failure, frame_size
-from services.broadcaster.puller import Puller, PullFailedError, PullStalledError
 from services.broadcaster.sender import Sender
 from services.broadcaster.window import Held, Window
 from shared.envelope import HDR_MSG_ID
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
+from shared.puller import Puller, PullFailedError, PullStalledError
 from shared.regions import broadcast_consumer, events_stream, replay_subject
 from shared.retry import RetryPolicy
 from shared.settings import BroadcasterSettings

@@ -1,11 +1,14 @@
 """The replay stream consumer: fetch, hand each message to the applier in per-key order, map
 each outcome to exactly one NATS action, one metric label and one log line.
 
-* Binds to the pre-created durable (`pull_subscribe_bind`: no JetStream API call, so no meta
-  leader needed) and fetches in a loop with a short timeout (docs/NATS.md §3.1.5).
+* Reads the pre-created durable with pull requests of its own (`shared/puller.py`: no
+  JetStream API call, so no meta leader needed), each expiring after `fetch_timeout_s` so a
+  shutdown is obeyed soon (docs/NATS.md §3.1.5). Every message is dispatched the moment it
+  arrives, not when its request's batch is complete.
 * At most `concurrency` messages are held at once (applying, or queued behind an earlier
-  message of the same key); a fetch asks for no more than the free slots, and waits until a
+  message of the same key); a request asks for no more than the free slots, and waits until a
   quarter of them are free (one pull request per freed slot cost as much as the event).
+  Messages that still arrive after `stop()` are nak'ed at once, for another instance.
 * Held messages get `in_progress()` every third of `ack_wait_s`, so queued ones never time out;
   also after `stop()`, until `drain()` has settled every held message.
 * `Done` → ack; `Retry` → nak(delay); `Poison` → publish the dead letter, then ack (if the
@@ -17,7 +20,7 @@ each outcome to exactly one NATS action, one metric label and one log line.
 * After an HTTP answer, the `replayer.retried` and `replayer.dead_lettered` lines carry what
   the service said as `service_answer` (its body's excerpt), and the dead letter's
   `Xr-Dlq-Error` ends with it (`Poison.letter_error`).
-* `stop()`: no new fetches; `drain(timeout)`: in-flight work finishes, then the rest is
+* `stop()`: no new pull requests; `drain(timeout)`: in-flight work finishes, then the rest is
   cancelled and nak'ed, so it is redelivered at once (its claim is its own, still valid);
   messages cancelled while still queued behind their key never started, so `drain` naks them.
 """
@@ -28,9 +31,9 @@ import asyncio
 import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import nats.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from prometheus_client import Counter
@@ -44,19 +47,24 @@ from shared.coalesce import Coalescer
 from shared.dlq import dead_letter, fit, path_of
 from shared.envelope import HDR_EVENT_ID, HDR_TRACE
 from shared.logs import get_logger
+from shared.puller import Puller, PullFailedError, PullStalledError
 from shared.settings import ReplayerSettings
 
 __all__ = ["ReplayConsumer"]
 
 log = get_logger("xr.replayer")
 _NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
+# Bytes of delivered messages the intake subscription may queue (at most `concurrency`
+# events are asked for, each within the server's max_payload).
+_SUB_PENDING_BYTES = 256 * 1024 * 1024
 
 
 class ReplayConsumer:
-    """One fetch loop over the region's shared replayer consumer."""
+    """One intake loop over the region's shared replayer consumer."""
 
     def __init__(
         self,
+        nc: Client,
         js: JetStreamContext,
         applier: Applier,
         settings: ReplayerSettings,
@@ -73,15 +81,17 @@ class ReplayConsumer:
         self._applier = applier
         self._settings = settings
         self._region = region
-        self._stream = stream
-        self._durable = durable
         self._clock = clock
         self._max_payload = max_payload
         self._runner = KeyedRunner()
         self._held: dict[int, Msg] = {}  # by id(): Msg is an unhashable dataclass
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._sub: Any = None
+        self._puller = Puller(
+            nc, stream=stream, consumer=durable, on_msg=self._arrived,
+            pending_bytes_limit=_SUB_PENDING_BYTES,
+        )  # fmt: skip
+        self._arrivals = 0  # messages the open pull request brought
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._counters: dict[tuple[str, str, str], Counter] = {}
         # Refill when a quarter of the window is free (or nothing is held).
@@ -93,16 +103,16 @@ class ReplayConsumer:
         return len(self._held)
 
     async def bind(self) -> None:
-        self._sub = await self._js.pull_subscribe_bind(durable=self._durable, stream=self._stream)
-        self.bound = True
+        if not self.bound:
+            await self._puller.start()
+            self.bound = True
 
     def stop(self) -> None:
         self._stopping.set()
 
     async def run(self, *, until_idle: bool = False) -> None:
-        """Fetch and dispatch until `stop()` (or, with `until_idle`, until nothing is left)."""
-        if self._sub is None:
-            await self.bind()
+        """Pull and dispatch until `stop()` (or, with `until_idle`, until nothing is left)."""
+        await self.bind()
         if self._heartbeat_task is None:
             self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
         try:
@@ -140,34 +150,31 @@ class ReplayConsumer:
 
     async def aclose(self) -> None:
         await self._stop_heartbeat()
-        sub, self._sub = self._sub, None
         self.bound = False
-        if sub is not None:
-            with contextlib.suppress(*_NATS_ERRORS):
-                await sub.unsubscribe()
+        await self._puller.aclose()
 
     async def _fetch_once(self) -> int:
+        """One pull request, waited for until it is over; how many messages it brought."""
         free = self._settings.concurrency - len(self._held)
         if free <= 0 or (self._held and free < self._refill):
-            # Fetch in batches, not one pull request per freed slot.
+            # Pull in batches, not one request per freed slot.
             self._slot_freed.clear()
             await self._wait_for_slot()
             return 1
+        self._arrivals = 0
+        expires_s = self._settings.fetch_timeout_s
+        await self._puller.request(min(free, self._settings.fetch_batch), expires_s)
         try:
-            msgs = await self._sub.fetch(
-                min(free, self._settings.fetch_batch), timeout=self._settings.fetch_timeout_s
-            )
-        except TimeoutError:  # nats.errors.TimeoutError subclasses it: nothing to fetch
-            REPLAY_BACKLOG.set(0)
-            return 0
-        except nats.errors.Error as exc:
-            log.warning("replayer.fetch_failed", error=repr(exc))
-            await self._pause(self._settings.fetch_timeout_s)
-            return 0
-        for msg in msgs:
-            self._dispatch(msg)
-        REPLAY_BACKLOG.set(msgs[-1].metadata.num_pending if msgs else 0)
-        return len(msgs)
+            await self._puller.wait_closed(expires_s)
+        except PullStalledError:
+            log.warning("replayer.fetch_stalled")
+        except PullFailedError as exc:
+            log.warning("replayer.fetch_failed", error=str(exc))
+            await self._pause(expires_s)
+        else:
+            if not self._arrivals:
+                REPLAY_BACKLOG.set(0)
+        return self._arrivals
 
     async def _wait_for_slot(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -178,6 +185,15 @@ class ReplayConsumer:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await self._stopping.wait()
+
+    async def _arrived(self, msg: Msg) -> None:
+        """The intake subscription's callback: one message of the open pull request."""
+        self._arrivals += 1
+        if self._stopping.is_set():
+            await _settle(msg.nak())  # not started here: another instance takes it now
+            return
+        self._dispatch(msg)
+        REPLAY_BACKLOG.set(msg.metadata.num_pending)
 
     def _dispatch(self, msg: Msg) -> None:
         self._held[id(msg)] = msg

@@ -189,7 +189,7 @@ class Replayer(Closeable):
             verifier=verifier, signer=signer, max_event_age_s=max_event_age_s(s),
         )  # fmt: skip
         self._consumer = ReplayConsumer(
-            js, self._applier, s.replayer, region=s.region,
+            self._conn.nc, js, self._applier, s.replayer, region=s.region,
             stream=replay_stream(s.region), durable=replay_consumer(),
             max_payload=lambda: self._conn.max_payload, coalescer=out,
         )  # fmt: skip

@@ -76,7 +76,9 @@ two ways, each safe for its own reason:
 
 With one instance (or keys that stay with one instance) an event costs two KV writes (claim,
 applied) instead of a read and two writes; when another writer moved the record it costs one
-refused write more. Purging the bucket by hand needs the replayers (and bridges) restarted
+refused write more. A key this instance has not seen is read and created at once
+(`KvCas.create_and_read`): a new key's claim takes one round trip, an existing one's a refused
+create more. Purging the bucket by hand needs the replayers (and bridges) restarted
 (they would keep finding events older than a remembered `applied` version stale).
 """
 
@@ -105,6 +107,7 @@ from shared.versions import (
 __all__ = ["Claim", "ClaimResult", "Verdict", "VersionStore"]
 
 _Version = tuple[str, str]
+_Read = tuple[Record | None, int | None]  # a record and its revision, as read_record answers
 
 
 class Verdict(enum.StrEnum):
@@ -156,18 +159,13 @@ class VersionStore:
     async def claim(self, event: Event) -> ClaimResult:
         kv_key = record_key(event.service, event.key)
         version = (str(event.hlc), event.event_id)
-        known = self._known.get(kv_key)
-        if known is not None:
-            record, revision = known
-            settled = _settled(version, record)
-            if settled is not None:
-                return ClaimResult(settled)
-            if self._judge(version, record) is Verdict.CLAIMED:
-                claimed = await self._try_claim(kv_key, event, record, revision)
-                if claimed is not None:
-                    return claimed
+        first = await self._first_try(kv_key, event, version)
+        if isinstance(first, ClaimResult):
+            return first
+        read = first
         for _ in range(CAS_ATTEMPTS):
-            current, read_revision = await read_record(self._kv, kv_key)
+            current, read_revision = read or await self._read(kv_key)
+            read = None
             if current is not None and read_revision is not None:
                 self._remember(kv_key, current, read_revision)
             verdict = self._judge(version, current)
@@ -177,6 +175,44 @@ class VersionStore:
             if claimed is not None:
                 return claimed
         return ClaimResult(Verdict.BUSY)
+
+    async def _first_try(
+        self, kv_key: str, event: Event, version: _Version
+    ) -> ClaimResult | _Read | None:
+        """Decide or claim without a read first when possible: a remembered record (module
+        docstring, "What this instance remembers"), or a key never seen (`_claim_unseen`).
+        Otherwise what was read on the way (or None), for `claim` to judge."""
+        known = self._known.get(kv_key)
+        if known is not None:
+            record, revision = known
+            settled = _settled(version, record)
+            if settled is not None:
+                return ClaimResult(settled)
+            if self._judge(version, record) is Verdict.CLAIMED:
+                return await self._try_claim(kv_key, event, record, revision)
+            return None
+        if self._fast is None:
+            return None
+        return await self._claim_unseen(kv_key, event)
+
+    async def _claim_unseen(self, kv_key: str, event: Event) -> ClaimResult | _Read:
+        """A key this instance knows nothing of: its claim is created (refused if the key has
+        any record) while the record is read, so a new key is claimed in one round trip. When
+        the create is refused, the read is what `claim` judges next."""
+        assert self._fast is not None
+        mine = self._claimed(event)
+        created, (value, revision) = await self._fast.create_and_read(kv_key, mine.encode())
+        if created is not None:  # nothing was there: no previous record to restore
+            self._remember(kv_key, mine, created)
+            return ClaimResult(Verdict.CLAIMED, Claim(self, kv_key, mine, created, None))
+        return (None, None) if revision is None else (Record.decode(value), revision)
+
+    async def _read(self, kv_key: str) -> _Read:
+        """The record and its revision, (None, None) if the key has none."""
+        if self._fast is None:
+            return await read_record(self._kv, kv_key)
+        value, revision = await self._fast.read(kv_key)
+        return (None, None) if revision is None else (Record.decode(value), revision)
 
     def _judge(self, version: _Version, current: Record | None) -> Verdict:
         if current is None:
@@ -217,7 +253,7 @@ class VersionStore:
         known = self._known.get(kv_key)
         if known is not None and _settled(version, known[0]) is Verdict.STALE:
             return ClaimResult(Verdict.STALE)
-        current, revision = await read_record(self._kv, kv_key)
+        current, revision = await self._read(kv_key)
         if current is not None and revision is not None:
             self._remember(kv_key, current, revision)
             if current.state == "applied" and version < current.version:
@@ -235,7 +271,7 @@ class VersionStore:
                 return ClaimResult(
                     Verdict.CLAIMED, Claim(self, key, mine, created, None, marker=True)
                 )
-            current, revision = await read_record(self._kv, key)
+            current, revision = await self._read(key)
             if current is None or revision is None:
                 continue  # released (deleted) in between: create it again
             if current.state == "applied":
@@ -260,7 +296,7 @@ class VersionStore:
         if fresh and known is not None and await self._cas(key, mine, known[1]) is not None:
             return True
         for _ in range(CAS_ATTEMPTS):
-            current, revision = await read_record(self._kv, key)
+            current, revision = await self._read(key)
             if current is not None and mine.version < current.version:
                 return False
             if await self._cas(key, mine, revision) is not None:

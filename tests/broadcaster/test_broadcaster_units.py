@@ -18,7 +18,6 @@ from services.broadcaster.canary import canary_event, canary_event_id, canary_me
 from services.broadcaster.gate import Gate, State
 from services.broadcaster.policy import Policy, RouteCache
 from services.broadcaster.publisher import is_permanent, read_puback
-from services.broadcaster.puller import PullFailedError
 from services.broadcaster.window import Held, Window
 from shared.envelope import (
     CANARY_SERVICE,
@@ -31,6 +30,7 @@ from shared.envelope import (
 )
 from shared.hlc import Hlc
 from shared.ids import is_uuid7, uuid7_str, uuid7_time_ms
+from shared.puller import PullFailedError
 from shared.retry import RetryPolicy
 from shared.settings import BroadcasterSettings
 from tests.broadcaster.helpers import XREGION

@@ -218,6 +218,31 @@ async def test_coalesced_publishes_arrive_in_order_and_close_sends_the_rest(
     assert got == [b"%d" % n for n in range(200)]
 
 
+async def test_coalescer_sends_an_idle_frame_at_once_and_holds_the_next_burst(
+    settings: Settings,
+) -> None:
+    """A frame after a quiet spell leaves without the delay (idle lag); one queued within
+    `delay_s` of a burst waits for the next one (here: the close, long before 60 s)."""
+    async with NatsConnection(settings.nats, service="test-coalesce-idle") as conn:
+        got: list[bytes] = []
+
+        async def received(msg: Msg) -> None:
+            got.append(msg.data)
+
+        sub = await conn.nc.subscribe("test.coalesce.idle", cb=received)
+        async with Coalescer(conn.nc, delay_s=60) as out:
+            out.publish("test.coalesce.idle", b"first")
+            await wait_until(lambda: got == [b"first"], 5, message="the idle frame")
+            out.publish("test.coalesce.idle", b"second")
+            # Sent after "second" on the same connection: it would arrive after it.
+            await conn.nc.publish("test.coalesce.idle", b"marker")
+            await wait_until(lambda: b"marker" in got, 5, message="the marker")
+            assert got == [b"first", b"marker"], "a frame within delay_s of a burst was not held"
+        await wait_until(lambda: len(got) == 3, 5, message="the held frame, sent by close")
+        await sub.unsubscribe()
+    assert got == [b"first", b"marker", b"second"]
+
+
 async def test_kv_compare_and_set_answers_like_the_client_library(
     js: JetStreamContext, settings: Settings
 ) -> None:
@@ -233,6 +258,34 @@ async def test_kv_compare_and_set_answers_like_the_client_library(
         async with KvCas(conn.nc, "no-such-bucket", timeout_s=2) as nowhere:
             with pytest.raises(NoStreamResponseError):
                 await nowhere.update("k", b"x", last=1)
+
+
+async def test_kv_reads_and_create_and_read_answer_like_the_client_library(
+    settings: Settings,
+) -> None:
+    async with NatsConnection(settings.nats, service="test-cas-read") as conn:
+        kv = await conn.jetstream().key_value(versions_bucket(REGION))
+        async with KvCas(conn.nc, versions_bucket(REGION), timeout_s=2) as cas:
+            assert await cas.read("catalog.read-absent") == (None, None)
+            revision = await kv.put("catalog.read-present", b"v1")
+            assert await cas.read("catalog.read-present") == (b"v1", revision)
+            await kv.delete("catalog.read-present")
+            assert await cas.read("catalog.read-present") == (None, None)  # a tombstone
+
+            created, read = await cas.create_and_read("catalog.read-new", b"mine")
+            assert created is not None
+            assert read == (None, None)
+            assert (await kv.get("catalog.read-new")).value == b"mine"
+            # The key exists now: the create is refused, the read shows what is there.
+            assert await cas.create_and_read("catalog.read-new", b"again") == (
+                None,
+                (b"mine", created),
+            )
+            # A tombstone refuses the create too (KeyValue.create writes over it).
+            assert await cas.create_and_read("catalog.read-present", b"x") == (None, (None, None))
+        async with KvCas(conn.nc, "no-such-bucket", timeout_s=2) as nowhere:
+            with pytest.raises(NoStreamResponseError):
+                await nowhere.read("k")
 
 
 async def test_events_queued_behind_a_slow_key_are_kept_alive(

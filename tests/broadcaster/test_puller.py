@@ -13,9 +13,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from services.broadcaster.puller import Puller, PullStalledError
 from services.xregion.local.supercluster import SuperCluster
 from shared.natsconn import NatsConnection
+from shared.puller import Puller, PullStalledError
 from shared.regions import events_stream
 from tests.broadcaster.helpers import ORIGIN, bc_settings
 

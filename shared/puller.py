@@ -1,9 +1,13 @@
-"""Pull requests on one durable consumer, delivered to a callback: the forwarder's intake.
+"""Pull requests on one durable consumer, delivered to a callback: the intake of the
+broadcaster's forwarders and of the replayer.
 
 nats-py's `fetch()` wraps every message it returns in its own task, uuid and timer
 (`Subscription.next_msg`), which cost more than the rest of the broadcaster's per-event work
-(profile in bench/bench_broadcaster.py). This adapter speaks the pull protocol itself over
-one callback subscription: a request is a plain publish of `{"batch", "expires"}` to
+(profile in bench/bench_broadcaster.py); and once the first message of its long-poll request
+came, it waits for the rest of the batch until the request expires, so an event that arrives
+alone on an idle consumer can wait most of the fetch timeout before anyone sees it (the
+replayer's lag had outliers of 700 ms). This adapter speaks the pull protocol itself over one
+callback subscription: a request is a plain publish of `{"batch", "expires"}` to
 `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>` with the subscription's inbox as reply, and
 every message that comes back goes to `on_msg`, in order, one at a time. Like `fetch()`, it
 makes no JetStream API call, so it works without the meta leader.
