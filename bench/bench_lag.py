@@ -11,6 +11,11 @@ every pair of regions), drives writes through us-east's bridge with `bench/loadg
 * idle  — `--idle-writes` single writes, 100 ms apart (nothing else in flight);
 * R/s   — for each rate in `--rates`, open loop at R writes/s for `--seconds`.
 
+Last, at 0 ms delay, the floor (`floor idle`): the same idle writes with the origin's
+broadcaster stopped and `bench/floor.py` carrying the events instead, the least any durable
+replicator must do between the 2xx and the target's answer (read the event, store it in the
+target region, read it there, call the service), measured the same way.
+
 Each write has a key of its own. Lag of a write in a target region (eu-west, ap-south) = the
 wall time its service (bench/recorder.py) answered the replayed write minus the wall time the
 load generator got its 2xx from the bridge (one machine, one clock). Reported per phase:
@@ -25,6 +30,7 @@ at 1,000 writes/s, report and say what saturates first.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 import tempfile
 from pathlib import Path
@@ -34,10 +40,13 @@ import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from chain import ORIGIN, REGIONS, Chain, drive, machine, run_load, running_chain
+from chain import ORIGIN, REGIONS, TARGETS, Chain, drive, machine, run_load, running_chain
 from results import write_result
 
+from services.xregion.local.supercluster import stop_process
+
 _WARMUP = ["--count", "200", "--concurrency", "8"]
+FLOOR_PROCESS = "floor (bench/floor.py)"
 
 
 async def _set_delay(chain: Chain, seconds: float) -> None:
@@ -104,7 +113,34 @@ async def _bench(args: argparse.Namespace, workdir: Path) -> list[dict[str, Any]
             if delay == args.delays[0]:
                 rows.append(await _service_alone(chain, max(args.rates), args.seconds))
         await _set_delay(chain, 0)
+        rows.append(await _floor(chain, workdir, args.idle_writes))
     return rows
+
+
+async def _floor(chain: Chain, workdir: Path, idle_writes: int) -> dict[str, Any]:
+    """The idle phase again, the events carried by `bench/floor.py` instead of the chain."""
+    await chain.stop(ORIGIN, "broadcaster")
+    argv = [sys.executable, str(Path(__file__).with_name("floor.py")), "--origin", ORIGIN]
+    argv += ["--origin-nats", chain.cluster.client_urls(ORIGIN)[0]]
+    for target in TARGETS:
+        url = chain.cluster.client_urls(target)[0]
+        argv += ["--target", target, url, chain.stacks[target].service_url]
+    with (workdir / "logs" / "floor.log").open("ab") as out:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=out
+        )
+    chain.procs[FLOOR_PROCESS] = proc
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            if await proc.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"bench/floor.py failed: see {workdir / 'logs' / 'floor.log'}")
+        driven = await drive(chain, "floor-idle", ["--count", str(idle_writes), "--gap-ms", "100"])
+    finally:
+        await stop_process(chain.procs.pop(FLOOR_PROCESS), 10)
+    row = {"delay_ms": 0, "phase": "floor idle", **driven.summary()}
+    print(_line(0, "floor", row), flush=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
