@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from shared.kvcas import Entry
+
 __all__ = [
     "CAS_ATTEMPTS",
     "Record",
@@ -33,6 +35,7 @@ __all__ = [
     "marker_key",
     "read_record",
     "record_key",
+    "record_of",
 ]
 
 CAS_ATTEMPTS = 5
@@ -91,6 +94,12 @@ async def read_record(kv: KeyValue, kv_key: str) -> tuple[Record | None, int | N
     except KeyNotFoundError:
         return None, None
     return Record.decode(entry.value), entry.revision
+
+
+def record_of(entry: Entry) -> tuple[Record | None, int | None]:
+    """`read_record`'s answer from what `KvCas.read` read."""
+    value, revision = entry
+    return (None, None) if revision is None else (Record.decode(value), revision)
 
 
 async def cas_write(kv: KeyValue, kv_key: str, record: Record, revision: int | None) -> int | None:

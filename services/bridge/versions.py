@@ -7,13 +7,16 @@ are acked as `stale` instead of overwriting the newer local write.
 
 It starts once the event's delivery is settled (acked, spooled, or failed: the service has
 applied the write either way) and the response is out; the response does not wait for it: a
-record takes two KV round trips (read, then compare-and-set), and the window in which a
+record takes up to two KV round trips (read, then compare-and-set), and the window in which a
 replayed older event could slip in opens when the service applies the write, not when the
 client hears of it. (Started alongside the publish instead, its KV traffic on the same
 connection and server delays the publish's ack: docs/PERFORMANCE.md, "Measurements behind the
 code".) Each record is bounded by `timeout_s`; at most `max_inflight` run without a request
 waiting for them (counted from `start`, not from their first step), beyond that the request
 waits for its own record (backpressure).
+
+A key the bridge has not seen is created and read in one round trip
+(`KvCas.create_and_read`): a new key is recorded then, an existing one goes on from the read.
 
 What the bridge remembers: for the keys it wrote most recently (`version_cache_keys`, oldest
 dropped first) the record it last read or wrote and its revision, so that a key written again
@@ -85,7 +88,7 @@ from shared.natsconn import NatsConnection
 from shared.provision import versions_bucket
 from shared.retry import RetryPolicy
 from shared.tasks import TaskSet
-from shared.versions import CAS_ATTEMPTS, Record, cas_write, read_record, record_key
+from shared.versions import CAS_ATTEMPTS, Record, cas_write, record_key, record_of
 
 __all__ = ["LocalVersions"]
 
@@ -308,11 +311,10 @@ class LocalVersions(Closeable):
         pause_s = _CLAIM_POLL_S
         give_up = time.monotonic() + self._timeout_s
         while True:
-            current, revision = self._recall(kv_key, record)
-            if revision is None and current is None:
-                current, revision = await read_record(kv, kv_key)
-                if current is not None and revision is not None:
-                    self._remember(kv_key, current, revision)
+            looked = await self._look(kv_key, record, first=races == 0)
+            if looked is None:
+                return "recorded"
+            current, revision = looked
             if current is not None and current.version >= record.version:
                 if current.state == "applied":
                     return "superseded"
@@ -324,7 +326,7 @@ class LocalVersions(Closeable):
                 await asyncio.sleep(pause_s)  # a claim on a newer version: wait it out
                 pause_s = min(2 * pause_s, _CLAIM_POLL_MAX_S)
                 continue
-            if revision is None:
+            if revision is None:  # absent since the read, or a tombstone: KeyValue.create
                 written = await cas_write(kv, kv_key, record, None)
             else:
                 written = await self._cas.update(kv_key, record.encode(), last=revision)
@@ -335,6 +337,26 @@ class LocalVersions(Closeable):
             races += 1
             if races >= CAS_ATTEMPTS:
                 raise _Contended(f"lost {races} compare-and-sets on the record in a row")
+
+    async def _look(
+        self, kv_key: str, record: Record, *, first: bool
+    ) -> tuple[Record | None, int | None] | None:
+        """The record and revision to decide on, remembered or read; None when a key never
+        seen was created with `record` on the way (one round trip for a new key)."""
+        current, revision = self._recall(kv_key, record)
+        if current is not None or revision is not None:
+            return current, revision
+        if first and kv_key not in self._known:
+            created, entry = await self._cas.create_and_read(kv_key, record.encode())
+            if created is not None:
+                self._remember(kv_key, record, created)
+                return None
+        else:
+            entry = await self._cas.read(kv_key)
+        current, revision = record_of(entry)
+        if current is not None and revision is not None:
+            self._remember(kv_key, current, revision)
+        return current, revision
 
     def _recall(self, kv_key: str, record: Record) -> tuple[Record | None, int | None]:
         """The remembered record and revision where they may be used, else (None, None)."""

@@ -102,6 +102,7 @@ from shared.versions import (
     marker_key,
     read_record,
     record_key,
+    record_of,
 )
 
 __all__ = ["Claim", "ClaimResult", "Verdict", "VersionStore"]
@@ -205,14 +206,13 @@ class VersionStore:
         if created is not None:  # nothing was there: no previous record to restore
             self._remember(kv_key, mine, created)
             return ClaimResult(Verdict.CLAIMED, Claim(self, kv_key, mine, created, None))
-        return (None, None) if revision is None else (Record.decode(value), revision)
+        return record_of((value, revision))
 
     async def _read(self, kv_key: str) -> _Read:
         """The record and its revision, (None, None) if the key has none."""
         if self._fast is None:
             return await read_record(self._kv, kv_key)
-        value, revision = await self._fast.read(kv_key)
-        return (None, None) if revision is None else (Record.decode(value), revision)
+        return record_of(await self._fast.read(kv_key))
 
     def _judge(self, version: _Version, current: Record | None) -> Verdict:
         if current is None:
