@@ -18,6 +18,9 @@ broadcaster` for us-east as a separate process. For each injected one-way gatewa
              with a reply inbox, acked when its PubAck comes back; as many in flight as the
              broadcaster's default `window_events`, no decoding, no policy, no retries, no
              timeouts. No Python broadcaster built on nats-py can beat it: the "Python floor";
+* floor-both — the same loop publishing each event to eu-west and ap-south, acking it when
+             both PubAcks came (the floor of `both`, which forwards to two targets from one
+             process);
 * one      — the same number of events is written while every path out of us-east is paused
              (`xregion pause`'s switch), then eu-west alone is resumed: the broadcaster drains
              the backlog into XR_REPLAY_EU_WEST;
@@ -26,8 +29,9 @@ broadcaster` for us-east as a separate process. For each injected one-way gatewa
 * hot-1    — the same with one key for all of them (a counter, a feature flag).
 
 Every mode forwards the same kind of events from the same stream between the same clusters.
-For each delay, native runs once, then `--rounds` rounds of floor, one, both, hot-10 and hot-1
-one after the other; the report takes medians over the rounds, of each ratio within its round.
+For each delay, native runs once, then `--rounds` rounds of floor, floor-both, one, both,
+hot-10 and hot-1 one after the other; the report takes medians over the rounds, of each ratio
+within its round.
 Rates are measured on the target stream between 10 % and 90 % of the events (start-up of
 either mechanism excluded), polling the stream every 10 ms from the target's own region, so
 the injected delay does not blur the clock. Events carry distinct keys and a 256-byte body
@@ -36,8 +40,9 @@ phase measures, so no phase leaves a backlog for a later one. CPU: seconds of th
 process (the broadcaster; for the floor, this bench process) per 1,000 forwarded events,
 read over the same 10-90 % span (all processes share the same cores).
 
-Targets (issue 14), per target and delay: uniform keys (`one`, `both`) >= 0.8x the floor row,
-one hot key (`hot-1`) >= 0.8x of `one`. The report prints those ratios; `--json` (default
+Targets (issue 14), per target and delay: uniform keys (`one`, `both`) >= 0.8x the floor row
+(`floor`, and for `both` `floor-both`, of the same round and target), one hot key (`hot-1`)
+>= 0.8x of `one`. The report prints those ratios; `--json` (default
 bench/results/broadcaster.json) gets the rows and the machine.
 """
 
@@ -51,7 +56,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -115,7 +120,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "broadcaster.json"
 @dataclass
 class Row:
     delay_ms: int
-    mode: str  # native | floor | one | both | hot-10 | hot-1
+    mode: str  # native | floor | floor-both | one | both | hot-10 | hot-1
     round: int  # 1.. (modes are measured once per round, interleaved; native once)
     target: str
     events: int
@@ -248,16 +253,22 @@ class FloorForwarder:
     """
 
     def __init__(
-        self, nc: Client, stream: str, consumer: str, subject: str, total: int, window: int = 1024
+        self,
+        nc: Client,
+        stream: str,
+        consumer: str,
+        subjects: Sequence[str],
+        total: int,
+        window: int = 1024,
     ) -> None:
         self._nc = nc
         self._next = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
-        self._subject = subject
+        self._subjects = subjects
         self._total = total
         self._window = window
         self._batch = max(1, window // 4)
         self._asked = 0  # messages requested and not yet received
-        self._held: dict[str, Msg] = {}
+        self._held: dict[str, list[Any]] = {}  # token: [source, PubAcks still to come]
         self._seq = 0
         self._acked = 0
         self._prefix = ""
@@ -295,14 +306,21 @@ class FloorForwarder:
         self._asked -= 1
         self._seq += 1
         token = str(self._seq)
-        self._held[token] = msg
-        await self._nc.publish(self._subject, msg.data, reply=self._prefix + token, headers=headers)
+        self._held[token] = [msg, len(self._subjects)]
+        for n, subject in enumerate(self._subjects):
+            reply = f"{self._prefix}{token}-{n}"
+            await self._nc.publish(subject, msg.data, reply=reply, headers=headers)
 
     async def _on_reply(self, reply: Msg) -> None:
-        source = self._held.pop(reply.subject[len(self._prefix) :])
+        token = reply.subject[len(self._prefix) :].partition("-")[0]
         if b'"error"' in reply.data or not reply.data:
             raise RuntimeError(f"floor publish failed: {reply.data!r} {reply.headers}")
-        await source.ack()
+        held = self._held[token]
+        held[1] -= 1
+        if held[1]:
+            return
+        del self._held[token]
+        await held[0].ack()
         self._acked += 1
         if self._acked >= self._total:
             self._done.set()
@@ -365,7 +383,8 @@ class Bench:
                     await self._native(origin, delay)
                     for rnd in range(1, self.rounds + 1):
                         self.rnd = rnd
-                        await self._floor(delay)
+                        await self._floor(delay, ("eu-west",))
+                        await self._floor(delay, TARGETS)
                         await self._broadcast(origin, delay, ("eu-west",), None)
                         await self._broadcast(origin, delay, TARGETS, None)
                         await self._broadcast(origin, delay, ("eu-west",), 10)
@@ -465,14 +484,15 @@ class Bench:
             await js_eu.delete_stream(name)
         self._row(delay, "native", "eu-west", span.seconds, None)
 
-    async def _floor(self, delay: float) -> None:
+    async def _floor(self, delay: float, targets: tuple[str, ...]) -> None:
         """The Python floor (module docstring): FloorForwarder over a consumer of its own."""
         origin = self.conns[ORIGIN]
         js = origin.jetstream()
         service = FLOOR_SERVICE
+        mode = "floor" if len(targets) == 1 else "floor-both"
         first = (await js.stream_info(events_stream(ORIGIN))).state.last_seq + 1
         await _preload(js, service, self.events, None)
-        durable = f"bench-floor-{int(delay * 1000)}-r{self.rnd}"
+        durable = f"bench-{mode}-{int(delay * 1000)}-r{self.rnd}"
         await js.add_consumer(
             events_stream(ORIGIN),
             ConsumerConfig(
@@ -485,25 +505,28 @@ class Bench:
                 max_ack_pending=20_000,
             ),
         )
-        target = replay_subject("eu-west", ORIGIN, f"{service}-{int(delay * 1000)}-r{self.rnd}")
+        suffix = f"{mode}-{int(delay * 1000)}-r{self.rnd}"
+        subjects = [replay_subject(t, ORIGIN, f"{service}-{suffix}") for t in targets]
         window = BroadcasterSettings().window_events  # the broadcaster's default, for parity
         floor = FloorForwarder(
-            origin.nc, events_stream(ORIGIN), durable, target, self.events, window
+            origin.nc, events_stream(ORIGIN), durable, subjects, self.events, window
         )
         try:
             run = asyncio.ensure_future(floor.run())
-            span = await _measure(
-                self._target_js("eu-west"),
-                replay_stream("eu-west"),
-                target,
-                self.events,
-                time.process_time,
-            )
+            waits = [
+                _measure(
+                    self._target_js(t), replay_stream(t), subject, self.events, time.process_time
+                )
+                for t, subject in zip(targets, subjects, strict=True)
+            ]
+            spans = await asyncio.gather(*waits)
             await asyncio.wait_for(run, 60)
         finally:
             await js.delete_consumer(events_stream(ORIGIN), durable)
-        cpu = (span.cpu_end - span.cpu_start) / (self.events * 8 / 10 / 1000)
-        self._row(delay, "floor", "eu-west", span.seconds, cpu)
+        used = max(sp.cpu_end for sp in spans) - min(sp.cpu_start for sp in spans)
+        cpu = used / (self.events * 8 / 10 * len(targets) / 1000)
+        for target, sp in zip(targets, spans, strict=True):
+            self._row(delay, mode, target, sp.seconds, cpu)
 
     async def _broadcast(
         self, js: JetStreamContext, delay: float, targets: tuple[str, ...], keys: int | None
@@ -576,7 +599,8 @@ def _report(rows: list[Row]) -> str:
     for (delay, mode, target), group in groups.items():
         values = [float(r.events_per_s) for r in group]
         native = [rate.get((delay, "native", "eu-west", 1), 0.0)] * len(group)
-        floor = [rate.get((delay, "floor", "eu-west", r.round), 0.0) for r in group]
+        base, on = ("floor-both", target) if "both" in mode else ("floor", "eu-west")
+        floor = [rate.get((delay, base, on, r.round), 0.0) for r in group]
         one = [rate.get((delay, "one", target, r.round), 0.0) for r in group]
         cpus = [r.cpu_s_per_1k for r in group if r.cpu_s_per_1k is not None]
         cpu = f"{statistics.median(cpus):.3f}" if cpus else "-"

@@ -116,7 +116,8 @@ def _broadcaster(result: Json) -> list[str]:
     table = []
     for (delay, mode, target), group in groups.items():
         cpus = [r["cpu_s_per_1k"] for r in group if r["cpu_s_per_1k"] is not None]
-        floor = ratio(group, "floor", "eu-west")
+        # `both` forwards to two targets from one process: its floor does too.
+        floor = ratio(group, *(("floor-both", target) if "both" in mode else ("floor", "eu-west")))
         one = ratio(group, "one", target)
         table.append(
             (

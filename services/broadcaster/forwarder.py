@@ -64,6 +64,7 @@ from services.broadcaster.publisher import Failure, frame_size
 from services.broadcaster.sender import Sender
 from services.broadcaster.window import Held, Window
 from shared.envelope import HDR_MSG_ID
+from shared.frames import header_block
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
 from shared.puller import Puller, PullFailedError, PullStalledError
@@ -287,8 +288,8 @@ class Forwarder:
             return
         if route.kind == "malformed" or not route.known_service:
             self._note(route)
-        headers, size = self._headers(msg, route)
-        pending = Pending(msg, route, self._subject(route), headers)
+        headers, block, size = self._headers(msg, route)
+        pending = Pending(msg, route, self._subject(route), headers, block)
         held = Held(seq, size, pending, touched_s=time.monotonic())
         if not self._window.add(held):
             return
@@ -336,13 +337,13 @@ class Forwarder:
             self._subjects[key] = subject
         return subject
 
-    def _headers(self, msg: Msg, route: Route) -> tuple[dict[str, str], int]:
-        """The headers to publish (the received dict itself when nothing must change) and
-        the size of the frame (`frame_size`)."""
+    def _headers(self, msg: Msg, route: Route) -> tuple[dict[str, str], bytes | None, int]:
+        """The headers to publish (the received dict itself when nothing must change), their
+        block as sent (`_encoded`) and the size of the frame (`frame_size`)."""
         received = msg.headers or {}
         clean = not any(name[:14].lower() == _DROPPED_HEADER_PREFIX for name in received)
         if clean and HDR_MSG_ID in received:
-            return received, frame_size(msg.data, received)
+            return received, *_encoded(msg.data, received)
         headers = {
             name: value
             for name, value in received.items()
@@ -355,7 +356,7 @@ class Forwarder:
             with_id = {**headers, HDR_MSG_ID: route.event_id or f"{self._stream}:{seq}"}
             if frame_size(msg.data, with_id) <= self._conn.nc.max_payload:
                 headers = with_id
-        return headers, frame_size(msg.data, headers or None)
+        return headers, *_encoded(msg.data, headers)
 
     def _note(self, route: Route) -> None:
         if route.kind == "malformed":
@@ -429,6 +430,18 @@ class Forwarder:
             self._sender.expire()
             self._dead_letters.expire()
             self._held.set(len(self._window))
+
+
+def _encoded(payload: bytes, headers: dict[str, str]) -> tuple[bytes | None, int]:
+    """The header block to send (None: let nats-py encode, or refuse, the headers) and the
+    frame's size."""
+    if not headers:
+        return None, frame_size(payload, None)
+    try:
+        block = header_block(headers)
+    except nats.errors.BadHeaderError:  # nats-py refuses it too: the publish says so
+        return None, frame_size(payload, headers)
+    return block, len(block) + len(payload)
 
 
 def _stream_seq(msg: Msg) -> int:

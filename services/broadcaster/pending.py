@@ -21,6 +21,8 @@ class Pending:
     route: Route
     subject: str
     headers: dict[str, str]
+    # `headers` as sent (`shared.frames.header_block`), built once with the frame's size.
+    block: bytes | None = None
     # Set once the target refused the event for good (the dead letter's error): from then on
     # the event is dead-lettered instead of forwarded.
     refused: str | None = None

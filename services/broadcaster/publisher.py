@@ -48,7 +48,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from shared.frames import wire_size
+from shared.frames import send_hpub, wire_size
 from shared.natsconn import PermissionCallback
 from shared.pubacks import PERMANENT_ERR_CODES, describe, is_permanent
 
@@ -164,9 +164,13 @@ class Publisher(Generic[T]):
         payload: bytes,
         headers: dict[str, str] | None,
         size: int | None = None,
+        *,
+        block: bytes | None = None,
     ) -> None:
         """Send one message; its outcome comes to `on_acked` or `on_failed`. `size`: its
-        `frame_size()`, when the caller knows it already."""
+        `frame_size()`, when the caller knows it already; `block`: `headers` as
+        `shared.frames.header_block` encodes them, sent as they are (nats-py would encode the
+        headers once more)."""
         if size is None:
             size = frame_size(payload, headers)
         if size > self._nc.max_payload:
@@ -178,7 +182,12 @@ class Publisher(Generic[T]):
         self._in_flight[token] = _InFlight(item, subject, time.monotonic() + self._timeout_s)
         self._idle.clear()
         try:
-            await self._nc.publish(subject, payload, reply=self._prefix + token, headers=headers)
+            if block is None:
+                await self._nc.publish(
+                    subject, payload, reply=self._prefix + token, headers=headers
+                )
+            else:
+                await send_hpub(self._nc, subject, self._prefix + token, block, payload)
         except (nats.errors.Error, OSError) as exc:
             if self._in_flight.pop(token, None) is not None:
                 self._settled()

@@ -154,8 +154,9 @@ class Sender:
     async def _send(self, held: HeldEvent) -> None:
         pending = held.item
         await self._publisher.publish(
-            held, pending.subject, pending.msg.data, pending.headers, held.size
-        )
+            held, pending.subject, pending.msg.data, pending.headers, held.size,
+            block=pending.block,
+        )  # fmt: skip
 
     def _queue(self, held: HeldEvent) -> None:
         self._window.queue(held)
