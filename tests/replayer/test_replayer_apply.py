@@ -201,20 +201,16 @@ async def test_every_line_about_an_event_carries_its_context(
 async def test_coalesced_publishes_arrive_in_order_and_close_sends_the_rest(
     settings: Settings,
 ) -> None:
-    async with NatsConnection(settings.nats, service="test-coalesce") as conn:
-        got: list[bytes] = []
-
-        async def received(msg: Msg) -> None:
-            got.append(msg.data)
-
-        sub = await conn.nc.subscribe("test.coalesce", cb=received)
+    async with (
+        NatsConnection(settings.nats, service="test-coalesce") as conn,
+        _received(conn, "test.coalesce") as got,
+    ):
         async with Coalescer(conn.nc, delay_s=0.05) as out:
             for n in range(200):
                 out.publish("test.coalesce", b"%d" % n)
         # aclose sent everything still queued (well before the 50 ms delay)
         await conn.nc.flush()
         await wait_until(lambda: len(got) == 200, 5, message="200 frames")
-        await sub.unsubscribe()
     assert got == [b"%d" % n for n in range(200)]
 
 
@@ -223,13 +219,10 @@ async def test_coalescer_sends_an_idle_frame_at_once_and_holds_the_next_burst(
 ) -> None:
     """A frame after a quiet spell leaves without the delay (idle lag); one queued within
     `delay_s` of a burst waits for the next one (here: the close, long before 60 s)."""
-    async with NatsConnection(settings.nats, service="test-coalesce-idle") as conn:
-        got: list[bytes] = []
-
-        async def received(msg: Msg) -> None:
-            got.append(msg.data)
-
-        sub = await conn.nc.subscribe("test.coalesce.idle", cb=received)
+    async with (
+        NatsConnection(settings.nats, service="test-coalesce-idle") as conn,
+        _received(conn, "test.coalesce.idle") as got,
+    ):
         async with Coalescer(conn.nc, delay_s=60) as out:
             out.publish("test.coalesce.idle", b"first")
             await wait_until(lambda: got == [b"first"], 5, message="the idle frame")
@@ -239,8 +232,22 @@ async def test_coalescer_sends_an_idle_frame_at_once_and_holds_the_next_burst(
             await wait_until(lambda: b"marker" in got, 5, message="the marker")
             assert got == [b"first", b"marker"], "a frame within delay_s of a burst was not held"
         await wait_until(lambda: len(got) == 3, 5, message="the held frame, sent by close")
-        await sub.unsubscribe()
     assert got == [b"first", b"marker", b"second"]
+
+
+@contextlib.asynccontextmanager
+async def _received(conn: NatsConnection, subject: str) -> AsyncIterator[list[bytes]]:
+    """The payloads that arrive on `subject`, in order, while the block runs."""
+    got: list[bytes] = []
+
+    async def received(msg: Msg) -> None:
+        got.append(msg.data)
+
+    sub = await conn.nc.subscribe(subject, cb=received)
+    try:
+        yield got
+    finally:
+        await sub.unsubscribe()
 
 
 async def test_kv_compare_and_set_answers_like_the_client_library(
