@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared.envelope import decode
 from shared.lifecycle import until_signalled
-from shared.puller import Puller
+from shared.puller import PENDING_BYTES, Puller
 from shared.regions import events_stream, events_subject
+from shared.tasks import TaskSet
 
 _CONSUMER = "bench-floor"
-_PENDING_BYTES = 64 * 1024 * 1024
 _EXPIRES_S = 1.0
 
 
@@ -74,7 +74,7 @@ async def _consumer(nc: Client, stream: str, subject: str) -> None:
 async def _serve(args: argparse.Namespace) -> None:
     origin = await nats.connect(args.origin_nats)
     targets: dict[str, Client] = {}
-    tasks: set[asyncio.Task[None]] = set()
+    tasks = TaskSet("bench-floor")
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     try:
         js = origin.jetstream()
@@ -86,7 +86,7 @@ async def _serve(args: argparse.Namespace) -> None:
             nc = targets[target] = await nats.connect(nats_url)
             await _consumer(nc, stream, subject)
             replaying = _replaying(nc, stream, service_url, session, tasks)
-            tasks.add(asyncio.create_task(_pull_forever(replaying)))
+            _ = tasks.spawn(_pull_forever(replaying))
         await _consumer(origin, events_stream(args.origin), events_subject(args.origin))
 
         async def carry(msg: Msg) -> None:
@@ -94,28 +94,24 @@ async def _serve(args: argparse.Namespace) -> None:
             await asyncio.gather(*stores)
 
         async def carried(msg: Msg) -> None:
-            task = asyncio.create_task(carry(msg))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
+            _ = tasks.spawn(carry(msg))
 
         intake = Puller(
             origin, stream=events_stream(args.origin), consumer=_CONSUMER, on_msg=carried,
-            pending_bytes_limit=_PENDING_BYTES,
+            pending_bytes_limit=PENDING_BYTES,
         )  # fmt: skip
-        tasks.add(asyncio.create_task(_pull_forever(intake)))
+        _ = tasks.spawn(_pull_forever(intake))
         print("ready", flush=True)
         await until_signalled(lambda stopped: stopped())
     finally:
-        for task in list(tasks):
-            task.cancel()
+        await tasks.cancel("bench floor stopping")
         await session.close()
         for nc in (*targets.values(), origin):
             await nc.close()
 
 
 def _replaying(
-    nc: Client, stream: str, service_url: str, session: aiohttp.ClientSession,
-    tasks: set[asyncio.Task[None]],
+    nc: Client, stream: str, service_url: str, session: aiohttp.ClientSession, tasks: TaskSet,
 ) -> Puller:  # fmt: skip
     async def call(msg: Msg) -> None:
         event = decode(msg.headers, msg.data)
@@ -127,12 +123,10 @@ def _replaying(
             await response.read()
 
     async def arrived(msg: Msg) -> None:
-        task = asyncio.create_task(call(msg))
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        _ = tasks.spawn(call(msg))
 
     return Puller(
-        nc, stream=stream, consumer=_CONSUMER, on_msg=arrived, pending_bytes_limit=_PENDING_BYTES
+        nc, stream=stream, consumer=_CONSUMER, on_msg=arrived, pending_bytes_limit=PENDING_BYTES
     )
 
 

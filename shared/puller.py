@@ -42,7 +42,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-__all__ = ["PullFailedError", "PullStalledError", "Puller"]
+__all__ = ["PENDING_BYTES", "PullFailedError", "PullStalledError", "Puller"]
+
+# Bytes of delivered messages an intake subscription may queue before nats-py drops them:
+# nats-py's default for a pull subscription, what `fetch()` intakes had.
+PENDING_BYTES = 256 * 1024 * 1024
 
 # Extra time a request may take past its expiry before it counts as stalled (the server's
 # 408 comes from the local cluster; after a reconnect the request is simply gone).

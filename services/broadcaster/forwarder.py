@@ -67,7 +67,7 @@ from shared.envelope import HDR_MSG_ID
 from shared.frames import header_block
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
-from shared.puller import Puller, PullFailedError, PullStalledError
+from shared.puller import PENDING_BYTES, Puller, PullFailedError, PullStalledError
 from shared.regions import broadcast_consumer, events_stream, replay_subject
 from shared.retry import RetryPolicy
 from shared.settings import BroadcasterSettings
@@ -77,8 +77,6 @@ __all__ = ["FORWARD_REFUSED", "ConsumerMissingError", "Forwarder"]
 
 log = get_logger("xr.broadcaster")
 
-# nats-py's default pending-bytes limit of a pull subscription.
-_SUB_PENDING_BYTES = 256 * 1024 * 1024
 # Conditions on the origin stream that must not be re-applied to the target stream.
 _DROPPED_HEADER_PREFIX = "nats-expected-"
 # How often publishes are checked for their timeout and the held gauge is refreshed.
@@ -164,7 +162,7 @@ class Forwarder:
             stream=self._stream,
             consumer=broadcast_consumer(self.target),
             on_msg=self._guarded_admit,
-            pending_bytes_limit=max(_SUB_PENDING_BYTES, 2 * s.window_max_bytes),
+            pending_bytes_limit=max(PENDING_BYTES, 2 * s.window_max_bytes),
         )
 
     @property

@@ -47,16 +47,13 @@ from shared.coalesce import Coalescer
 from shared.dlq import dead_letter, fit, path_of
 from shared.envelope import HDR_EVENT_ID, HDR_TRACE
 from shared.logs import get_logger
-from shared.puller import Puller, PullFailedError, PullStalledError
+from shared.puller import PENDING_BYTES, Puller, PullFailedError, PullStalledError
 from shared.settings import ReplayerSettings
 
 __all__ = ["ReplayConsumer"]
 
 log = get_logger("xr.replayer")
 _NATS_ERRORS = (nats.errors.Error, TimeoutError, OSError)
-# Bytes of delivered messages the intake subscription may queue (at most `concurrency`
-# events are asked for, each within the server's max_payload).
-_SUB_PENDING_BYTES = 256 * 1024 * 1024
 
 
 class ReplayConsumer:
@@ -89,7 +86,7 @@ class ReplayConsumer:
         self._stopping = asyncio.Event()
         self._puller = Puller(
             nc, stream=stream, consumer=durable, on_msg=self._arrived,
-            pending_bytes_limit=_SUB_PENDING_BYTES,
+            pending_bytes_limit=PENDING_BYTES,
         )  # fmt: skip
         self._arrivals = 0  # messages the open pull request brought
         self._heartbeat_task: asyncio.Task[None] | None = None

@@ -202,11 +202,11 @@ class VersionStore:
         the create is refused, the read is what `claim` judges next."""
         assert self._fast is not None
         mine = self._claimed(event)
-        created, (value, revision) = await self._fast.create_and_read(kv_key, mine.encode())
+        created, entry = await self._fast.create_and_read(kv_key, mine.encode())
         if created is not None:  # nothing was there: no previous record to restore
             self._remember(kv_key, mine, created)
             return ClaimResult(Verdict.CLAIMED, Claim(self, kv_key, mine, created, None))
-        return record_of((value, revision))
+        return record_of(entry)
 
     async def _read(self, kv_key: str) -> _Read:
         """The record and its revision, (None, None) if the key has none."""
