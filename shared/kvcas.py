@@ -9,6 +9,8 @@ no message at all (a deleted key's tombstone is one). `read(key)` is nats-py's `
 as a direct get (`$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<key>`, the buckets allow it).
 `create_and_read` sends a create and a read of one key together: a key nobody wrote is
 claimed in one round trip, and when it exists the read is there for the next decision.
+`queue_update` is `update` for callers that take the answer in a done callback, with no task
+or coroutine per write (the bridge's record of a key it remembers).
 
 Why not `KeyValue.update`: each call goes through `Client.request`, which reads `os.urandom` (a
 system call) for its reply token, arms an `asyncio.wait_for`, validates the key and builds a
@@ -35,7 +37,7 @@ from nats.js.errors import APIError, NoStreamResponseError
 
 from shared.lifecycle import Closeable
 
-__all__ = ["Entry", "FramePublisher", "KvCas"]
+__all__ = ["Entry", "FramePublisher", "KvCas", "revision_of"]
 
 _WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 _EXPECTED_LAST_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
@@ -88,7 +90,7 @@ class KvCas(Closeable):
 
     async def update(self, key: str, value: bytes, *, last: int) -> int | None:
         """The new revision; None if `key`'s revision is no longer `last`."""
-        return _revision(await (await self._send_update(key, value, last)))
+        return revision_of(await (await self._send_update(key, value, last)))
 
     async def read(self, key: str) -> Entry:
         """`key`'s value and revision, (None, None) if it has none."""
@@ -111,12 +113,27 @@ class KvCas(Closeable):
             read.cancel()
             raise
         read_error = read.exception()  # retrieved either way: it may not count
-        created = _revision(create.result())
+        created = revision_of(create.result())
         if created is not None:
             return created, (None, None)
         if read_error is not None:
             raise read_error
         return None, _entry(read.result())
+
+    def queue_update(self, key: str, value: bytes, *, last: int) -> asyncio.Future[Msg]:
+        """`update` without a coroutine, for a caller that reacts in a done callback: the
+        future of the answer, to read with `revision_of`. Needs the coalescer (which queues
+        without waiting)."""
+        if self._coalescer is None:
+            raise RuntimeError("queue_update needs a coalescer")
+        future, reply = self._expect()
+        headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(last)}
+        try:
+            self._coalescer.publish(self._prefix + key, value, reply, headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
 
     async def _send_update(self, key: str, value: bytes, last: int) -> asyncio.Future[Msg]:
         return await self._send(self._prefix + key, value, {_EXPECTED_LAST_SUBJECT_SEQ: str(last)})
@@ -126,21 +143,27 @@ class KvCas(Closeable):
     ) -> asyncio.Future[Msg]:
         """Send one request; the future of its answer (nats.errors.TimeoutError after
         `timeout_s`)."""
+        future, reply = self._expect()
+        try:
+            if self._coalescer is not None:
+                self._coalescer.publish(subject, payload, reply, headers)
+            else:
+                await self._nc.publish(subject, payload, reply=reply, headers=headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _expect(self) -> tuple[asyncio.Future[Msg], str]:
+        """The future of one answer (nats.errors.TimeoutError after `timeout_s`) and the
+        reply subject it comes to."""
         token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
         self._waiting[token] = future
         timer = loop.call_later(self._timeout_s, _expire, future)
         future.add_done_callback(lambda _: self._forget(token, timer))
-        try:
-            if self._coalescer is not None:
-                self._coalescer.publish(subject, payload, self._inbox + token, headers)
-            else:
-                await self._nc.publish(subject, payload, reply=self._inbox + token, headers=headers)
-        except BaseException:
-            future.cancel()
-            raise
-        return future
+        return future, self._inbox + token
 
     def _forget(self, token: str, timer: asyncio.TimerHandle) -> None:
         timer.cancel()
@@ -156,7 +179,7 @@ class KvCas(Closeable):
             future.set_result(msg)
 
 
-def _revision(reply: Msg) -> int | None:
+def revision_of(reply: Msg) -> int | None:
     """The new revision a write's answer gives; None for a refused compare-and-set."""
     answer = json.loads(reply.data)
     error = answer.get("error")

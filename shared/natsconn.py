@@ -38,6 +38,7 @@ import nats
 from nats.aio.client import Client, Server
 from nats.js import JetStreamContext
 
+from shared.frames import HeaderParsingClient
 from shared.lifecycle import Closeable
 from shared.logs import get_logger
 from shared.metrics import NATS_CONNECTED, NATS_DISCONNECTS, NATS_ERRORS, NATS_RECONNECTS
@@ -170,7 +171,7 @@ class NatsConnection(Closeable):
         return js
 
     async def connect(self) -> None:
-        nc = Client()
+        nc = HeaderParsingClient()
         try:
             await asyncio.wait_for(
                 nc.connect(**self._connect_options()), self._settings.first_connect_timeout_s

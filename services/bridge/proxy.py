@@ -284,6 +284,12 @@ class Proxy:
             raise _Refused(413, "body_too_large", _too_large(declared, limit))
         self._take(record, declared or 0)  # before 100 Continue: refused, it is never sent
         await _continue(request)
+        if request.content.is_eof():  # all of it came with the headers: nothing to wait for
+            whole = request.content.read_nowait(-1)
+            if len(whole) > limit:
+                raise _Refused(413, "body_too_large", _too_large(len(whole), limit))
+            self._take(record, len(whole) - record.buffered)
+            return whole
         body = bytearray()
         try:
             async with asyncio.timeout(self._config.body_read_timeout_s):
@@ -485,8 +491,8 @@ class Proxy:
         record.outcome = delivered.outcome.value
         return delivered
 
-    def _record_version(self, write: _Write) -> asyncio.Task[str]:
-        """Start the write's version record (a task owned by the proxy's task set)."""
+    def _record_version(self, write: _Write) -> asyncio.Future[str]:
+        """Start the write's version record (`LocalVersions.start`)."""
         assert self._versions is not None
         event = write.event
         return self._versions.start(

@@ -21,7 +21,10 @@ A key the bridge has not seen is created and read in one round trip
 What the bridge remembers: for the keys it wrote most recently (`version_cache_keys`, oldest
 dropped first) the record it last read or wrote and its revision, so that a key written again
 costs one compare-and-set instead of a read and a compare-and-set (the same reasoning as the
-replayer's, `services/replayer/versions.py`): a remembered version older than the write only
+replayer's, `services/replayer/versions.py`). That compare-and-set is queued by `start` itself
+and its answer taken in a done callback (`_quick_record`), with no task, coroutine or timeout
+scope per write (the bridge's common case; KvCas bounds it by `timeout_s`); any other answer
+than "written" hands the write to `record`. A remembered version older than the write only
 supplies the revision, and the server refuses the compare-and-set if anyone (a replayer,
 another bridge) wrote in between, after which the record is read afresh; a remembered
 `applied` version at least as new as the write proves the record will never be older again,
@@ -70,18 +73,21 @@ If it cannot be bound then, the bridge still starts, and binding is retried at m
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import time
 from collections.abc import Mapping
 from typing import Self
 
 import nats.errors
+from nats.aio.msg import Msg
 from nats.js.kv import KeyValue
+from prometheus_client import Counter
 
 from services.bridge.metrics import VERSION_RECORDS
 from shared.coalesce import Coalescer
 from shared.envelope import MalformedEventError, decode
-from shared.kvcas import KvCas
+from shared.kvcas import KvCas, revision_of
 from shared.lifecycle import Closeable
 from shared.logs import get_logger
 from shared.natsconn import NatsConnection
@@ -153,6 +159,8 @@ class LocalVersions(Closeable):
         self._next_bind = 0.0
         self._cache_keys = cache_keys
         self._known: dict[str, tuple[Record, int]] = {}  # insertion order = age
+        self._quick: set[asyncio.Future[str]] = set()  # `_quick_record`s not answered yet
+        self._counters: dict[tuple[str, str], Counter] = {}
 
     async def __aenter__(self) -> Self:
         """Open the compare-and-set reply subscription and bind the bucket (`bind`)."""
@@ -179,6 +187,8 @@ class LocalVersions(Closeable):
             await self._retries.cancel("the bridge is stopping")
         if self._coalescer is not None:
             await self._coalescer.aclose()
+        if self._quick:  # sent now: let their answers come (the rest time out at `_cas`)
+            await asyncio.wait(self._quick, timeout=self._timeout_s)
         try:
             await self._cas.aclose()
         except nats.errors.Error:
@@ -215,19 +225,90 @@ class LocalVersions(Closeable):
 
     def start(
         self, tasks: TaskSet, service: str, key: str, hlc: str, event_id: str, *, trace_id: str
-    ) -> asyncio.Task[str]:
-        """`record` as a task owned by `tasks`. It counts against `max_inflight` from this
-        call on, not from its first step: records started in one burst see each other."""
+    ) -> asyncio.Future[str]:
+        """`record`'s outcome, to come: one compare-and-set queued at once for a remembered
+        key (`_quick_record`), else `record` as a task owned by `tasks`. It counts against
+        `max_inflight` from this call on, not from its first step: records started in one
+        burst see each other."""
         self._inflight += 1
-        task = tasks.spawn(
-            self.record(service, key, hlc, event_id, trace_id=trace_id),
+        args = (service, key, hlc, event_id, trace_id, 0)
+        outcome = self._quick_record(tasks, args)
+        if outcome is None:
+            outcome = self._spawn(tasks, args)
+        outcome.add_done_callback(self._finished)
+        return outcome
+
+    def _finished(self, _: asyncio.Future[str]) -> None:
+        self._inflight -= 1
+
+    def _spawn(self, tasks: TaskSet, args: _Retry) -> asyncio.Task[str]:
+        service, key, hlc, event_id, trace_id, attempt = args
+        return tasks.spawn(
+            self.record(service, key, hlc, event_id, trace_id=trace_id, attempt=attempt),
             name=f"version-{event_id}",
         )
-        task.add_done_callback(self._finished)
-        return task
 
-    def _finished(self, _: asyncio.Task[str]) -> None:
-        self._inflight -= 1
+    def _quick_record(self, tasks: TaskSet, args: _Retry) -> asyncio.Future[str] | None:
+        """The record of a key whose remembered record is older than the write: its
+        compare-and-set is queued now and the outcome set by `_quick_answered`. None where
+        `record` must decide: no coalescer, stopping, NATS down, bucket not bound, the key
+        not remembered, or remembered at a version as new as the write."""
+        if self._coalescer is None or self._closed or self._kv is None:
+            return None
+        if not self._conn.is_connected:
+            return None
+        service, key, hlc, event_id, _, _ = args
+        kv_key = record_key(service, key)
+        known = self._known.get(kv_key)
+        record = Record(hlc, event_id, "applied", self._owner, 0.0)
+        if known is None or known[0].version >= record.version:
+            return None
+        answer = self._cas.queue_update(kv_key, record.encode(), last=known[1])
+        outcome: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._quick.add(outcome)
+        outcome.add_done_callback(self._quick.discard)
+        answer.add_done_callback(
+            functools.partial(self._quick_answered, outcome, tasks, kv_key, record, args)
+        )
+        return outcome
+
+    def _quick_answered(
+        self,
+        outcome: asyncio.Future[str],
+        tasks: TaskSet,
+        kv_key: str,
+        record: Record,
+        args: _Retry,
+        answer: asyncio.Future[Msg],
+    ) -> None:
+        if outcome.done():
+            return
+        if answer.cancelled():  # the reply subscription closed: the bridge is stopping
+            outcome.cancel()
+            return
+        service = args[0]
+        try:
+            written = revision_of(answer.result())
+        except _KV_ERRORS as exc:
+            self._count(service, self._failed(exc, args))
+            outcome.set_result("failed")
+            return
+        except (ValueError, LookupError, TypeError, AttributeError) as exc:  # unreadable answer
+            outcome.set_exception(exc)
+            return
+        if written is None:  # someone wrote in between: `record` reads it and decides
+            self._known.pop(kv_key, None)
+            self._spawn(tasks, args).add_done_callback(functools.partial(_settle, outcome))
+            return
+        self._remember(kv_key, record, written)
+        self._count(service, "recorded")
+        outcome.set_result("recorded")
+
+    def _count(self, service: str, outcome: str) -> None:
+        counter = self._counters.get((service, outcome))
+        if counter is None:  # bounded: the configured services times the outcomes
+            counter = self._counters[(service, outcome)] = VERSION_RECORDS.labels(service, outcome)
+        counter.inc()
 
     async def record(
         self, service: str, key: str, hlc: str, event_id: str, *, trace_id: str, attempt: int = 0
@@ -240,20 +321,25 @@ class LocalVersions(Closeable):
             async with asyncio.timeout(self._timeout_s):  # the whole record, a rebind included
                 outcome = await self._record(service, key, hlc, event_id)
         except _KV_ERRORS as exc:
-            outcome = "failed"
-            retry = (service, key, hlc, event_id, trace_id, attempt + 1)
-            log.warning(
-                "bridge.version.failed",
-                event_id=event_id,
-                service=service,
-                trace_id=trace_id,
-                bucket=self._bucket,
-                error=_describe(exc),
-                attempt=attempt + 1,
-                retry_in_s=self._retry_later(retry, _reason(exc)),
-            )
-        VERSION_RECORDS.labels(service, outcome).inc()
+            outcome = self._failed(exc, (service, key, hlc, event_id, trace_id, attempt))
+        self._count(service, outcome)
         return outcome
+
+    def _failed(self, exc: BaseException, args: _Retry) -> str:
+        """Log a failed attempt (`args`: `record`'s) and schedule the next; "failed"."""
+        service, key, hlc, event_id, trace_id, attempt = args
+        retry = (service, key, hlc, event_id, trace_id, attempt + 1)
+        log.warning(
+            "bridge.version.failed",
+            event_id=event_id,
+            service=service,
+            trace_id=trace_id,
+            bucket=self._bucket,
+            error=_describe(exc),
+            attempt=attempt + 1,
+            retry_in_s=self._retry_later(retry, _reason(exc)),
+        )
+        return "failed"
 
     def _retry_later(self, retry: _Retry, reason: str) -> float | None:
         """Schedule `retry` (`record`'s arguments); the pause, or None if given up."""
@@ -375,6 +461,18 @@ class LocalVersions(Closeable):
         self._known[kv_key] = (record, revision)
         if len(self._known) > self._cache_keys:
             del self._known[next(iter(self._known))]
+
+
+def _settle(outcome: asyncio.Future[str], task: asyncio.Task[str]) -> None:
+    """Pass `task`'s end on to `outcome`."""
+    if outcome.done():
+        return
+    if task.cancelled():
+        outcome.cancel()
+    elif (exc := task.exception()) is not None:
+        outcome.set_exception(exc)
+    else:
+        outcome.set_result(task.result())
 
 
 def _reason(exc: BaseException) -> str:

@@ -303,3 +303,88 @@ async def test_a_failed_record_is_tried_again_and_lands_once_the_claim_is_releas
     assert record is not None
     assert (record.event_id, record.state) == ("e20", "applied")
     assert (_count(service, "failed"), _count(service, "given_up")) == (1, 0)
+
+
+async def test_a_remembered_key_is_recorded_by_one_queued_compare_and_set(
+    bridge_cluster: SuperCluster, reader: NatsConnection, js: JetStreamContext
+) -> None:
+    """`start` for a key remembered at an older version queues its compare-and-set at once and
+    settles from the answer, with no task; a writer that moved the record behind its back
+    makes it read again and decide as `record` does, never write over it."""
+    service, key = "quick", "/quick/1"
+    kv = await js.key_value(versions_bucket(REGION))
+    kv_key = record_key(service, key)
+    tasks = TaskSet("test-quick")
+    recorded, superseded = _count(service, "recorded"), _count(service, "superseded")
+    versions = LocalVersions(
+        reader, region=REGION, owner="test", timeout_s=5, max_inflight=8, coalesce_s=0.005
+    )
+
+    def start(n: int) -> asyncio.Future[str]:
+        return versions.start(tasks, service, key, str(HlcStamp(n, 0)), f"e{n}", trace_id="t")
+
+    async def newest() -> str | None:
+        found = await _record(kv, service, key)
+        return None if found is None else found.event_id
+
+    async with versions:
+        assert await start(10) == "recorded"  # a key never seen: `record` creates it
+        quick = start(20)
+        assert not isinstance(quick, asyncio.Task)
+        assert await quick == "recorded"
+        assert await newest() == "e20"
+        _, revision = await read_record(kv, kv_key)
+        replayed = Record(str(HlcStamp(30, 0)), "e30", "applied", "replayer-x", 0.0)
+        assert await cas_write(kv, kv_key, replayed, revision) is not None
+        assert await start(25) == "superseded"  # refused, read again: older than e30
+        assert await newest() == "e30"
+        assert await start(40) == "recorded"
+        assert await newest() == "e40"
+    assert _count(service, "recorded") - recorded == 3
+    assert _count(service, "superseded") - superseded == 1
+    assert _count(service, "failed") == 0
+
+
+async def test_a_queued_compare_and_set_that_fails_is_counted_and_tried_again(
+    bridge_cluster: SuperCluster,
+    reader: NatsConnection,
+    js: JetStreamContext,
+    upstream: TestUpstream,
+    tmp_path: Path,
+) -> None:
+    """The bucket goes away under a remembered key: the queued compare-and-set's answer is
+    an error, counted `failed` and logged, and the retry records the write once the bucket
+    is back."""
+    service, key = "quick-failed", "/quick/2"
+    kv_key = record_key(service, key)
+    settings = service_settings(tmp_path, bridge_cluster, upstream, service)
+    tasks = TaskSet("test-quick-failed")
+    versions = LocalVersions(
+        reader, region=REGION, owner="test", timeout_s=2, max_inflight=8, coalesce_s=0.005,
+        retry=RetryPolicy.fixed("bridge.version", (0.5,)),
+    )  # fmt: skip
+
+    def start(n: int) -> asyncio.Future[str]:
+        return versions.start(tasks, service, key, str(HlcStamp(n, 0)), f"e{n}", trace_id="t")
+
+    try:
+        async with versions:
+            assert await start(10) == "recorded"
+            assert kv_key in versions._known  # white box: the next write takes the quick path
+            await js.delete_stream(f"KV_{versions_bucket(REGION)}")
+            with capture_logs() as logs:
+                assert await start(20) == "failed"
+            assert [e["event_id"] for e in logs if e["event"] == "bridge.version.failed"] == [
+                "e20"
+            ]
+            await provision_region(settings)
+            await wait_until(
+                lambda: _count(service, "recorded") == 2, 15, message="the retry recorded e20"
+            )
+    finally:
+        await provision_region(settings)  # the session's other tests need the bucket
+    kv = await js.key_value(versions_bucket(REGION))
+    record = await _record(kv, service, key)
+    assert record is not None
+    assert (record.event_id, record.state) == ("e20", "applied")
+    assert _count(service, "failed") == 1
