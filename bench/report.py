@@ -248,6 +248,23 @@ def _memory(result: Json) -> list[str]:
     return lines
 
 
+def _hotpath(result: Json) -> list[str]:
+    headers, records = result["medians"]["headers"], result["medians"]["records"]
+    quick, task = records["quick"], records["task"]
+    table = _table(
+        ["step", "before: what it replaced", "after: ours", "after / before"],
+        [
+            ("received header block of a signed event, µs",
+             f"{headers['nats-py']:.1f} (nats-py `_parse_header_lines`)",
+             f"{headers['ours']:.1f} (`parse_header_lines`)", headers["ours"] / headers["nats-py"]),
+            ("bridge version record of a remembered key, CPU µs",
+             f"{task:.1f} (`record` as a task)", f"{quick:.1f} (queued compare-and-set)",
+             quick / task),
+        ],
+    )  # fmt: skip
+    return [*table, "", f"Medians of {result['rounds']} alternating rounds, one process."]
+
+
 PARTS: dict[str, tuple[str, Callable[[Json], list[str]]]] = {
     "bridge": ("Bridge", _bridge),
     "broadcaster": ("Broadcaster", _broadcaster),
@@ -255,6 +272,7 @@ PARTS: dict[str, tuple[str, Callable[[Json], list[str]]]] = {
     "lag": ("End-to-end lag", _lag),
     "chain": ("The whole chain", _chain),
     "memory": ("Memory", _memory),
+    "hotpath": ("Hot-path steps", _hotpath),
 }
 
 

@@ -374,9 +374,7 @@ async def test_a_queued_compare_and_set_that_fails_is_counted_and_tried_again(
             await js.delete_stream(f"KV_{versions_bucket(REGION)}")
             with capture_logs() as logs:
                 assert await start(20) == "failed"
-            assert [e["event_id"] for e in logs if e["event"] == "bridge.version.failed"] == [
-                "e20"
-            ]
+            assert [e["event_id"] for e in logs if e["event"] == "bridge.version.failed"] == ["e20"]
             await provision_region(settings)
             await wait_until(
                 lambda: _count(service, "recorded") == 2, 15, message="the retry recorded e20"

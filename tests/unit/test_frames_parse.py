@@ -8,13 +8,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from shared.envelope import Event, encode
+from shared.envelope import encode
 from shared.frames import HeaderParsingClient, header_block, parse_header_lines
-from shared.hlc import HlcStamp
-from shared.ids import uuid7_str
 from shared.natsconn import NatsConnection
 from shared.settings import NatsSettings
 from tests.harness.fixtures import MakeSuperCluster
+from tests.replayer.helpers import make_event
 
 # The characters where parsers differ: separators, every kind of ASCII whitespace (\x1c-\x1f
 # count as whitespace for str but not for bytes), a non-ASCII letter and a non-ASCII space.
@@ -40,22 +39,8 @@ def test_header_lines_with_edge_characters_parse_as_nats_py_parses_them(
     assert parse_header_lines(raw) == _nats_py(raw)
 
 
-def _event() -> Event:
-    return Event(
-        event_id=uuid7_str(),
-        origin="us-east",
-        service="chaos",
-        method="PUT",
-        path="/configs/k?v=1",
-        hlc=HlcStamp(1_700_000_000_000, 0),
-        key="/configs/k",
-        body=b"{}",
-        trace="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00",
-    )
-
-
 def test_an_events_header_block_parses_back_to_its_headers() -> None:
-    headers, _ = encode(_event())
+    headers, _ = encode(make_event("/configs/k?v=1"))
     raw = header_block(headers)[len(b"NATS/1.0\r\n") :]
     assert parse_header_lines(raw) == headers
 
@@ -66,7 +51,7 @@ async def test_the_services_client_reads_headers_from_a_real_server(
 ) -> None:
     cluster = await make_supercluster()
     settings = NatsSettings(servers=cluster.client_urls("us-east"), first_connect_timeout_s=10)
-    headers, payload = encode(_event())
+    headers, payload = encode(make_event("/configs/k?v=1"))
     headers["X-Odd"] = "  spaced value\t"
     async with NatsConnection(settings, service="test-headers") as conn:
         assert isinstance(conn.nc, HeaderParsingClient)

@@ -31,9 +31,12 @@ from services.xregion.cli.common import EXIT_USAGE, CommandError, Subparsers
 
 __all__ = ["BENCHES", "bench_scripts", "register", "run"]
 
-SUMMARY = "benchmarks of the replication path (bridge, broadcaster, replayer, lag, memory)"
+SUMMARY = (
+    "benchmarks of the replication path (bridge, broadcaster, chain, hot-path steps, lag, "
+    "memory, replayer)"
+)
 
-BENCHES = ("bridge", "broadcaster", "chain", "lag", "memory", "replayer")
+BENCHES = ("bridge", "broadcaster", "chain", "hotpath", "lag", "memory", "replayer")
 _NICENESS = 10
 _SOURCE_ROOT = Path(__file__).resolve().parents[3]
 
