@@ -126,29 +126,37 @@ class KvCas(Closeable):
         without waiting)."""
         if self._coalescer is None:
             raise RuntimeError("queue_update needs a coalescer")
-        future, reply = self._expect()
-        headers = {_EXPECTED_LAST_SUBJECT_SEQ: str(last)}
-        try:
-            self._coalescer.publish(self._prefix + key, value, reply, headers)
-        except BaseException:
-            future.cancel()
-            raise
-        return future
+        return self._queue(self._coalescer, self._prefix + key, value, _expected_last(last))
 
     async def _send_update(self, key: str, value: bytes, last: int) -> asyncio.Future[Msg]:
-        return await self._send(self._prefix + key, value, {_EXPECTED_LAST_SUBJECT_SEQ: str(last)})
+        return await self._send(self._prefix + key, value, _expected_last(last))
 
     async def _send(
         self, subject: str, payload: bytes, headers: dict[str, str] | None
     ) -> asyncio.Future[Msg]:
         """Send one request; the future of its answer (nats.errors.TimeoutError after
         `timeout_s`)."""
+        if self._coalescer is not None:
+            return self._queue(self._coalescer, subject, payload, headers)
         future, reply = self._expect()
         try:
-            if self._coalescer is not None:
-                self._coalescer.publish(subject, payload, reply, headers)
-            else:
-                await self._nc.publish(subject, payload, reply=reply, headers=headers)
+            await self._nc.publish(subject, payload, reply=reply, headers=headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _queue(
+        self,
+        coalescer: FramePublisher,
+        subject: str,
+        payload: bytes,
+        headers: dict[str, str] | None,
+    ) -> asyncio.Future[Msg]:
+        """`_send` through the coalescer: queued now, no await."""
+        future, reply = self._expect()
+        try:
+            coalescer.publish(subject, payload, reply, headers)
         except BaseException:
             future.cancel()
             raise
@@ -177,6 +185,10 @@ class KvCas(Closeable):
             future.set_exception(NoStreamResponseError())
         else:
             future.set_result(msg)
+
+
+def _expected_last(revision: int) -> dict[str, str]:
+    return {_EXPECTED_LAST_SUBJECT_SEQ: str(revision)}
 
 
 def revision_of(reply: Msg) -> int | None:
